@@ -1,0 +1,737 @@
+//! NVMe/TCP PDUs (NVMe/TCP Transport Specification 1.0, §3.3 and §3.6).
+//!
+//! Pure encode/decode: no I/O. Every PDU starts with the 8-byte common header
+//! (CH); `layout` checks that a received header is consistent with its type and
+//! the negotiated digests before a single byte of it is trusted.
+
+use byteorder::{ByteOrder, LittleEndian as LE};
+
+/// Length of the common header.
+pub const CH_LEN: usize = 8;
+/// Length of a header or data digest (CRC32C).
+pub const DIGEST_LEN: usize = 4;
+/// Header lengths per PDU type (§3.6).
+pub const IC_HLEN: usize = 128;
+pub const TERM_HLEN: usize = 24;
+pub const CMD_HLEN: usize = 72;
+pub const RESP_HLEN: usize = 24;
+pub const DATA_HLEN: usize = 24;
+pub const R2T_HLEN: usize = 24;
+/// A TermReq carries at most this many bytes of the offending PDU header (§3.6.2.9).
+pub const TERM_MAX_DATA: usize = 128;
+/// Largest header of any PDU, with its digest.
+pub const MAX_HEADER_LEN: usize = IC_HLEN;
+
+/// PDU types.
+pub mod pdu_type {
+    pub const IC_REQ: u8 = 0x00;
+    pub const IC_RESP: u8 = 0x01;
+    pub const H2C_TERM_REQ: u8 = 0x02;
+    pub const C2H_TERM_REQ: u8 = 0x03;
+    pub const CAPSULE_CMD: u8 = 0x04;
+    pub const CAPSULE_RESP: u8 = 0x05;
+    pub const H2C_DATA: u8 = 0x06;
+    pub const C2H_DATA: u8 = 0x07;
+    pub const R2T: u8 = 0x09;
+}
+
+/// Common-header flags.
+pub mod flags {
+    pub const HDGSTF: u8 = 1 << 0;
+    pub const DDGSTF: u8 = 1 << 1;
+    pub const LAST_PDU: u8 = 1 << 2;
+    /// C2HData only: the command completed successfully, no CapsuleResp follows.
+    pub const SUCCESS: u8 = 1 << 3;
+}
+
+/// Fatal error status values of a TermReq (§3.6.2.9, Figure 32).
+pub mod fes {
+    pub const INVALID_HEADER_FIELD: u16 = 0x01;
+    pub const PDU_SEQUENCE_ERROR: u16 = 0x02;
+    pub const HEADER_DIGEST_ERROR: u16 = 0x03;
+    pub const DATA_OUT_OF_RANGE: u16 = 0x04;
+    pub const R2T_LIMIT_EXCEEDED: u16 = 0x05;
+    pub const DATA_LIMIT_EXCEEDED: u16 = 0x05;
+    pub const UNSUPPORTED_PARAMETER: u16 = 0x06;
+}
+
+/// Byte offsets inside the common header, used as the FEI of a TermReq.
+pub mod field {
+    pub const TYPE: u32 = 0;
+    pub const FLAGS: u32 = 1;
+    pub const HLEN: u32 = 2;
+    pub const PDO: u32 = 3;
+    pub const PLEN: u32 = 4;
+}
+
+/// A fatal transport error: the PDU that caused it is answered with a TermReq
+/// carrying these values and the connection is closed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FatalError {
+    pub fes: u16,
+    /// Field error information: byte offset of the bad field, or for
+    /// digest errors the digest received.
+    pub fei: u32,
+}
+
+impl FatalError {
+    pub const fn new(fes: u16, fei: u32) -> Self {
+        FatalError { fes, fei }
+    }
+    pub const fn header(fei: u32) -> Self {
+        FatalError::new(fes::INVALID_HEADER_FIELD, fei)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CommonHeader {
+    pub pdu_type: u8,
+    pub flags: u8,
+    pub hlen: u8,
+    pub pdo: u8,
+    pub plen: u32,
+}
+
+impl CommonHeader {
+    pub fn decode(b: &[u8]) -> CommonHeader {
+        CommonHeader {
+            pdu_type: b[0],
+            flags: b[1],
+            hlen: b[2],
+            pdo: b[3],
+            plen: LE::read_u32(&b[4..8]),
+        }
+    }
+    pub fn encode(&self, b: &mut [u8]) {
+        b[0] = self.pdu_type;
+        b[1] = self.flags;
+        b[2] = self.hlen;
+        b[3] = self.pdo;
+        LE::write_u32(&mut b[4..8], self.plen);
+    }
+}
+
+/// Negotiated digests of a connection.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Digests {
+    pub header: bool,
+    pub data: bool,
+}
+
+/// Where the parts of a received PDU lie, all offsets from its first byte.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Layout {
+    pub header: CommonHeader,
+    pub hlen: usize,
+    /// Header digest present (4 bytes after the header).
+    pub hdgst: bool,
+    /// Offset of the data, when there is data.
+    pub pdo: usize,
+    pub data_len: usize,
+    /// Data digest present (4 bytes after the data).
+    pub ddgst: bool,
+}
+
+impl Layout {
+    /// Bytes of header plus header digest: what must be read before the PDU
+    /// can be parsed.
+    pub fn header_total(&self) -> usize {
+        self.hlen + if self.hdgst { DIGEST_LEN } else { 0 }
+    }
+    /// Padding between the header (and its digest) and the data.
+    pub fn pad_len(&self) -> usize {
+        if self.data_len == 0 {
+            0
+        } else {
+            self.pdo - self.header_total()
+        }
+    }
+    pub fn plen(&self) -> usize {
+        self.header.plen as usize
+    }
+}
+
+/// Which side sent the PDU: each side accepts only the other's PDU types.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    HostToController,
+    ControllerToHost,
+}
+
+fn expected_hlen(pdu_type: u8) -> Option<usize> {
+    use pdu_type::*;
+    Some(match pdu_type {
+        IC_REQ | IC_RESP => IC_HLEN,
+        H2C_TERM_REQ | C2H_TERM_REQ => TERM_HLEN,
+        CAPSULE_CMD => CMD_HLEN,
+        CAPSULE_RESP => RESP_HLEN,
+        H2C_DATA | C2H_DATA => DATA_HLEN,
+        R2T => R2T_HLEN,
+        _ => return None,
+    })
+}
+
+/// Validate a common header received in `dir` and compute the PDU's layout.
+///
+/// `digests` are those negotiated (none before ICReq/ICResp), `max_data` the
+/// largest data part this side accepts for this PDU type.
+pub fn layout(
+    ch: CommonHeader,
+    dir: Direction,
+    digests: Digests,
+    max_data: usize,
+) -> Result<Layout, FatalError> {
+    use pdu_type::*;
+    let allowed = match dir {
+        Direction::HostToController => matches!(
+            ch.pdu_type,
+            IC_REQ | H2C_TERM_REQ | CAPSULE_CMD | H2C_DATA
+        ),
+        Direction::ControllerToHost => matches!(
+            ch.pdu_type,
+            IC_RESP | C2H_TERM_REQ | CAPSULE_RESP | C2H_DATA | R2T
+        ),
+    };
+    let hlen = match expected_hlen(ch.pdu_type) {
+        Some(h) if allowed => h,
+        _ => return Err(FatalError::header(field::TYPE)),
+    };
+    if ch.hlen as usize != hlen {
+        return Err(FatalError::header(field::HLEN));
+    }
+    let plen = ch.plen as usize;
+    match ch.pdu_type {
+        // Connection setup and termination PDUs carry no digests (§3.6.1).
+        IC_REQ | IC_RESP => {
+            if ch.pdo != 0 {
+                return Err(FatalError::header(field::PDO));
+            }
+            if plen != IC_HLEN {
+                return Err(FatalError::header(field::PLEN));
+            }
+            return Ok(Layout {
+                header: ch,
+                hlen,
+                hdgst: false,
+                pdo: 0,
+                data_len: 0,
+                ddgst: false,
+            });
+        }
+        H2C_TERM_REQ | C2H_TERM_REQ => {
+            if plen < TERM_HLEN || plen > TERM_HLEN + TERM_MAX_DATA {
+                return Err(FatalError::header(field::PLEN));
+            }
+            // The PDO of a TermReq is reserved; its data is the offending header.
+            return Ok(Layout {
+                header: ch,
+                hlen,
+                hdgst: false,
+                pdo: TERM_HLEN,
+                data_len: plen - TERM_HLEN,
+                ddgst: false,
+            });
+        }
+        _ => {}
+    }
+    // HDGSTF must match what was negotiated (§3.6.2.1).
+    let hdgst = ch.flags & flags::HDGSTF != 0;
+    if hdgst != digests.header {
+        return Err(FatalError::header(field::FLAGS));
+    }
+    let header_total = hlen + if hdgst { DIGEST_LEN } else { 0 };
+    if plen < header_total {
+        return Err(FatalError::header(field::PLEN));
+    }
+    let carries_data = matches!(ch.pdu_type, CAPSULE_CMD | H2C_DATA | C2H_DATA);
+    if plen == header_total {
+        // No data: PDO is reserved (0) except that hosts commonly leave it 0.
+        if ch.flags & flags::DDGSTF != 0 && ch.pdu_type != CAPSULE_CMD {
+            return Err(FatalError::header(field::FLAGS));
+        }
+        if matches!(ch.pdu_type, H2C_DATA | C2H_DATA) {
+            // A data PDU without data is meaningless.
+            return Err(FatalError::header(field::PLEN));
+        }
+        return Ok(Layout {
+            header: ch,
+            hlen,
+            hdgst,
+            pdo: 0,
+            data_len: 0,
+            ddgst: false,
+        });
+    }
+    if !carries_data {
+        return Err(FatalError::header(field::PLEN));
+    }
+    let ddgst = ch.flags & flags::DDGSTF != 0;
+    if ddgst != digests.data {
+        return Err(FatalError::header(field::FLAGS));
+    }
+    let pdo = ch.pdo as usize;
+    if pdo < header_total || pdo > plen {
+        return Err(FatalError::header(field::PDO));
+    }
+    let tail = if ddgst { DIGEST_LEN } else { 0 };
+    if plen < pdo + tail + 1 {
+        return Err(FatalError::header(field::PLEN));
+    }
+    let data_len = plen - pdo - tail;
+    if data_len > max_data {
+        return Err(FatalError::new(fes::DATA_LIMIT_EXCEEDED, field::PLEN));
+    }
+    Ok(Layout {
+        header: ch,
+        hlen,
+        hdgst,
+        pdo,
+        data_len,
+        ddgst,
+    })
+}
+
+/// CRC32C as NVMe/TCP digests use it (seed !0, result inverted), bytes LE on the wire.
+pub fn digest(data: &[u8]) -> u32 {
+    crc32c::crc32c(data)
+}
+
+pub fn digest_append(crc: u32, data: &[u8]) -> u32 {
+    crc32c::crc32c_append(crc, data)
+}
+
+/// ICReq (§3.6.2.2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IcReq {
+    pub pfv: u16,
+    pub hpda: u8,
+    pub digests: Digests,
+    /// Maximum outstanding R2Ts per command, 0's based.
+    pub maxr2t: u32,
+}
+
+impl IcReq {
+    pub fn decode(h: &[u8]) -> IcReq {
+        IcReq {
+            pfv: LE::read_u16(&h[8..10]),
+            hpda: h[10],
+            digests: Digests {
+                header: h[11] & 1 != 0,
+                data: h[11] & 2 != 0,
+            },
+            maxr2t: LE::read_u32(&h[12..16]),
+        }
+    }
+    pub fn encode(&self) -> [u8; IC_HLEN] {
+        let mut b = [0u8; IC_HLEN];
+        CommonHeader {
+            pdu_type: pdu_type::IC_REQ,
+            flags: 0,
+            hlen: IC_HLEN as u8,
+            pdo: 0,
+            plen: IC_HLEN as u32,
+        }
+        .encode(&mut b);
+        LE::write_u16(&mut b[8..10], self.pfv);
+        b[10] = self.hpda;
+        b[11] = digest_bits(self.digests);
+        LE::write_u32(&mut b[12..16], self.maxr2t);
+        b
+    }
+}
+
+fn digest_bits(d: Digests) -> u8 {
+    (d.header as u8) | ((d.data as u8) << 1)
+}
+
+/// ICResp (§3.6.2.3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IcResp {
+    pub pfv: u16,
+    pub cpda: u8,
+    pub digests: Digests,
+    /// Largest H2CData payload the controller accepts.
+    pub maxh2cdata: u32,
+}
+
+impl IcResp {
+    pub fn decode(h: &[u8]) -> IcResp {
+        IcResp {
+            pfv: LE::read_u16(&h[8..10]),
+            cpda: h[10],
+            digests: Digests {
+                header: h[11] & 1 != 0,
+                data: h[11] & 2 != 0,
+            },
+            maxh2cdata: LE::read_u32(&h[12..16]),
+        }
+    }
+    pub fn encode(&self) -> [u8; IC_HLEN] {
+        let mut b = [0u8; IC_HLEN];
+        CommonHeader {
+            pdu_type: pdu_type::IC_RESP,
+            flags: 0,
+            hlen: IC_HLEN as u8,
+            pdo: 0,
+            plen: IC_HLEN as u32,
+        }
+        .encode(&mut b);
+        LE::write_u16(&mut b[8..10], self.pfv);
+        b[10] = self.cpda;
+        b[11] = digest_bits(self.digests);
+        LE::write_u32(&mut b[12..16], self.maxh2cdata);
+        b
+    }
+}
+
+/// A TermReq (either direction) with up to 128 bytes of the offending header.
+pub fn encode_term_req(pdu_type: u8, err: FatalError, offending: &[u8], out: &mut Vec<u8>) {
+    let n = offending.len().min(TERM_MAX_DATA);
+    let start = out.len();
+    out.resize(start + TERM_HLEN, 0);
+    let b = &mut out[start..];
+    CommonHeader {
+        pdu_type,
+        flags: 0,
+        hlen: TERM_HLEN as u8,
+        pdo: 0,
+        plen: (TERM_HLEN + n) as u32,
+    }
+    .encode(b);
+    LE::write_u16(&mut b[8..10], err.fes);
+    LE::write_u32(&mut b[10..14], err.fei);
+    out.extend_from_slice(&offending[..n]);
+}
+
+/// Decoded TermReq header fields.
+pub fn decode_term_req(h: &[u8]) -> FatalError {
+    FatalError {
+        fes: LE::read_u16(&h[8..10]),
+        fei: LE::read_u32(&h[10..14]),
+    }
+}
+
+/// Header digest appended after `header` when enabled.
+fn push_header(out: &mut Vec<u8>, header: &[u8], hdgst: bool) {
+    out.extend_from_slice(header);
+    if hdgst {
+        out.extend_from_slice(&digest(header).to_le_bytes());
+    }
+}
+
+fn data_flags(d: Digests, has_data: bool) -> u8 {
+    let mut f = 0;
+    if d.header {
+        f |= flags::HDGSTF;
+    }
+    if d.data && has_data {
+        f |= flags::DDGSTF;
+    }
+    f
+}
+
+/// Length of a header plus its digest.
+pub fn header_total(hlen: usize, d: Digests) -> usize {
+    hlen + if d.header { DIGEST_LEN } else { 0 }
+}
+
+/// CapsuleResp: 24-byte header holding a 16-byte CQE.
+pub fn encode_capsule_resp(cqe: &[u8; 16], d: Digests, out: &mut Vec<u8>) {
+    let mut h = [0u8; RESP_HLEN];
+    CommonHeader {
+        pdu_type: pdu_type::CAPSULE_RESP,
+        flags: data_flags(d, false),
+        hlen: RESP_HLEN as u8,
+        pdo: 0,
+        plen: header_total(RESP_HLEN, d) as u32,
+    }
+    .encode(&mut h);
+    h[8..24].copy_from_slice(cqe);
+    push_header(out, &h, d.header);
+}
+
+/// Data PDU header fields (H2CData and C2HData share a layout; R2T too).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DataHeader {
+    pub cccid: u16,
+    pub ttag: u16,
+    pub offset: u32,
+    pub length: u32,
+}
+
+impl DataHeader {
+    pub fn decode(h: &[u8]) -> DataHeader {
+        DataHeader {
+            cccid: LE::read_u16(&h[8..10]),
+            ttag: LE::read_u16(&h[10..12]),
+            offset: LE::read_u32(&h[12..16]),
+            length: LE::read_u32(&h[16..20]),
+        }
+    }
+    fn encode_into(&self, h: &mut [u8]) {
+        LE::write_u16(&mut h[8..10], self.cccid);
+        LE::write_u16(&mut h[10..12], self.ttag);
+        LE::write_u32(&mut h[12..16], self.offset);
+        LE::write_u32(&mut h[16..20], self.length);
+    }
+}
+
+/// Header (and header digest) of a data PDU (C2HData or H2CData) whose
+/// `dh.length` data bytes follow; the caller appends the data and, when data
+/// digests are on, `digest(data)` in LE.
+pub fn encode_data_header(pdu: u8, dh: DataHeader, extra_flags: u8, d: Digests, out: &mut Vec<u8>) {
+    let ht = header_total(DATA_HLEN, d);
+    let tail = if d.data { DIGEST_LEN } else { 0 };
+    let mut h = [0u8; DATA_HLEN];
+    CommonHeader {
+        pdu_type: pdu,
+        flags: data_flags(d, true) | extra_flags,
+        hlen: DATA_HLEN as u8,
+        pdo: ht as u8,
+        plen: (ht + dh.length as usize + tail) as u32,
+    }
+    .encode(&mut h);
+    dh.encode_into(&mut h);
+    push_header(out, &h, d.header);
+}
+
+/// R2T: asks the host for `r2tl` bytes at `r2to` of command `cccid`.
+pub fn encode_r2t(dh: DataHeader, d: Digests, out: &mut Vec<u8>) {
+    let mut h = [0u8; R2T_HLEN];
+    CommonHeader {
+        pdu_type: pdu_type::R2T,
+        flags: data_flags(d, false),
+        hlen: R2T_HLEN as u8,
+        pdo: 0,
+        plen: header_total(R2T_HLEN, d) as u32,
+    }
+    .encode(&mut h);
+    dh.encode_into(&mut h);
+    push_header(out, &h, d.header);
+}
+
+/// CapsuleCmd header: the SQE, followed by `data_len` bytes of in-capsule data
+/// that the caller appends (and their digest when enabled).
+pub fn encode_capsule_cmd(sqe: &[u8; 64], data_len: usize, d: Digests, out: &mut Vec<u8>) {
+    let ht = header_total(CMD_HLEN, d);
+    let tail = if d.data && data_len > 0 { DIGEST_LEN } else { 0 };
+    let mut h = [0u8; CMD_HLEN];
+    CommonHeader {
+        pdu_type: pdu_type::CAPSULE_CMD,
+        flags: data_flags(d, data_len > 0),
+        hlen: CMD_HLEN as u8,
+        pdo: if data_len > 0 { ht as u8 } else { 0 },
+        plen: (ht + data_len + tail) as u32,
+    }
+    .encode(&mut h);
+    h[8..72].copy_from_slice(sqe);
+    push_header(out, &h, d.header);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NONE: Digests = Digests {
+        header: false,
+        data: false,
+    };
+    const BOTH: Digests = Digests {
+        header: true,
+        data: true,
+    };
+
+    fn ch(b: &[u8]) -> CommonHeader {
+        CommonHeader::decode(b)
+    }
+
+    #[test]
+    fn icreq_round_trip() {
+        let r = IcReq {
+            pfv: 0,
+            hpda: 3,
+            digests: BOTH,
+            maxr2t: 7,
+        };
+        let b = r.encode();
+        let l = layout(ch(&b), Direction::HostToController, NONE, 0).unwrap();
+        assert_eq!(l.hlen, 128);
+        assert_eq!(IcReq::decode(&b), r);
+    }
+
+    #[test]
+    fn icresp_round_trip() {
+        let r = IcResp {
+            pfv: 0,
+            cpda: 0,
+            digests: Digests {
+                header: true,
+                data: false,
+            },
+            maxh2cdata: 131072,
+        };
+        let b = r.encode();
+        assert!(layout(ch(&b), Direction::ControllerToHost, NONE, 0).is_ok());
+        assert_eq!(IcResp::decode(&b), r);
+    }
+
+    #[test]
+    fn direction_is_enforced() {
+        let b = IcResp {
+            pfv: 0,
+            cpda: 0,
+            digests: NONE,
+            maxh2cdata: 1,
+        }
+        .encode();
+        let e = layout(ch(&b), Direction::HostToController, NONE, 0).unwrap_err();
+        assert_eq!(e, FatalError::header(field::TYPE));
+    }
+
+    #[test]
+    fn unknown_type_rejected() {
+        for t in [8u8, 10, 11, 0x7f, 0xff] {
+            let mut b = [0u8; 8];
+            CommonHeader {
+                pdu_type: t,
+                flags: 0,
+                hlen: 24,
+                pdo: 0,
+                plen: 24,
+            }
+            .encode(&mut b);
+            assert_eq!(
+                layout(ch(&b), Direction::HostToController, NONE, 1 << 20).unwrap_err(),
+                FatalError::header(field::TYPE)
+            );
+        }
+    }
+
+    #[test]
+    fn capsule_cmd_layouts() {
+        for d in [NONE, BOTH] {
+            for data in [0usize, 1, 512, 8192] {
+                let mut out = Vec::new();
+                encode_capsule_cmd(&[0u8; 64], data, d, &mut out);
+                let l = layout(ch(&out), Direction::HostToController, d, 8192).unwrap();
+                assert_eq!(l.data_len, data);
+                assert_eq!(l.hdgst, d.header);
+                assert_eq!(l.ddgst, d.data && data > 0);
+                assert_eq!(out.len(), l.header_total());
+                if data > 0 {
+                    assert_eq!(l.pdo, l.header_total());
+                    assert_eq!(l.pad_len(), 0);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn in_capsule_over_limit() {
+        let mut out = Vec::new();
+        encode_capsule_cmd(&[0u8; 64], 8193, NONE, &mut out);
+        let e = layout(ch(&out), Direction::HostToController, NONE, 8192).unwrap_err();
+        assert_eq!(e.fes, fes::DATA_LIMIT_EXCEEDED);
+    }
+
+    #[test]
+    fn digest_flags_must_match_negotiation() {
+        let mut out = Vec::new();
+        encode_capsule_cmd(&[0u8; 64], 0, NONE, &mut out);
+        let e = layout(ch(&out), Direction::HostToController, BOTH, 0).unwrap_err();
+        assert_eq!(e, FatalError::header(field::FLAGS));
+        let mut out = Vec::new();
+        encode_capsule_cmd(&[0u8; 64], 0, BOTH, &mut out);
+        assert!(layout(ch(&out), Direction::HostToController, NONE, 0).is_err());
+    }
+
+    #[test]
+    fn every_bad_length_is_rejected() {
+        // Sweep hlen, pdo and plen around the valid values of a CapsuleCmd.
+        let valid = |hlen: u8, pdo: u8, plen: u32| {
+            let h = CommonHeader {
+                pdu_type: pdu_type::CAPSULE_CMD,
+                flags: 0,
+                hlen,
+                pdo,
+                plen,
+            };
+            layout(h, Direction::HostToController, NONE, 4096).is_ok()
+        };
+        for hlen in 0..=255u8 {
+            for plen in [0u32, 7, 8, 71, 72, 73, 100, 4096 + 72, 4097 + 72, u32::MAX] {
+                for pdo in [0u8, 8, 71, 72, 73, 100, 255] {
+                    let ok = valid(hlen, pdo, plen);
+                    let expect = hlen == 72
+                        && (plen == 72
+                            || (plen > 72
+                                && pdo >= 72
+                                && (pdo as u32) < plen
+                                && plen - pdo as u32 <= 4096));
+                    assert_eq!(ok, expect, "hlen {hlen} pdo {pdo} plen {plen}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn h2c_data_needs_data() {
+        let mut h = [0u8; 24];
+        CommonHeader {
+            pdu_type: pdu_type::H2C_DATA,
+            flags: 0,
+            hlen: 24,
+            pdo: 0,
+            plen: 24,
+        }
+        .encode(&mut h);
+        assert!(layout(ch(&h), Direction::HostToController, NONE, 1 << 20).is_err());
+    }
+
+    #[test]
+    fn data_pdu_round_trip() {
+        for d in [NONE, BOTH] {
+            let dh = DataHeader {
+                cccid: 9,
+                ttag: 3,
+                offset: 4096,
+                length: 8192,
+            };
+            let mut out = Vec::new();
+            encode_data_header(pdu_type::C2H_DATA, dh, flags::LAST_PDU, d, &mut out);
+            let l = layout(ch(&out), Direction::ControllerToHost, d, 1 << 20).unwrap();
+            assert_eq!(l.data_len, 8192);
+            assert_eq!(DataHeader::decode(&out), dh);
+            assert_eq!(l.header.flags & flags::LAST_PDU, flags::LAST_PDU);
+            if d.header {
+                let crc = u32::from_le_bytes(out[24..28].try_into().unwrap());
+                assert_eq!(crc, digest(&out[..24]));
+            }
+        }
+    }
+
+    #[test]
+    fn term_req_bounds() {
+        let mut out = Vec::new();
+        encode_term_req(
+            pdu_type::C2H_TERM_REQ,
+            FatalError::header(2),
+            &[0xAA; 200],
+            &mut out,
+        );
+        assert_eq!(out.len(), 24 + 128);
+        let l = layout(ch(&out), Direction::ControllerToHost, NONE, 0).unwrap();
+        assert_eq!(l.data_len, 128);
+        assert_eq!(decode_term_req(&out), FatalError::header(2));
+        let mut bad = out.clone();
+        bad[4..8].copy_from_slice(&153u32.to_le_bytes());
+        assert!(layout(ch(&bad), Direction::ControllerToHost, NONE, 0).is_err());
+    }
+
+    #[test]
+    fn crc32c_known_value() {
+        // RFC 3720 B.4: 32 bytes of zeroes.
+        assert_eq!(digest(&[0u8; 32]), 0x8A91_36AA);
+        assert_eq!(digest_append(digest(b"1234"), b"56789"), digest(b"123456789"));
+    }
+}
