@@ -1,1 +1,16 @@
+//! nvmf-tpc: a thread-per-core NVMe/TCP target on glommio.
+//!
+//! Layers, from the wire up: `wire` (pure formats), `storage` (backings),
+//! `target` (controllers and command sets), `transport` (NVMe/TCP
+//! connections), `shard` (one executor), `serve` (start and stop), and `host`
+//! (an initiator used by tests and the perf tool).
+
+pub mod config;
+pub mod serve;
+pub mod shard;
+pub mod storage;
+pub mod target;
+pub mod transport;
+pub mod trigger;
 pub mod wire;
+

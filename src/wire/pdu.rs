@@ -219,7 +219,7 @@ pub fn layout(
             });
         }
         H2C_TERM_REQ | C2H_TERM_REQ => {
-            if plen < TERM_HLEN || plen > TERM_HLEN + TERM_MAX_DATA {
+            if !(TERM_HLEN..=TERM_HLEN + TERM_MAX_DATA).contains(&plen) {
                 return Err(FatalError::header(field::PLEN));
             }
             // The PDO of a TermReq is reserved; its data is the offending header.
@@ -480,19 +480,34 @@ impl DataHeader {
 /// `dh.length` data bytes follow; the caller appends the data and, when data
 /// digests are on, `digest(data)` in LE.
 pub fn encode_data_header(pdu: u8, dh: DataHeader, extra_flags: u8, d: Digests, out: &mut Vec<u8>) {
+    encode_data_header_aligned(pdu, dh, extra_flags, d, 0, out)
+}
+
+/// As `encode_data_header`, with the data placed at a multiple of `pda`
+/// bytes (the receiver's PDU data alignment from HPDA/CPDA), zero padded.
+pub fn encode_data_header_aligned(
+    pdu: u8,
+    dh: DataHeader,
+    extra_flags: u8,
+    d: Digests,
+    pda: usize,
+    out: &mut Vec<u8>,
+) {
     let ht = header_total(DATA_HLEN, d);
+    let pdo = if pda > 1 { ht.div_ceil(pda) * pda } else { ht };
     let tail = if d.data { DIGEST_LEN } else { 0 };
     let mut h = [0u8; DATA_HLEN];
     CommonHeader {
         pdu_type: pdu,
         flags: data_flags(d, true) | extra_flags,
         hlen: DATA_HLEN as u8,
-        pdo: ht as u8,
-        plen: (ht + dh.length as usize + tail) as u32,
+        pdo: pdo as u8,
+        plen: (pdo + dh.length as usize + tail) as u32,
     }
     .encode(&mut h);
     dh.encode_into(&mut h);
     push_header(out, &h, d.header);
+    out.resize(out.len() + (pdo - ht), 0);
 }
 
 /// R2T: asks the host for `r2tl` bytes at `r2to` of command `cccid`.
@@ -708,6 +723,23 @@ mod tests {
                 assert_eq!(crc, digest(&out[..24]));
             }
         }
+    }
+
+    #[test]
+    fn data_pdu_alignment() {
+        let dh = DataHeader {
+            cccid: 1,
+            ttag: 0,
+            offset: 0,
+            length: 512,
+        };
+        let mut out = Vec::new();
+        encode_data_header_aligned(pdu_type::C2H_DATA, dh, 0, NONE, 128, &mut out);
+        assert_eq!(out.len(), 128);
+        let l = layout(ch(&out), Direction::ControllerToHost, NONE, 1 << 20).unwrap();
+        assert_eq!(l.pdo, 128);
+        assert_eq!(l.pad_len(), 128 - 24);
+        assert_eq!(l.data_len, 512);
     }
 
     #[test]

@@ -1,0 +1,580 @@
+//! `nvmf-tpc serve`: turn flags into a checked config, start one pinned
+//! executor per CPU, print what is served, stop cleanly on SIGINT/SIGTERM.
+
+use crate::config::*;
+use crate::shard::{self, Shard, STOP};
+use crate::storage::{file, Backend, FileBackend, RamDisk};
+use crate::target::Namespace;
+use clap::{ArgAction, Args, FromArgMatches};
+use glommio::net::TcpListener;
+use glommio::{LocalExecutorBuilder, Placement};
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
+use std::rc::Rc;
+use std::sync::atomic::Ordering;
+use std::sync::{mpsc, Arc};
+
+#[derive(Args, Debug, Clone, Default)]
+pub struct ServeArgs {
+    /// Number of CPUs to serve on (one pinned executor each); default: every CPU this process may use.
+    #[arg(long, value_name = "N")]
+    pub cores: Option<usize>,
+    /// Exact CPUs to pin executors to, e.g. "0-3,6".
+    #[arg(long, value_name = "LIST")]
+    pub cpus: Option<String>,
+    /// Address to listen on, repeatable. Non-loopback addresses need --allow-host or --allow-any-host.
+    #[arg(long, value_name = "ADDR:PORT", action = ArgAction::Append)]
+    pub listen: Vec<String>,
+    /// Start a subsystem (NQN); the --namespace, --allow-host and --allow-any-host flags after it belong to it.
+    #[arg(long, value_name = "NQN", action = ArgAction::Append)]
+    pub subsystem: Vec<String>,
+    /// Namespace of the subsystem named before it: a file path, a block device, ram:SIZE or null:SIZE,
+    /// optionally with ",bs=512" or ",bs=4096" (default 4096; block devices: their logical block size).
+    #[arg(long, value_name = "SPEC", action = ArgAction::Append)]
+    pub namespace: Vec<String>,
+    /// Host NQN allowed to connect to the subsystem named before it (before any --subsystem: to all).
+    #[arg(long, value_name = "NQN", action = ArgAction::Append)]
+    pub allow_host: Vec<String>,
+    /// Let any host connect to the subsystem named before it (before any --subsystem: to all).
+    #[arg(long, action = ArgAction::Append, num_args = 0, default_missing_value = "true")]
+    pub allow_any_host: Vec<String>,
+    /// Entries per queue (CAP.MQES + 1).
+    #[arg(long, default_value_t = DEFAULT_QUEUE_DEPTH)]
+    pub queue_depth: u16,
+    /// Largest transfer of one command (MDTS), e.g. 128K; a power of two from 4K to 8M.
+    #[arg(long, default_value = "128K", value_name = "SIZE")]
+    pub max_io_size: String,
+    /// In-capsule data accepted on I/O queues, e.g. 8K.
+    #[arg(long, default_value = "8K", value_name = "SIZE")]
+    pub in_capsule_data: String,
+    /// Serial number reported by every subsystem (default: derived from its NQN).
+    #[arg(long)]
+    pub serial: Option<String>,
+    /// Model number reported.
+    #[arg(long, default_value = DEFAULT_MODEL)]
+    pub model: String,
+    /// DMA memory per core for I/O buffers, e.g. 64M.
+    #[arg(long, default_value = "64M", value_name = "SIZE")]
+    pub dma_memory: String,
+    /// Log level: error, warn, info, debug, trace (RUST_LOG overrides).
+    #[arg(long, default_value = "info")]
+    pub log_level: String,
+}
+
+/// Parse `serve` flags keeping their order (namespaces follow their subsystem).
+pub fn parse_config(argv: &[String]) -> Result<TargetConfig, String> {
+    let cmd = ServeArgs::augment_args(clap::Command::new("serve"));
+    let m = cmd.try_get_matches_from(argv).map_err(|e| e.to_string())?;
+    let args = ServeArgs::from_arg_matches(&m).map_err(|e| e.to_string())?;
+    let idx = |name: &str| -> Vec<usize> {
+        m.indices_of(name).map(|i| i.collect()).unwrap_or_default()
+    };
+    build_config(
+        &args,
+        &idx("subsystem"),
+        &idx("namespace"),
+        &idx("allow_host"),
+        &idx("allow_any_host"),
+    )
+}
+
+/// The command-line definition, for `--help` from main.
+pub fn command() -> clap::Command {
+    ServeArgs::augment_args(clap::Command::new("serve"))
+}
+
+fn parse_cpu_list(s: &str) -> Result<Vec<usize>, String> {
+    let mut out = Vec::new();
+    for part in s.split(',').filter(|p| !p.is_empty()) {
+        let bad = || format!("bad CPU list '{s}' (example: 0-3,6)");
+        match part.split_once('-') {
+            Some((a, b)) => {
+                let (a, b): (usize, usize) = (a.parse().map_err(|_| bad())?, b.parse().map_err(|_| bad())?);
+                if a > b {
+                    return Err(bad());
+                }
+                out.extend(a..=b);
+            }
+            None => out.push(part.parse().map_err(|_| bad())?),
+        }
+    }
+    out.sort_unstable();
+    out.dedup();
+    if out.is_empty() {
+        return Err(format!("empty CPU list '{s}'"));
+    }
+    Ok(out)
+}
+
+/// CPUs this process may run on.
+fn allowed_cpus() -> Vec<usize> {
+    // SAFETY: cpu_set_t is plain data; sched_getaffinity fills it.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) != 0 {
+            return vec![0];
+        }
+        (0..libc::CPU_SETSIZE as usize)
+            .filter(|&c| libc::CPU_ISSET(c, &set))
+            .collect()
+    }
+}
+
+fn parse_listen(s: &str) -> Result<SocketAddr, String> {
+    let a = s
+        .to_socket_addrs()
+        .map_err(|e| format!("--listen {s}: {e} (use ADDR:PORT, e.g. 0.0.0.0:4420)"))?
+        .next()
+        .ok_or_else(|| format!("--listen {s}: no address"))?;
+    if a.port() == 0 {
+        return Err(format!("--listen {s}: choose a port (4420 is NVMe/TCP's)"));
+    }
+    Ok(a)
+}
+
+fn build_config(
+    args: &ServeArgs,
+    sub_idx: &[usize],
+    ns_idx: &[usize],
+    host_idx: &[usize],
+    any_idx: &[usize],
+) -> Result<TargetConfig, String> {
+    // CPUs.
+    let allowed = allowed_cpus();
+    let mut cpus = match &args.cpus {
+        Some(l) => {
+            let c = parse_cpu_list(l)?;
+            if let Some(bad) = c.iter().find(|c| !allowed.contains(c)) {
+                return Err(format!("--cpus: CPU {bad} is not available (available: {allowed:?})"));
+            }
+            c
+        }
+        None => allowed.clone(),
+    };
+    if let Some(n) = args.cores {
+        if n == 0 || n > cpus.len() {
+            return Err(format!(
+                "--cores {n}: between 1 and {} CPUs are available",
+                cpus.len()
+            ));
+        }
+        cpus.truncate(n);
+    }
+
+    // Listeners.
+    let listen_strs: Vec<String> = if args.listen.is_empty() {
+        vec![DEFAULT_LISTEN.to_string()]
+    } else {
+        args.listen.clone()
+    };
+    let listen = listen_strs
+        .iter()
+        .map(|s| parse_listen(s))
+        .collect::<Result<Vec<_>, _>>()?;
+
+    // Limits.
+    if !(MIN_QUEUE_DEPTH..=MAX_QUEUE_DEPTH).contains(&args.queue_depth) {
+        return Err(format!(
+            "--queue-depth {}: between {MIN_QUEUE_DEPTH} and {MAX_QUEUE_DEPTH}",
+            args.queue_depth
+        ));
+    }
+    let max_io_size = parse_size(&args.max_io_size).map_err(|e| format!("--max-io-size: {e}"))?;
+    if !max_io_size.is_power_of_two() || !(4096..=MAX_MAX_IO_SIZE as u64).contains(&max_io_size) {
+        return Err(format!(
+            "--max-io-size {}: a power of two from 4K to {}M",
+            args.max_io_size,
+            MAX_MAX_IO_SIZE >> 20
+        ));
+    }
+    let icd = parse_size(&args.in_capsule_data).map_err(|e| format!("--in-capsule-data: {e}"))?;
+    if icd % 16 != 0 || icd > MAX_IN_CAPSULE_DATA as u64 {
+        return Err(format!(
+            "--in-capsule-data {}: a multiple of 16 up to {}K",
+            args.in_capsule_data,
+            MAX_IN_CAPSULE_DATA >> 10
+        ));
+    }
+    let dma_memory = parse_size(&args.dma_memory).map_err(|e| format!("--dma-memory: {e}"))? as usize;
+    if dma_memory < (1 << 20) {
+        return Err("--dma-memory: at least 1M".into());
+    }
+
+    // Subsystems, namespaces and hosts, in command-line order.
+    enum Item<'a> {
+        Sub(&'a str),
+        Ns(&'a str),
+        Host(&'a str),
+        Any,
+    }
+    let mut items: Vec<(usize, Item)> = Vec::new();
+    items.extend(sub_idx.iter().zip(&args.subsystem).map(|(&i, s)| (i, Item::Sub(s))));
+    items.extend(ns_idx.iter().zip(&args.namespace).map(|(&i, s)| (i, Item::Ns(s))));
+    items.extend(host_idx.iter().zip(&args.allow_host).map(|(&i, s)| (i, Item::Host(s))));
+    items.extend(any_idx.iter().map(|&i| (i, Item::Any)));
+    items.sort_by_key(|(i, _)| *i);
+
+    struct Draft {
+        nqn: String,
+        specs: Vec<NamespaceSpec>,
+        hosts: Vec<String>,
+        any: bool,
+    }
+    let mut global_hosts = Vec::new();
+    let mut global_any = false;
+    let mut drafts: Vec<Draft> = Vec::new();
+    for (_, it) in items {
+        match it {
+            Item::Sub(nqn) => {
+                check_nqn(nqn).map_err(|e| format!("--subsystem: {e}"))?;
+                if drafts.iter().any(|d| d.nqn == nqn) || nqn == crate::wire::fabrics::DISCOVERY_NQN {
+                    return Err(format!("--subsystem {nqn}: named twice or reserved"));
+                }
+                drafts.push(Draft {
+                    nqn: nqn.to_string(),
+                    specs: vec![],
+                    hosts: vec![],
+                    any: false,
+                });
+            }
+            Item::Ns(spec) => {
+                let s = parse_namespace_spec(spec).map_err(|e| format!("--namespace: {e}"))?;
+                if drafts.is_empty() {
+                    drafts.push(Draft {
+                        nqn: DEFAULT_SUBSYSTEM_NQN.to_string(),
+                        specs: vec![],
+                        hosts: vec![],
+                        any: false,
+                    });
+                }
+                drafts.last_mut().unwrap().specs.push(s);
+            }
+            Item::Host(h) => {
+                check_nqn(h).map_err(|e| format!("--allow-host: {e}"))?;
+                match drafts.last_mut() {
+                    Some(d) => d.hosts.push(h.to_string()),
+                    None => global_hosts.push(h.to_string()),
+                }
+            }
+            Item::Any => match drafts.last_mut() {
+                Some(d) => d.any = true,
+                None => global_any = true,
+            },
+        }
+    }
+    let embedded_default = drafts.is_empty();
+    if embedded_default {
+        let path = PathBuf::from(DEFAULT_DATA_DIR).join(DEFAULT_DATA_FILE);
+        file::create_sparse(&path, DEFAULT_DATA_FILE_SIZE)?;
+        drafts.push(Draft {
+            nqn: DEFAULT_SUBSYSTEM_NQN.to_string(),
+            specs: vec![NamespaceSpec {
+                backing: Backing::File(path),
+                block_size: None,
+            }],
+            hosts: vec![],
+            any: false,
+        });
+    }
+    if drafts.len() > MAX_SUBSYSTEMS {
+        return Err(format!("at most {MAX_SUBSYSTEMS} subsystems"));
+    }
+    let all_loopback = listen.iter().all(|a| a.ip().is_loopback());
+    let mut subsystems = Vec::new();
+    for d in drafts {
+        let mut hosts = global_hosts.clone();
+        hosts.extend(d.hosts);
+        let mut any = d.any || global_any;
+        if hosts.is_empty() && !any {
+            if all_loopback {
+                // Only this machine can reach a loopback listener.
+                any = true;
+            } else {
+                return Err(format!(
+                    "subsystem {} would be open to every host on {}: give --allow-host NQN, or --allow-any-host to accept that",
+                    d.nqn,
+                    listen
+                        .iter()
+                        .filter(|a| !a.ip().is_loopback())
+                        .map(|a| a.to_string())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ));
+            }
+        }
+        if d.specs.len() > MAX_NAMESPACES {
+            return Err(format!("{}: at most {MAX_NAMESPACES} namespaces", d.nqn));
+        }
+        let mut namespaces = Vec::new();
+        for (i, spec) in d.specs.into_iter().enumerate() {
+            namespaces.push(resolve_namespace(&d.nqn, (i + 1) as u32, spec)?);
+        }
+        subsystems.push(SubsystemConfig {
+            serial: args.serial.clone().unwrap_or_else(|| default_serial(&d.nqn)),
+            model: args.model.clone(),
+            nqn: d.nqn,
+            allow_any_host: any,
+            hosts,
+            namespaces,
+        });
+    }
+    Ok(TargetConfig {
+        listen,
+        cpus,
+        subsystems,
+        queue_depth: args.queue_depth,
+        max_io_size: max_io_size as u32,
+        in_capsule_data: icd as u32,
+        maxh2cdata: max_io_size as u32,
+        max_c2h_data: (max_io_size as u32).min(128 * 1024),
+        dma_memory,
+    })
+}
+
+fn resolve_namespace(nqn: &str, nsid: u32, spec: NamespaceSpec) -> Result<NamespaceConfig, String> {
+    let (backing, size, min_block, default_bs) = match spec.backing {
+        Backing::File(p) => {
+            let probe = file::probe(&p)?;
+            let bs_default = if probe.is_block { probe.logical_block } else { 4096 };
+            let b = if probe.is_block {
+                Backing::Block(p)
+            } else {
+                Backing::File(p)
+            };
+            (b, probe.size, probe.logical_block, bs_default)
+        }
+        b @ (Backing::Ram(s) | Backing::Null(s)) => (b, s, 512, 4096),
+        Backing::Block(_) => unreachable!("specs name files; probing finds block devices"),
+    };
+    let bs = spec.block_size.unwrap_or(default_bs);
+    let what = match &backing {
+        Backing::File(p) | Backing::Block(p) => p.display().to_string(),
+        Backing::Ram(s) => format!("ram:{s}"),
+        Backing::Null(s) => format!("null:{s}"),
+    };
+    if bs < min_block {
+        return Err(format!(
+            "{what}: block size {bs} is smaller than the device's {min_block}-byte O_DIRECT unit"
+        ));
+    }
+    if size == 0 {
+        return Err(format!("{what}: size is zero"));
+    }
+    if size % bs as u64 != 0 {
+        return Err(format!("{what}: size {size} is not a multiple of the block size {bs}"));
+    }
+    let (nguid, uuid, eui64) = namespace_ids(nqn, nsid);
+    Ok(NamespaceConfig {
+        nsid,
+        backing,
+        block_size: bs,
+        size_bytes: size,
+        nguid,
+        uuid,
+        eui64,
+    })
+}
+
+/// Refuse to start on an address another process holds (glommio's
+/// SO_REUSEPORT bind would otherwise share the port silently).
+fn probe_listeners(cfg: &TargetConfig) -> Result<(), String> {
+    for a in &cfg.listen {
+        std::net::TcpListener::bind(a).map_err(|e| format!("cannot listen on {a}: {e}"))?;
+    }
+    Ok(())
+}
+
+fn human(n: u64) -> String {
+    for (u, s) in [(1u64 << 40, "T"), (1 << 30, "G"), (1 << 20, "M"), (1 << 10, "K")] {
+        if n >= u && n.is_multiple_of(u) {
+            return format!("{}{s}", n / u);
+        }
+    }
+    n.to_string()
+}
+
+/// What gets printed on start.
+pub fn banner(cfg: &TargetConfig) -> String {
+    let mut s = String::new();
+    let cpus: Vec<String> = cfg.cpus.iter().map(|c| c.to_string()).collect();
+    for a in &cfg.listen {
+        s += &format!(
+            "nvmf-tpc {}: listening on {a} (NVMe/TCP) on {} core(s): CPU {}\n",
+            FIRMWARE_REVISION,
+            cfg.cpus.len(),
+            cpus.join(",")
+        );
+    }
+    for sub in &cfg.subsystems {
+        let hosts = if sub.allow_any_host {
+            "any host".to_string()
+        } else {
+            sub.hosts.join(", ")
+        };
+        s += &format!("subsystem {} (serial {}; allowed: {hosts})\n", sub.nqn, sub.serial);
+        for ns in &sub.namespaces {
+            let what = match &ns.backing {
+                Backing::File(p) => format!("file {}", p.display()),
+                Backing::Block(p) => format!("block device {}", p.display()),
+                Backing::Ram(_) => "ram (volatile)".into(),
+                Backing::Null(_) => "null (discards writes)".into(),
+            };
+            s += &format!(
+                "  namespace {}: {what}, {} bytes ({}), {}-byte blocks\n",
+                ns.nsid,
+                ns.size_bytes,
+                human(ns.size_bytes),
+                ns.block_size
+            );
+        }
+        let a = cfg.listen[0];
+        let addr = if a.ip().is_unspecified() {
+            "<this-host-address>".to_string()
+        } else {
+            a.ip().to_string()
+        };
+        s += &format!(
+            "  connect with: nvme connect -t tcp -a {addr} -s {} -n {}\n",
+            a.port(),
+            sub.nqn
+        );
+    }
+    s
+}
+
+/// Start every executor and serve until SIGINT/SIGTERM (or `STOP`).
+/// Returns an error when any executor could not start.
+pub fn run(cfg: TargetConfig) -> Result<(), String> {
+    probe_listeners(&cfg)?;
+    let cfg = Arc::new(cfg);
+    // RAM disks are created once and shared by every core.
+    let rams: Vec<Vec<Option<Arc<RamDisk>>>> = cfg
+        .subsystems
+        .iter()
+        .map(|s| {
+            s.namespaces
+                .iter()
+                .map(|n| match n.backing {
+                    Backing::Ram(sz) => Some(Arc::new(RamDisk::new(sz))),
+                    _ => None,
+                })
+                .collect()
+        })
+        .collect();
+    let rams = Arc::new(rams);
+    let mesh = shard::mesh(cfg.cpus.len());
+    let (ready_tx, ready_rx) = mpsc::channel::<Result<(), String>>();
+    let mut handles = Vec::new();
+    for (i, &cpu) in cfg.cpus.iter().enumerate() {
+        let cfg = cfg.clone();
+        let rams = rams.clone();
+        let mesh = mesh.clone();
+        let ready = ready_tx.clone();
+        let h = LocalExecutorBuilder::new(Placement::Fixed(cpu))
+            .name(&format!("nvmf-tpc-{i}"))
+            .io_memory(cfg.dma_memory)
+            .spawn(move || async move {
+                let (senders, receivers) = match mesh.join().await {
+                    Ok(x) => x,
+                    Err(_) => {
+                        let _ = ready.send(Err("cannot join the control mesh".into()));
+                        return;
+                    }
+                };
+                let started = start_shard(cfg, rams, senders).await;
+                let (shard, listeners) = match started {
+                    Ok(x) => x,
+                    Err(e) => {
+                        let _ = ready.send(Err(e));
+                        return;
+                    }
+                };
+                shard.spawn_receivers(receivers);
+                for l in listeners {
+                    glommio::spawn_local(shard.clone().serve_listener(l)).detach();
+                }
+                let _ = ready.send(Ok(()));
+                shard::wait_for_stop().await;
+                shard.shutdown().await;
+            })
+            .map_err(|e| format!("cannot start an executor on CPU {cpu}: {e}"))?;
+        handles.push(h);
+    }
+    drop(ready_tx);
+    let mut failure = None;
+    for _ in 0..cfg.cpus.len() {
+        match ready_rx.recv() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                failure.get_or_insert(e);
+            }
+            Err(_) => {
+                failure.get_or_insert("an executor died while starting".into());
+            }
+        }
+    }
+    if let Some(e) = failure {
+        STOP.store(true, Ordering::Relaxed);
+        for h in handles {
+            let _ = h.join();
+        }
+        return Err(e);
+    }
+    print!("{}", banner(&cfg));
+    log::info!("serving; stop with SIGINT or SIGTERM");
+    for h in handles {
+        if h.join().is_err() {
+            return Err("an executor failed".into());
+        }
+    }
+    log::info!("stopped");
+    Ok(())
+}
+
+async fn start_shard(
+    cfg: Arc<TargetConfig>,
+    rams: Arc<Vec<Vec<Option<Arc<RamDisk>>>>>,
+    senders: glommio::channels::channel_mesh::Senders<shard::CtlMsg>,
+) -> Result<(Rc<Shard>, Vec<TcpListener>), String> {
+    let mut namespaces = Vec::new();
+    for (si, s) in cfg.subsystems.iter().enumerate() {
+        let mut v = Vec::new();
+        for (ni, n) in s.namespaces.iter().enumerate() {
+            let backend = match &n.backing {
+                Backing::File(p) | Backing::Block(p) => {
+                    let is_block = matches!(n.backing, Backing::Block(_));
+                    let f = FileBackend::open(p, is_block)
+                        .await
+                        .map_err(|e| format!("{}: {e}", p.display()))?;
+                    Backend::File(Rc::new(f))
+                }
+                Backing::Ram(_) => Backend::Ram(rams[si][ni].clone().expect("ram disk created")),
+                Backing::Null(_) => Backend::Null,
+            };
+            v.push(Rc::new(Namespace::new(n.clone(), backend)));
+        }
+        namespaces.push(v);
+    }
+    let mut listeners = Vec::new();
+    for a in &cfg.listen {
+        listeners.push(TcpListener::bind(a).map_err(|e| format!("cannot listen on {a}: {e}"))?);
+    }
+    Ok((Rc::new(Shard::new(cfg, namespaces, senders)), listeners))
+}
+
+/// Install SIGINT/SIGTERM handling: the first signal stops the target.
+pub fn install_signal_handler() -> Result<(), String> {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    let mut signals =
+        signal_hook::iterator::Signals::new([SIGINT, SIGTERM]).map_err(|e| e.to_string())?;
+    std::thread::Builder::new()
+        .name("nvmf-tpc-signals".into())
+        .spawn(move || {
+            if let Some(sig) = signals.forever().next() {
+                log::info!("signal {sig}: stopping (finishing in-flight commands, flushing)");
+                STOP.store(true, Ordering::Relaxed);
+            }
+        })
+        .map_err(|e| e.to_string())?;
+    Ok(())
+}

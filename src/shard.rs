@@ -1,0 +1,670 @@
+//! One executor ("shard"): its listeners, its namespace handles, the
+//! controllers it owns and the I/O queues it serves. Shards share nothing but
+//! the immutable config and RAM disks; the control plane between them is
+//! messages over a glommio channel mesh (never per I/O command).
+
+use crate::config::{TargetConfig, CONNECT_TIMEOUT_MS, DISCOVERY_DEFAULT_KATO_MS, MAX_CONNECTIONS_PER_CORE};
+use crate::target::controller::{Controller, SubsysRef};
+use crate::target::Namespace;
+use crate::trigger::Trigger;
+use crate::wire::fabrics::connect_offset;
+use crate::wire::log_page::SmartCounters;
+use crate::wire::status::Status;
+use glommio::channels::channel_mesh::{Full, MeshBuilder, Senders};
+use glommio::channels::local_channel::{self, LocalSender};
+use glommio::net::TcpListener;
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Control messages between shards.
+#[derive(Debug)]
+pub enum CtlMsg {
+    /// An I/O queue's Connect landed on `from` for a controller owned by the receiver.
+    AttachIo {
+        req: u64,
+        from: usize,
+        cntlid: u16,
+        qid: u16,
+        hostnqn: String,
+        hostid: [u8; 16],
+        subnqn: String,
+    },
+    AttachIoResp {
+        req: u64,
+        result: Result<AttachInfo, (Status, u32)>,
+    },
+    /// An I/O queue closed.
+    DetachIo { cntlid: u16, qid: u16 },
+    /// Close every I/O queue of this controller served by the receiver.
+    Teardown { cntlid: u16 },
+    /// The controller's CSTS.RDY changed.
+    Ready { cntlid: u16, ready: bool },
+    /// Keep-alive and statistics query.
+    Query {
+        req: u64,
+        from: usize,
+        cntlid: u16,
+        subsys: usize,
+    },
+    QueryResp {
+        req: u64,
+        /// Milliseconds since the last I/O of the controller here, if it has queues here.
+        idle_ms: Option<u64>,
+        stats: SmartCounters,
+    },
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct AttachInfo {
+    pub subsys: usize,
+    pub ready: bool,
+}
+
+/// I/O queues of one controller served by this shard.
+pub struct LocalIoCtrl {
+    pub cntlid: u16,
+    pub ready: Cell<bool>,
+    pub last_activity: Cell<Instant>,
+    pub queues: RefCell<Vec<(u16, Rc<Trigger>)>>,
+}
+
+/// Controllers owned here, with the trigger that closes their admin queue.
+pub struct OwnedCtrl {
+    pub ctrl: Rc<Controller>,
+    pub admin_kill: Rc<Trigger>,
+}
+
+pub struct Shard {
+    pub id: usize,
+    pub peers: usize,
+    pub cfg: Arc<TargetConfig>,
+    /// Per subsystem, this core's namespaces.
+    pub namespaces: Vec<Vec<Rc<Namespace>>>,
+    pub controllers: RefCell<HashMap<u16, OwnedCtrl>>,
+    pub io_ctrls: RefCell<HashMap<u16, Rc<LocalIoCtrl>>>,
+    cntlid_base: u16,
+    cntlid_span: u16,
+    cntlid_next: Cell<u16>,
+    senders: Senders<CtlMsg>,
+    pending: RefCell<HashMap<u64, LocalSender<CtlMsg>>>,
+    next_req: Cell<u64>,
+    /// Per subsystem I/O statistics of this core.
+    pub stats: RefCell<Vec<SmartCounters>>,
+    pub stop: Trigger,
+    pub connections: RefCell<HashMap<u64, Rc<Trigger>>>,
+    next_conn: Cell<u64>,
+    pub started: Instant,
+}
+
+/// Controller ids 1..=0xFFEF are split into one contiguous slice per shard,
+/// so allocation needs no lock and the owner of a cntlid is arithmetic.
+const CNTLID_MIN: u16 = 1;
+const CNTLID_MAX: u16 = 0xFFEF;
+
+fn cntlid_span(peers: usize) -> u16 {
+    ((CNTLID_MAX - CNTLID_MIN + 1) as usize / peers.max(1)) as u16
+}
+
+pub fn cntlid_owner(cntlid: u16, peers: usize) -> Option<usize> {
+    if !(CNTLID_MIN..=CNTLID_MAX).contains(&cntlid) {
+        return None;
+    }
+    let o = ((cntlid - CNTLID_MIN) / cntlid_span(peers)) as usize;
+    (o < peers).then_some(o)
+}
+
+fn ipo(attr_data: bool, offset: u16) -> u32 {
+    (attr_data as u32) | ((offset as u32) << 16)
+}
+
+impl Shard {
+    pub fn new(
+        cfg: Arc<TargetConfig>,
+        namespaces: Vec<Vec<Rc<Namespace>>>,
+        senders: Senders<CtlMsg>,
+    ) -> Shard {
+        let id = senders.peer_id();
+        let peers = senders.nr_consumers().max(1);
+        let span = cntlid_span(peers);
+        let base = CNTLID_MIN + span * id as u16;
+        let nsub = cfg.subsystems.len();
+        Shard {
+            id,
+            peers,
+            cfg,
+            namespaces,
+            controllers: RefCell::new(HashMap::new()),
+            io_ctrls: RefCell::new(HashMap::new()),
+            cntlid_base: base,
+            cntlid_span: span,
+            cntlid_next: Cell::new(0),
+            senders,
+            pending: RefCell::new(HashMap::new()),
+            next_req: Cell::new(1),
+            stats: RefCell::new(vec![SmartCounters::default(); nsub]),
+            stop: Trigger::new(),
+            connections: RefCell::new(HashMap::new()),
+            next_conn: Cell::new(0),
+            started: Instant::now(),
+        }
+    }
+
+    pub fn namespace(&self, subsys: usize, nsid: u32) -> Option<&Rc<Namespace>> {
+        self.namespaces
+            .get(subsys)?
+            .iter()
+            .find(|n| n.cfg.nsid == nsid)
+    }
+
+    // ---- control messages -------------------------------------------------
+
+    /// Receive loop for messages from one peer.
+    pub fn spawn_receivers(self: &Rc<Self>, mut receivers: glommio::channels::channel_mesh::Receivers<CtlMsg>) {
+        for (_peer, rx) in receivers.streams() {
+            let me = self.clone();
+            glommio::spawn_local(async move {
+                while let Some(msg) = rx.recv().await {
+                    me.handle(msg).await;
+                }
+            })
+            .detach();
+        }
+    }
+
+    async fn send(self: &Rc<Self>, to: usize, msg: CtlMsg) {
+        if to == self.id {
+            // Local delivery: handle on a fresh task, as a remote message would be.
+            let me = self.clone();
+            glommio::spawn_local(async move { me.handle(msg).await }).detach();
+        } else if let Err(e) = self.senders.send_to(to, msg).await {
+            log::error!("shard {}: control message to shard {to} lost: {e:?}", self.id);
+        }
+    }
+
+    /// Fire and forget, from synchronous code.
+    pub fn post(self: &Rc<Self>, to: usize, msg: CtlMsg) {
+        let me = self.clone();
+        glommio::spawn_local(async move { me.send(to, msg).await }).detach();
+    }
+
+    async fn request(self: &Rc<Self>, to: usize, make: impl FnOnce(u64) -> CtlMsg) -> Option<CtlMsg> {
+        let req = self.next_req.get();
+        self.next_req.set(req + 1);
+        let (tx, rx) = local_channel::new_bounded(1);
+        self.pending.borrow_mut().insert(req, tx);
+        self.send(to, make(req)).await;
+        let r = futures_lite::future::or(rx.recv(), async {
+            glommio::timer::sleep(Duration::from_secs(5)).await;
+            None
+        })
+        .await;
+        self.pending.borrow_mut().remove(&req);
+        r
+    }
+
+    fn reply(&self, req: u64, msg: CtlMsg) {
+        if let Some(tx) = self.pending.borrow_mut().remove(&req) {
+            let _ = tx.try_send(msg);
+        }
+    }
+
+    async fn handle(self: &Rc<Self>, msg: CtlMsg) {
+        match msg {
+            CtlMsg::AttachIo {
+                req,
+                from,
+                cntlid,
+                qid,
+                hostnqn,
+                hostid,
+                subnqn,
+            } => {
+                let result = self.check_attach(from, cntlid, qid, &hostnqn, &hostid, &subnqn);
+                self.send(from, CtlMsg::AttachIoResp { req, result }).await;
+            }
+            CtlMsg::AttachIoResp { req, .. } | CtlMsg::QueryResp { req, .. } => {
+                self.reply(req, msg)
+            }
+            CtlMsg::DetachIo { cntlid, qid } => {
+                if let Some(o) = self.controllers.borrow().get(&cntlid) {
+                    o.ctrl.io_queues.borrow_mut().remove(&qid);
+                }
+            }
+            CtlMsg::Teardown { cntlid } => {
+                if let Some(l) = self.io_ctrls.borrow_mut().remove(&cntlid) {
+                    for (_, kill) in l.queues.borrow().iter() {
+                        kill.fire();
+                    }
+                }
+            }
+            CtlMsg::Ready { cntlid, ready } => {
+                if let Some(l) = self.io_ctrls.borrow().get(&cntlid) {
+                    l.ready.set(ready);
+                }
+            }
+            CtlMsg::Query {
+                req,
+                from,
+                cntlid,
+                subsys,
+            } => {
+                let idle_ms = self
+                    .io_ctrls
+                    .borrow()
+                    .get(&cntlid)
+                    .map(|l| l.last_activity.get().elapsed().as_millis() as u64);
+                let stats = self.stats.borrow().get(subsys).copied().unwrap_or_default();
+                self.send(from, CtlMsg::QueryResp { req, idle_ms, stats }).await;
+            }
+        }
+    }
+
+    // ---- controllers ------------------------------------------------------
+
+    pub fn create_controller(
+        self: &Rc<Self>,
+        subsys: SubsysRef,
+        hostnqn: String,
+        hostid: [u8; 16],
+        kato_ms: u32,
+        admin_kill: Rc<Trigger>,
+    ) -> Result<Rc<Controller>, Status> {
+        let cntlid = self.alloc_cntlid().ok_or(Status::CONNECT_CONTROLLER_BUSY)?;
+        let kato_ms = if kato_ms == 0 && subsys == SubsysRef::Discovery {
+            DISCOVERY_DEFAULT_KATO_MS
+        } else {
+            kato_ms
+        };
+        let ctrl = Rc::new(Controller::new(cntlid, subsys, hostnqn, hostid, kato_ms, &self.cfg));
+        self.controllers.borrow_mut().insert(
+            cntlid,
+            OwnedCtrl {
+                ctrl: ctrl.clone(),
+                admin_kill,
+            },
+        );
+        let me = self.clone();
+        let c = ctrl.clone();
+        glommio::spawn_local(async move { me.keep_alive(c).await }).detach();
+        log::info!(
+            "controller {cntlid} created for host {} on {} (kato {} ms, core {})",
+            ctrl.hostnqn,
+            self.subsys_name(subsys),
+            kato_ms,
+            self.id
+        );
+        Ok(ctrl)
+    }
+
+    pub fn subsys_name(&self, s: SubsysRef) -> &str {
+        match s {
+            SubsysRef::Discovery => crate::wire::fabrics::DISCOVERY_NQN,
+            SubsysRef::Nvm(i) => &self.cfg.subsystems[i].nqn,
+        }
+    }
+
+    fn alloc_cntlid(&self) -> Option<u16> {
+        let map = self.controllers.borrow();
+        for _ in 0..self.cntlid_span {
+            let off = self.cntlid_next.get();
+            self.cntlid_next.set((off + 1) % self.cntlid_span);
+            let id = self.cntlid_base + off;
+            if !map.contains_key(&id) {
+                return Some(id);
+            }
+        }
+        None
+    }
+
+    /// Owner side of an I/O queue's Connect.
+    fn check_attach(
+        &self,
+        from: usize,
+        cntlid: u16,
+        qid: u16,
+        hostnqn: &str,
+        hostid: &[u8; 16],
+        subnqn: &str,
+    ) -> Result<AttachInfo, (Status, u32)> {
+        let map = self.controllers.borrow();
+        let invalid = |data: bool, off: u16| (Status::CONNECT_INVALID_PARAMETERS, ipo(data, off));
+        let o = map
+            .get(&cntlid)
+            .filter(|o| !o.ctrl.destroyed.get())
+            .ok_or(invalid(true, connect_offset::CNTLID))?;
+        let c = &o.ctrl;
+        let SubsysRef::Nvm(si) = c.subsys else {
+            return Err(invalid(false, connect_offset::QID));
+        };
+        if self.cfg.subsystems[si].nqn != subnqn {
+            return Err(invalid(true, connect_offset::SUBNQN));
+        }
+        if c.hostnqn != hostnqn {
+            return Err(invalid(true, connect_offset::HOSTNQN));
+        }
+        if &c.hostid != hostid {
+            return Err(invalid(true, connect_offset::HOSTID));
+        }
+        let allowed = match c.features.borrow().number_of_queues {
+            Some(v) => (v & 0xFFFF) as u16 + 1,
+            None => c.max_io_queues,
+        };
+        if qid > allowed {
+            return Err(invalid(false, connect_offset::QID));
+        }
+        let mut q = c.io_queues.borrow_mut();
+        if q.contains_key(&qid) {
+            return Err(invalid(false, connect_offset::QID));
+        }
+        q.insert(qid, from);
+        Ok(AttachInfo {
+            subsys: si,
+            ready: c.ready(),
+        })
+    }
+
+    /// Attach an I/O queue served here to controller `cntlid`, wherever it lives.
+    pub async fn attach_io(
+        self: &Rc<Self>,
+        cntlid: u16,
+        qid: u16,
+        hostnqn: &str,
+        hostid: [u8; 16],
+        subnqn: &str,
+        kill: Rc<Trigger>,
+    ) -> Result<(AttachInfo, Rc<LocalIoCtrl>), (Status, u32)> {
+        let owner = cntlid_owner(cntlid, self.peers).ok_or((
+            Status::CONNECT_INVALID_PARAMETERS,
+            ipo(true, connect_offset::CNTLID),
+        ))?;
+        let info = if owner == self.id {
+            self.check_attach(self.id, cntlid, qid, hostnqn, &hostid, subnqn)?
+        } else {
+            let (h, s) = (hostnqn.to_string(), subnqn.to_string());
+            let from = self.id;
+            match self
+                .request(owner, |req| CtlMsg::AttachIo {
+                    req,
+                    from,
+                    cntlid,
+                    qid,
+                    hostnqn: h,
+                    hostid,
+                    subnqn: s,
+                })
+                .await
+            {
+                Some(CtlMsg::AttachIoResp { result, .. }) => result?,
+                _ => return Err((Status::INTERNAL_ERROR, 0)),
+            }
+        };
+        let local = self
+            .io_ctrls
+            .borrow_mut()
+            .entry(cntlid)
+            .or_insert_with(|| {
+                Rc::new(LocalIoCtrl {
+                    cntlid,
+                    ready: Cell::new(info.ready),
+                    last_activity: Cell::new(Instant::now()),
+                    queues: RefCell::new(Vec::new()),
+                })
+            })
+            .clone();
+        local.ready.set(info.ready);
+        local.queues.borrow_mut().push((qid, kill));
+        Ok((info, local))
+    }
+
+    /// An I/O queue served here closed.
+    pub fn detach_io(self: &Rc<Self>, cntlid: u16, qid: u16) {
+        {
+            let mut m = self.io_ctrls.borrow_mut();
+            if let Some(l) = m.get(&cntlid) {
+                l.queues.borrow_mut().retain(|(q, _)| *q != qid);
+                if l.queues.borrow().is_empty() {
+                    m.remove(&cntlid);
+                }
+            }
+        }
+        if let Some(owner) = cntlid_owner(cntlid, self.peers) {
+            self.post(owner, CtlMsg::DetachIo { cntlid, qid });
+        }
+    }
+
+    /// Close every I/O queue of a controller owned here, on every core.
+    pub fn teardown_io(self: &Rc<Self>, ctrl: &Controller) {
+        let cores: std::collections::BTreeSet<usize> =
+            std::mem::take(&mut *ctrl.io_queues.borrow_mut()).into_values().collect();
+        for core in cores {
+            self.post(core, CtlMsg::Teardown { cntlid: ctrl.cntlid });
+        }
+    }
+
+    pub fn announce_ready(self: &Rc<Self>, ctrl: &Controller) {
+        let cores: std::collections::BTreeSet<usize> =
+            ctrl.io_queues.borrow().values().copied().collect();
+        for core in cores {
+            self.post(
+                core,
+                CtlMsg::Ready {
+                    cntlid: ctrl.cntlid,
+                    ready: ctrl.ready(),
+                },
+            );
+        }
+    }
+
+    /// Destroy a controller owned here: its I/O queues everywhere and its admin queue.
+    pub fn destroy_controller(self: &Rc<Self>, cntlid: u16, why: &str) {
+        let Some(o) = self.controllers.borrow_mut().remove(&cntlid) else {
+            return;
+        };
+        o.ctrl.destroyed.set(true);
+        self.teardown_io(&o.ctrl);
+        o.admin_kill.fire();
+        log::info!(
+            "controller {cntlid} of host {} destroyed: {why}",
+            o.ctrl.hostnqn
+        );
+    }
+
+    /// Keep-alive timer of a controller owned here (NVMe Base 2.0 §3.9). With
+    /// traffic based keep alive, I/O on any core counts: before expiring, ask
+    /// the cores that serve its I/O queues when they last saw a command.
+    async fn keep_alive(self: Rc<Self>, ctrl: Rc<Controller>) {
+        loop {
+            if ctrl.destroyed.get() {
+                return;
+            }
+            let kato = ctrl.kato_ms.get() as u64;
+            if kato == 0 {
+                glommio::timer::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+            let kato = Duration::from_millis(kato);
+            let idle = ctrl.last_activity.get().elapsed();
+            if idle < kato {
+                glommio::timer::sleep(kato - idle).await;
+                continue;
+            }
+            let cores: std::collections::BTreeSet<usize> =
+                ctrl.io_queues.borrow().values().copied().collect();
+            let mut min_idle: Option<u64> = None;
+            for core in cores {
+                let from = self.id;
+                let cntlid = ctrl.cntlid;
+                if let Some(CtlMsg::QueryResp {
+                    idle_ms: Some(ms), ..
+                }) = self
+                    .request(core, |req| CtlMsg::Query {
+                        req,
+                        from,
+                        cntlid,
+                        subsys: 0,
+                    })
+                    .await
+                {
+                    min_idle = Some(min_idle.map_or(ms, |m| m.min(ms)));
+                }
+            }
+            if ctrl.destroyed.get() {
+                return;
+            }
+            match min_idle {
+                Some(ms) if Duration::from_millis(ms) < kato => {
+                    ctrl.last_activity
+                        .set(Instant::now() - Duration::from_millis(ms));
+                }
+                _ => {
+                    log::warn!(
+                        "controller {}: keep alive timeout ({} ms) expired",
+                        ctrl.cntlid,
+                        kato.as_millis()
+                    );
+                    self.destroy_controller(ctrl.cntlid, "keep alive expired");
+                    return;
+                }
+            }
+        }
+    }
+
+    /// I/O statistics of a subsystem summed over every core.
+    pub async fn query_stats(self: &Rc<Self>, subsys: usize) -> SmartCounters {
+        let mut total = self.stats.borrow().get(subsys).copied().unwrap_or_default();
+        for core in (0..self.peers).filter(|&c| c != self.id) {
+            let from = self.id;
+            if let Some(CtlMsg::QueryResp { stats, .. }) = self
+                .request(core, |req| CtlMsg::Query {
+                    req,
+                    from,
+                    cntlid: 0,
+                    subsys,
+                })
+                .await
+            {
+                total.bytes_read += stats.bytes_read;
+                total.bytes_written += stats.bytes_written;
+                total.read_commands += stats.read_commands;
+                total.write_commands += stats.write_commands;
+                total.media_errors += stats.media_errors;
+            }
+        }
+        total
+    }
+
+    // ---- connections --------------------------------------------------------
+
+    /// Register a connection; `None` when this core is at its limit.
+    pub fn register_connection(&self) -> Option<(u64, Rc<Trigger>)> {
+        let mut c = self.connections.borrow_mut();
+        if c.len() >= MAX_CONNECTIONS_PER_CORE {
+            return None;
+        }
+        let id = self.next_conn.get();
+        self.next_conn.set(id + 1);
+        let t = Rc::new(Trigger::new());
+        c.insert(id, t.clone());
+        Some((id, t))
+    }
+
+    pub fn unregister_connection(&self, id: u64) {
+        self.connections.borrow_mut().remove(&id);
+    }
+
+    pub fn connect_timeout(&self) -> Duration {
+        Duration::from_millis(CONNECT_TIMEOUT_MS)
+    }
+
+    /// Accept loop of one listener.
+    pub async fn serve_listener(self: Rc<Self>, listener: TcpListener) {
+        loop {
+            let accepted = futures_lite::future::or(async { Some(listener.accept().await) }, async {
+                self.stop.wait().await;
+                None
+            })
+            .await;
+            let stream = match accepted {
+                None => return,
+                Some(Ok(s)) => s,
+                Some(Err(e)) => {
+                    log::warn!("core {}: accept failed: {e}", self.id);
+                    glommio::timer::sleep(Duration::from_millis(10)).await;
+                    continue;
+                }
+            };
+            let Some((id, kill)) = self.register_connection() else {
+                log::warn!(
+                    "core {}: connection limit ({MAX_CONNECTIONS_PER_CORE}) reached; refusing {:?}",
+                    self.id,
+                    stream.peer_addr().ok()
+                );
+                continue;
+            };
+            let me = self.clone();
+            glommio::spawn_local(async move {
+                crate::transport::tcp::serve(me.clone(), stream, kill).await;
+                me.unregister_connection(id);
+            })
+            .detach();
+        }
+    }
+
+    /// Graceful stop: close every connection (each finishes its in-flight
+    /// commands), wait for them, flush the backings.
+    pub async fn shutdown(self: &Rc<Self>) {
+        self.stop.fire();
+        let conns: Vec<_> = self.connections.borrow().values().cloned().collect();
+        for k in conns {
+            k.fire();
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !self.connections.borrow().is_empty() && Instant::now() < deadline {
+            glommio::timer::sleep(Duration::from_millis(20)).await;
+        }
+        for ns in self.namespaces.iter().flatten() {
+            if let Err(e) = ns.backend.flush().await {
+                log::error!("namespace {}: flush at shutdown failed: {e}", ns.cfg.nsid);
+            }
+        }
+    }
+}
+
+/// Set by the signal handler thread; each shard polls it.
+pub static STOP: AtomicBool = AtomicBool::new(false);
+
+pub async fn wait_for_stop() {
+    while !STOP.load(Ordering::Relaxed) {
+        glommio::timer::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+pub fn mesh(peers: usize) -> MeshBuilder<CtlMsg, Full> {
+    MeshBuilder::full(peers, 1024)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cntlid_slices() {
+        for peers in [1usize, 2, 3, 8, 64] {
+            let span = cntlid_span(peers);
+            for p in 0..peers {
+                let first = CNTLID_MIN + span * p as u16;
+                let last = first + span - 1;
+                assert_eq!(cntlid_owner(first, peers), Some(p));
+                assert_eq!(cntlid_owner(last, peers), Some(p));
+                assert!(last <= CNTLID_MAX);
+            }
+        }
+        assert_eq!(cntlid_owner(0, 2), None);
+        assert_eq!(cntlid_owner(0xFFFF, 2), None);
+        assert_eq!(cntlid_owner(0xFFF0, 2), None);
+    }
+}

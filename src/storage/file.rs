@@ -1,0 +1,204 @@
+//! Files and block devices, opened O_DIRECT through glommio's `DmaFile` on the
+//! executor's own io_uring. Block devices are opened with an explicit
+//! O_DIRECT flag: glommio sees /dev as tmpfs and would otherwise use the page
+//! cache (DESIGN.md §9).
+
+use glommio::io::{DmaBuffer, DmaFile, OpenOptions, ReadResult};
+use std::io;
+use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+use std::os::unix::io::AsRawFd;
+use std::path::{Path, PathBuf};
+
+// Linux ioctls (include/uapi/linux/fs.h).
+const BLKSSZGET: libc::c_ulong = 0x1268;
+const BLKGETSIZE64: libc::c_ulong = 0x8008_1272;
+const BLKDISCARD: libc::c_ulong = 0x1277;
+const BLKZEROOUT: libc::c_ulong = 0x127F;
+
+/// What probing a path found out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Probe {
+    pub is_block: bool,
+    pub size: u64,
+    /// Smallest O_DIRECT unit: the device's logical block size.
+    pub logical_block: u32,
+}
+
+/// Check at start that `path` exists, opens read-write with O_DIRECT, and
+/// learn its size and logical block size.
+pub fn probe(path: &Path) -> Result<Probe, String> {
+    let meta = std::fs::metadata(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let is_block = meta.file_type().is_block_device();
+    if !is_block && !meta.is_file() {
+        return Err(format!(
+            "{}: not a regular file or block device",
+            path.display()
+        ));
+    }
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_DIRECT)
+        .open(path)
+        .map_err(|e| {
+            if e.raw_os_error() == Some(libc::EINVAL) {
+                format!(
+                    "{}: the file system does not support O_DIRECT (tmpfs?); put the file on a disk file system",
+                    path.display()
+                )
+            } else {
+                format!("{}: cannot open read-write with O_DIRECT: {e}", path.display())
+            }
+        })?;
+    let fd = f.as_raw_fd();
+    if is_block {
+        let mut bs: libc::c_int = 0;
+        let mut size: u64 = 0;
+        // SAFETY: both ioctls write one integer of the given type.
+        let ok = unsafe {
+            libc::ioctl(fd, BLKSSZGET, &mut bs) == 0 && libc::ioctl(fd, BLKGETSIZE64, &mut size) == 0
+        };
+        if !ok {
+            return Err(format!(
+                "{}: cannot read block device geometry: {}",
+                path.display(),
+                io::Error::last_os_error()
+            ));
+        }
+        Ok(Probe {
+            is_block,
+            size,
+            logical_block: bs as u32,
+        })
+    } else {
+        // Files: O_DIRECT needs the underlying device's logical block alignment;
+        // 512 is the common case; a real read at 512 proves it.
+        let mut align = 512u32;
+        let mut buf = AlignedBuf::new(4096);
+        // SAFETY: buf is 4096 bytes, 4096-aligned.
+        let r = unsafe { libc::pread(fd, buf.ptr() as *mut libc::c_void, 512, 0) };
+        if r < 0 && io::Error::last_os_error().raw_os_error() == Some(libc::EINVAL) {
+            align = 4096;
+        }
+        Ok(Probe {
+            is_block,
+            size: meta.len(),
+            logical_block: align,
+        })
+    }
+}
+
+struct AlignedBuf {
+    ptr: *mut u8,
+    layout: std::alloc::Layout,
+}
+
+impl AlignedBuf {
+    fn new(len: usize) -> AlignedBuf {
+        let layout = std::alloc::Layout::from_size_align(len, 4096).unwrap();
+        // SAFETY: non-zero size.
+        let ptr = unsafe { std::alloc::alloc_zeroed(layout) };
+        assert!(!ptr.is_null());
+        AlignedBuf { ptr, layout }
+    }
+    fn ptr(&mut self) -> *mut u8 {
+        self.ptr
+    }
+}
+
+impl Drop for AlignedBuf {
+    fn drop(&mut self) {
+        // SAFETY: allocated with this layout in `new`.
+        unsafe { std::alloc::dealloc(self.ptr, self.layout) }
+    }
+}
+
+/// Create the embedded default's sparse backing file if it is missing.
+pub fn create_sparse(path: &Path, size: u64) -> Result<(), String> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    }
+    if path.exists() {
+        return Ok(());
+    }
+    let f = std::fs::File::create(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    f.set_len(size)
+        .map_err(|e| format!("{}: {e}", path.display()))
+}
+
+pub struct FileBackend {
+    file: DmaFile,
+    pub is_block: bool,
+    pub path: PathBuf,
+}
+
+impl FileBackend {
+    pub async fn open(path: &Path, is_block: bool) -> io::Result<FileBackend> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(libc::O_DIRECT)
+            .dma_open(path)
+            .await?;
+        Ok(FileBackend {
+            file,
+            is_block,
+            path: path.to_owned(),
+        })
+    }
+
+    pub async fn read(&self, offset: u64, len: usize) -> io::Result<ReadResult> {
+        let r = self.file.read_at_aligned(offset, len).await?;
+        if r.len() < len {
+            // Reading past the end of a file that shrank under us.
+            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "short read"));
+        }
+        Ok(r)
+    }
+
+    pub async fn write(&self, offset: u64, buf: DmaBuffer, fua: bool) -> io::Result<()> {
+        let len = buf.len();
+        let n = self.file.write_at(buf, offset).await?;
+        if n < len {
+            return Err(io::Error::new(io::ErrorKind::WriteZero, "short write"));
+        }
+        if fua {
+            self.file.fdatasync().await?;
+        }
+        Ok(())
+    }
+
+    pub async fn flush(&self) -> io::Result<()> {
+        self.file.fdatasync().await.map_err(Into::into)
+    }
+
+    fn ioctl_range(&self, req: libc::c_ulong, offset: u64, len: u64) -> io::Result<()> {
+        let range: [u64; 2] = [offset, len];
+        // SAFETY: BLKDISCARD/BLKZEROOUT read two u64s.
+        let r = unsafe { libc::ioctl(self.file.as_raw_fd(), req, range.as_ptr()) };
+        if r < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(())
+        }
+    }
+
+    pub async fn write_zeroes(&self, offset: u64, len: u64) -> io::Result<()> {
+        if self.is_block {
+            self.ioctl_range(BLKZEROOUT, offset, len)
+        } else {
+            // A hole reads as zeroes and costs no space.
+            self.file.deallocate(offset, len).await.map_err(Into::into)
+        }
+    }
+
+    pub async fn deallocate(&self, offset: u64, len: u64) -> io::Result<()> {
+        if self.is_block {
+            // Advisory: a device that cannot discard keeps its data.
+            let _ = self.ioctl_range(BLKDISCARD, offset, len);
+            Ok(())
+        } else {
+            self.file.deallocate(offset, len).await.map_err(Into::into)
+        }
+    }
+}

@@ -1,0 +1,159 @@
+//! Fabrics commands (NVMe-oF 1.1 §3): Connect, Property Get/Set, Disconnect.
+
+use super::controller::{CcEffect, Controller, SubsysRef};
+use super::Response;
+use crate::shard::{LocalIoCtrl, Shard};
+use crate::trigger::Trigger;
+use crate::wire::command::Sqe;
+use crate::wire::fabrics::{
+    connect_offset, ConnectCmd, ConnectData, PropertyCmd, CATTR_DISABLE_SQ_FLOW, CNTLID_DYNAMIC,
+    DISCOVERY_NQN,
+};
+use crate::wire::status::Status;
+use std::rc::Rc;
+
+/// What a queue became by its Connect.
+pub enum Binding {
+    Admin(Rc<Controller>),
+    Io {
+        cntlid: u16,
+        subsys: usize,
+        local: Rc<LocalIoCtrl>,
+    },
+}
+
+pub struct Connected {
+    pub qid: u16,
+    /// Queue entries (SQSIZE + 1).
+    pub entries: u32,
+    pub sq_flow_disabled: bool,
+    pub binding: Binding,
+}
+
+fn invalid(data: bool, offset: u16) -> Response {
+    Response {
+        dw0: (data as u32) | ((offset as u32) << 16),
+        ..Response::status(Status::CONNECT_INVALID_PARAMETERS)
+    }
+}
+
+/// Connect (§3.3). `kill` closes this queue when its controller goes away.
+pub async fn connect(
+    shard: &Rc<Shard>,
+    sqe: &Sqe,
+    data: &[u8],
+    kill: &Rc<Trigger>,
+) -> Result<Connected, Response> {
+    let cmd = ConnectCmd::decode(sqe);
+    if cmd.recfmt != 0 {
+        return Err(Response::status(Status::CONNECT_INCOMPATIBLE_FORMAT));
+    }
+    let d = ConnectData::decode(data).map_err(|b| invalid(true, b.0))?;
+    let entries = cmd.sqsize as u32 + 1;
+    if cmd.sqsize == 0 || entries > shard.cfg.queue_depth as u32 {
+        return Err(invalid(false, connect_offset::SQSIZE));
+    }
+    let subsys = if d.subnqn == DISCOVERY_NQN {
+        SubsysRef::Discovery
+    } else {
+        match shard.cfg.subsystem(&d.subnqn) {
+            Some((i, s)) => {
+                if !s.host_allowed(&d.hostnqn) {
+                    log::warn!(
+                        "connect refused: host {} is not allowed on {}",
+                        d.hostnqn,
+                        d.subnqn
+                    );
+                    return Err(Response {
+                        dw0: 1 | ((connect_offset::HOSTNQN as u32) << 16),
+                        ..Response::status(Status::CONNECT_INVALID_HOST)
+                    });
+                }
+                SubsysRef::Nvm(i)
+            }
+            None => {
+                log::warn!("connect refused: unknown subsystem {}", d.subnqn);
+                return Err(invalid(true, connect_offset::SUBNQN));
+            }
+        }
+    };
+    let sq_flow_disabled = cmd.cattr & CATTR_DISABLE_SQ_FLOW != 0;
+    if cmd.qid == 0 {
+        if d.cntlid != CNTLID_DYNAMIC {
+            // Only the dynamic controller model is offered (FCATT 0).
+            return Err(invalid(true, connect_offset::CNTLID));
+        }
+        let ctrl = shard
+            .create_controller(subsys, d.hostnqn, d.hostid, cmd.kato_ms, kill.clone())
+            .map_err(Response::status)?;
+        return Ok(Connected {
+            qid: 0,
+            entries,
+            sq_flow_disabled,
+            binding: Binding::Admin(ctrl),
+        });
+    }
+    if subsys == SubsysRef::Discovery {
+        return Err(invalid(false, connect_offset::QID));
+    }
+    let (info, local) = shard
+        .attach_io(d.cntlid, cmd.qid, &d.hostnqn, d.hostid, &d.subnqn, kill.clone())
+        .await
+        .map_err(|(s, dw0)| Response {
+            dw0,
+            ..Response::status(s)
+        })?;
+    log::info!(
+        "controller {}: I/O queue {} connected on core {} ({} entries)",
+        d.cntlid,
+        cmd.qid,
+        shard.id,
+        entries
+    );
+    Ok(Connected {
+        qid: cmd.qid,
+        entries,
+        sq_flow_disabled,
+        binding: Binding::Io {
+            cntlid: d.cntlid,
+            subsys: info.subsys,
+            local,
+        },
+    })
+}
+
+pub fn property_get(ctrl: &Controller, sqe: &Sqe) -> Response {
+    if !PropertyCmd::attrib_valid(sqe) {
+        return Response::status(Status::INVALID_FIELD);
+    }
+    let p = PropertyCmd::decode(sqe);
+    match ctrl.property_get(p.offset, p.size8) {
+        // An 8-byte value spans DW0 and DW1 of the completion.
+        Ok(v) => Response::dw0(v as u32).with_dw1((v >> 32) as u32),
+        Err(s) => Response::status(s),
+    }
+}
+
+pub fn property_set(shard: &Rc<Shard>, ctrl: &Controller, sqe: &Sqe) -> Response {
+    if !PropertyCmd::attrib_valid(sqe) {
+        return Response::status(Status::INVALID_FIELD);
+    }
+    let p = PropertyCmd::decode(sqe);
+    match ctrl.property_set(p.offset, p.size8, p.value) {
+        Ok(CcEffect::None) => Response::ok(),
+        Ok(CcEffect::Enabled) => {
+            log::info!("controller {} enabled", ctrl.cntlid);
+            shard.announce_ready(ctrl);
+            Response::ok()
+        }
+        Ok(CcEffect::Reset) => {
+            log::info!(
+                "controller {} disabled or shut down: closing its I/O queues",
+                ctrl.cntlid
+            );
+            shard.teardown_io(ctrl);
+            Response::ok()
+        }
+        Err(s) => Response::status(s),
+    }
+}

@@ -1,0 +1,116 @@
+//! The transport-independent target: controllers, admin, fabrics, discovery
+//! and NVM I/O commands. Dispatch is two-phase, as in Linux nvmet: `prepare`
+//! checks a command and says what data it moves (so a doomed write never gets
+//! an R2T), then `execute` runs it.
+
+pub mod admin;
+pub mod controller;
+pub mod discovery;
+pub mod fabrics;
+pub mod io;
+
+use crate::config::NamespaceConfig;
+use crate::storage::{Backend, DataBuf};
+use crate::wire::identify::NamespaceInfo;
+use crate::wire::status::Status;
+
+/// Data a command moves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Xfer {
+    None,
+    /// Controller to host (reads, Identify, logs).
+    ToHost(usize),
+    /// Host to controller (writes, Connect data, DSM ranges).
+    FromHost(usize),
+}
+
+/// The result of executing a command.
+pub struct Response {
+    pub status: Status,
+    pub dw0: u32,
+    pub dw1: u32,
+    pub data: Option<DataBuf>,
+    /// Close the queue once this completion is sent (Disconnect).
+    pub close_after: bool,
+}
+
+impl Response {
+    pub fn status(status: Status) -> Response {
+        Response {
+            status,
+            dw0: 0,
+            dw1: 0,
+            data: None,
+            close_after: false,
+        }
+    }
+    pub fn ok() -> Response {
+        Response::status(Status::SUCCESS)
+    }
+    pub fn dw0(dw0: u32) -> Response {
+        Response {
+            dw0,
+            ..Response::ok()
+        }
+    }
+    pub fn with_dw1(self, dw1: u32) -> Response {
+        Response { dw1, ..self }
+    }
+    pub fn data(v: Vec<u8>) -> Response {
+        Response {
+            data: Some(DataBuf::Vec(v)),
+            ..Response::ok()
+        }
+    }
+}
+
+/// What executing a command produced.
+pub enum Outcome {
+    Done(Response),
+    /// Completes later or never (Asynchronous Event Request).
+    Deferred,
+}
+
+impl From<Response> for Outcome {
+    fn from(r: Response) -> Outcome {
+        Outcome::Done(r)
+    }
+}
+
+impl From<Status> for Outcome {
+    fn from(s: Status) -> Outcome {
+        Outcome::Done(Response::status(s))
+    }
+}
+
+/// A namespace as one core sees it: its config and this core's backend handle.
+pub struct Namespace {
+    pub cfg: NamespaceConfig,
+    pub backend: Backend,
+    pub block_shift: u32,
+}
+
+impl Namespace {
+    pub fn new(cfg: NamespaceConfig, backend: Backend) -> Namespace {
+        let block_shift = cfg.block_size.trailing_zeros();
+        Namespace {
+            cfg,
+            backend,
+            block_shift,
+        }
+    }
+    pub fn blocks(&self) -> u64 {
+        self.cfg.blocks()
+    }
+    pub fn info(&self) -> NamespaceInfo {
+        NamespaceInfo {
+            blocks: self.blocks(),
+            lbads: self.block_shift as u8,
+            nguid: self.cfg.nguid,
+            eui64: self.cfg.eui64,
+            uuid: self.cfg.uuid,
+            dealloc_reads_zero: self.backend.dealloc_reads_zero(),
+            thin: self.backend.thin(),
+        }
+    }
+}

@@ -1,0 +1,5 @@
+//! Transports. One connection is one NVMe queue.
+
+pub mod outbox;
+pub mod recv;
+pub mod tcp;

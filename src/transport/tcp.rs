@@ -1,0 +1,797 @@
+//! NVMe/TCP connection = one queue (NVMe/TCP Transport 1.0). The reader parses
+//! PDUs and starts one task per command; command tasks complete in any order
+//! and push their results to the outbox; the writer sends them in batches.
+//!
+//! Receive flow: ICReq → ICResp, then CapsuleCmd (SQE plus optional in-capsule
+//! data read straight into a DMA buffer), H2CData answering our R2Ts (read
+//! straight into the command's DMA buffer), or H2CTermReq.
+
+use super::outbox::Outbox;
+use super::recv::RecvBuf;
+use crate::config::ADMIN_IN_CAPSULE_DATA;
+use crate::shard::Shard;
+use crate::storage::dma_buffer;
+use crate::target::fabrics::{self, Binding};
+use crate::target::{admin, io, Namespace, Outcome, Response, Xfer};
+use crate::trigger::Trigger;
+use crate::wire::command::{self, fctype, sgl, Cqe, Sqe, SQE_LEN};
+use crate::wire::fabrics::CONNECT_DATA_LEN;
+use crate::wire::pdu::{
+    self, fes, field, flags, pdu_type, CommonHeader, DataHeader, Digests, Direction, FatalError,
+    IcReq, IcResp, Layout, CH_LEN, DIGEST_LEN,
+};
+use crate::wire::status::Status;
+use futures_lite::io::{ReadHalf, WriteHalf};
+use futures_lite::AsyncWriteExt;
+use glommio::io::DmaBuffer;
+use glommio::net::TcpStream;
+use std::cell::{Cell, RefCell};
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+/// Data payloads smaller than this are copied into the send buffer (one
+/// write for many PDUs); larger ones are written from their own buffer.
+const COPY_DATA_MAX: usize = 32 * 1024;
+/// Send buffer capacity before it is flushed mid-batch.
+const SEND_BUF_LEN: usize = 256 * 1024;
+/// How long a closing queue waits for its in-flight commands.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+/// Highest HPDA a host may ask for (§3.6.2.2: 0..=31).
+const HPDA_MAX: u8 = 31;
+
+/// What the writer sends.
+enum Out {
+    Done {
+        cid: u16,
+        resp: Response,
+        /// Bytes the host's SGL can take.
+        max_len: usize,
+    },
+    R2T(DataHeader),
+    Term(FatalError, Vec<u8>),
+}
+
+/// Why the reader stopped.
+enum Stop {
+    Eof,
+    Killed,
+    Io(std::io::Error),
+    Fatal(FatalError, Vec<u8>),
+    HostTerm(FatalError),
+}
+
+impl From<std::io::Error> for Stop {
+    fn from(e: std::io::Error) -> Stop {
+        Stop::Io(e)
+    }
+}
+
+/// A write whose data arrives by H2CData.
+struct H2cXfer {
+    cid: u16,
+    sqe: Sqe,
+    ns: Option<Rc<Namespace>>,
+    buf: DmaBuffer,
+    len: usize,
+    received: usize,
+    digest_failed: bool,
+}
+
+struct QueueState {
+    binding: Option<Binding>,
+    connecting: bool,
+    qid: u16,
+    entries: u32,
+    sq_flow_disabled: bool,
+}
+
+pub struct Conn {
+    shard: Rc<Shard>,
+    local: SocketAddr,
+    peer: SocketAddr,
+    digests: Digests,
+    /// Host PDU data alignment in bytes.
+    pda: usize,
+    out: Outbox<Out>,
+    state: RefCell<QueueState>,
+    /// One bit per CID in flight.
+    inflight: RefCell<Box<[u64]>>,
+    outstanding: Cell<u32>,
+    deferred: Cell<u32>,
+    sqhd: Cell<u16>,
+    r2t: RefCell<Vec<Option<H2cXfer>>>,
+    kill: Rc<Trigger>,
+}
+
+type Reader = RecvBuf<ReadHalf<TcpStream>>;
+
+/// Serve one accepted connection until it closes.
+pub async fn serve(shard: Rc<Shard>, stream: TcpStream, kill: Rc<Trigger>) {
+    let _ = stream.set_nodelay(true);
+    let peer = stream
+        .peer_addr()
+        .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
+    let local = stream
+        .local_addr()
+        .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
+    log::debug!("core {}: connection from {peer}", shard.id);
+    let (r, mut w) = futures_lite::io::split(stream);
+    let mut rb = RecvBuf::new(r);
+
+    // Connection setup (§3.3): the first PDU must be an ICReq, within a time limit.
+    let ic = futures_lite::future::or(
+        async { Some(read_icreq(&mut rb).await) },
+        async {
+            glommio::timer::sleep(shard.connect_timeout()).await;
+            None
+        },
+    )
+    .await;
+    let icreq = match ic {
+        None => {
+            log::warn!("{peer}: no ICReq within the connect timeout; closing");
+            return;
+        }
+        Some(Err(Stop::Fatal(e, hdr))) => {
+            log::warn!("{peer}: bad ICReq ({e:?}); sending C2HTermReq");
+            let mut b = Vec::new();
+            pdu::encode_term_req(pdu_type::C2H_TERM_REQ, e, &hdr, &mut b);
+            let _ = w.write_all(&b).await;
+            let _ = w.close().await;
+            return;
+        }
+        Some(Err(_)) => return,
+        Some(Ok(ic)) => ic,
+    };
+    let resp = IcResp {
+        pfv: 0,
+        cpda: 0,
+        digests: icreq.digests,
+        maxh2cdata: shard.cfg.maxh2cdata,
+    };
+    if w.write_all(&resp.encode()).await.is_err() {
+        return;
+    }
+    let conn = Rc::new(Conn {
+        shard: shard.clone(),
+        local,
+        peer,
+        digests: icreq.digests,
+        pda: (icreq.hpda as usize + 1) * 4,
+        out: Outbox::default(),
+        state: RefCell::new(QueueState {
+            binding: None,
+            connecting: false,
+            qid: 0,
+            // Until Connect sizes the queue only the Connect itself may be in flight.
+            entries: 1,
+            sq_flow_disabled: false,
+        }),
+        inflight: RefCell::new(vec![0u64; 65536 / 64].into_boxed_slice()),
+        outstanding: Cell::new(0),
+        deferred: Cell::new(0),
+        sqhd: Cell::new(0),
+        r2t: RefCell::new(Vec::new()),
+        kill: kill.clone(),
+    });
+    let writer = glommio::spawn_local(writer(conn.clone(), w));
+
+    let stop = futures_lite::future::or(conn.read_loop(&mut rb), async {
+        kill.wait().await;
+        Stop::Killed
+    })
+    .await;
+    match stop {
+        Stop::Eof => log::debug!("{peer}: host closed the connection"),
+        Stop::Killed => log::debug!("{peer}: queue closed by the target"),
+        Stop::Io(e) => log::info!("{peer}: connection error: {e}"),
+        Stop::HostTerm(e) => log::warn!(
+            "{peer}: host terminated the connection (H2CTermReq fes {:#x} fei {:#x})",
+            e.fes,
+            e.fei
+        ),
+        Stop::Fatal(e, hdr) => {
+            log::warn!(
+                "{peer}: fatal transport error (fes {:#x} fei {:#x}); sending C2HTermReq",
+                e.fes,
+                e.fei
+            );
+            conn.out.push(Out::Term(e, hdr));
+        }
+    }
+    conn.finish_connection().await;
+    writer.await;
+}
+
+async fn read_icreq(rb: &mut Reader) -> Result<IcReq, Stop> {
+    if !rb.fill(CH_LEN).await? {
+        return Err(Stop::Eof);
+    }
+    let ch = CommonHeader::decode(rb.take(CH_LEN));
+    let mut hdr = ch_bytes(&ch);
+    let l = pdu::layout(ch, Direction::HostToController, Digests::default(), 0)
+        .map_err(|e| Stop::Fatal(e, hdr.clone()))?;
+    if ch.pdu_type != pdu_type::IC_REQ {
+        return Err(Stop::Fatal(
+            FatalError::new(fes::PDU_SEQUENCE_ERROR, field::TYPE),
+            hdr,
+        ));
+    }
+    let rest = l.hlen - CH_LEN;
+    rb.fill(rest).await?;
+    hdr.extend_from_slice(rb.take(rest));
+    let ic = IcReq::decode(&hdr);
+    if ic.pfv != 0 {
+        return Err(Stop::Fatal(FatalError::header(8), hdr));
+    }
+    if ic.hpda > HPDA_MAX {
+        return Err(Stop::Fatal(FatalError::header(10), hdr));
+    }
+    Ok(ic)
+}
+
+fn ch_bytes(ch: &CommonHeader) -> Vec<u8> {
+    let mut b = vec![0u8; CH_LEN];
+    ch.encode(&mut b);
+    b
+}
+
+impl Conn {
+    fn max_in_capsule(&self) -> usize {
+        let st = self.state.borrow();
+        match st.binding {
+            Some(Binding::Io { .. }) => self.shard.cfg.in_capsule_data as usize,
+            _ => ADMIN_IN_CAPSULE_DATA.max(self.shard.cfg.in_capsule_data) as usize,
+        }
+    }
+
+    async fn read_loop(self: &Rc<Self>, rb: &mut Reader) -> Stop {
+        loop {
+            match self.read_pdu(rb).await {
+                Ok(()) => {}
+                Err(s) => return s,
+            }
+        }
+    }
+
+    /// Read and act on one PDU.
+    async fn read_pdu(self: &Rc<Self>, rb: &mut Reader) -> Result<(), Stop> {
+        if !rb.fill(CH_LEN).await? {
+            return Err(Stop::Eof);
+        }
+        let ch = CommonHeader::decode(rb.take(CH_LEN));
+        let max_data = match ch.pdu_type {
+            pdu_type::CAPSULE_CMD => self.max_in_capsule(),
+            pdu_type::H2C_DATA => self.shard.cfg.maxh2cdata as usize,
+            _ => 0,
+        };
+        let l = pdu::layout(ch, Direction::HostToController, self.digests, max_data)
+            .map_err(|e| Stop::Fatal(e, ch_bytes(&ch)))?;
+        // The rest of the header and its digest.
+        let mut hdr = [0u8; pdu::MAX_HEADER_LEN + DIGEST_LEN];
+        let ht = l.header_total();
+        ch.encode(&mut hdr[..CH_LEN]);
+        rb.fill(ht - CH_LEN).await?;
+        hdr[CH_LEN..ht].copy_from_slice(rb.take(ht - CH_LEN));
+        let hdr = &hdr[..ht];
+        if l.hdgst {
+            let want = u32::from_le_bytes(hdr[l.hlen..ht].try_into().unwrap());
+            if pdu::digest(&hdr[..l.hlen]) != want {
+                return Err(Stop::Fatal(
+                    FatalError::new(fes::HEADER_DIGEST_ERROR, 0),
+                    hdr[..l.hlen].to_vec(),
+                ));
+            }
+        }
+        rb.skip(l.pad_len()).await?;
+        match ch.pdu_type {
+            pdu_type::CAPSULE_CMD => self.on_capsule(rb, &l, hdr).await,
+            pdu_type::H2C_DATA => self.on_h2c_data(rb, &l, hdr).await,
+            pdu_type::H2C_TERM_REQ => {
+                rb.skip(l.data_len).await?;
+                Err(Stop::HostTerm(pdu::decode_term_req(hdr)))
+            }
+            // A second ICReq, or anything else, is out of sequence.
+            _ => Err(Stop::Fatal(
+                FatalError::new(fes::PDU_SEQUENCE_ERROR, field::TYPE),
+                hdr[..l.hlen].to_vec(),
+            )),
+        }
+    }
+
+    /// Read `len` bytes of data (plus its digest) into `buf[at..]`; returns
+    /// whether the data digest matched.
+    async fn read_data(
+        &self,
+        rb: &mut Reader,
+        l: &Layout,
+        buf: &mut DmaBuffer,
+        at: usize,
+    ) -> Result<bool, Stop> {
+        let dst = &mut buf.as_bytes_mut()[at..at + l.data_len];
+        rb.read_into(dst).await?;
+        if !l.ddgst {
+            return Ok(true);
+        }
+        rb.fill(DIGEST_LEN).await?;
+        let want = u32::from_le_bytes(rb.take(DIGEST_LEN).try_into().unwrap());
+        Ok(pdu::digest(dst) == want)
+    }
+
+    async fn on_capsule(self: &Rc<Self>, rb: &mut Reader, l: &Layout, hdr: &[u8]) -> Result<(), Stop> {
+        let sqe = Sqe::from_slice(&hdr[CH_LEN..CH_LEN + SQE_LEN]);
+        let mut icd = None;
+        let mut digest_ok = true;
+        if l.data_len > 0 {
+            let mut b = dma_buffer(l.data_len);
+            digest_ok = self.read_data(rb, l, &mut b, 0).await?;
+            icd = Some(b);
+        } else if l.ddgst {
+            // DDGSTF without data: nothing to check, but the digest bytes are not sent.
+        }
+        let cid = sqe.cid();
+        // Submission queue accounting (§3.3.1 of NVMe-oF: the host never has
+        // more than SQSIZE commands outstanding).
+        if self.outstanding.get() >= self.state.borrow().entries {
+            return Err(Stop::Fatal(
+                FatalError::new(fes::PDU_SEQUENCE_ERROR, field::TYPE),
+                hdr[..l.hlen].to_vec(),
+            ));
+        }
+        if self.cid_busy(cid) {
+            // The completion is sent but the original command stays tracked.
+            self.out.push(Out::Done {
+                cid,
+                resp: Response::status(Status::CID_CONFLICT),
+                max_len: 0,
+            });
+            return Ok(());
+        }
+        self.set_cid(cid, true);
+        self.outstanding.set(self.outstanding.get() + 1);
+        let entries = self.state.borrow().entries as u16;
+        self.sqhd.set(if entries <= 1 {
+            0
+        } else {
+            (self.sqhd.get() + 1) % entries
+        });
+        if !digest_ok {
+            self.complete(cid, Response::status(Status::DATA_TRANSFER_ERROR), 0);
+            return Ok(());
+        }
+        let (xfer, ns) = match self.prepare(&sqe) {
+            Ok(x) => x,
+            Err(s) => {
+                self.complete(cid, Response::status(s), 0);
+                return Ok(());
+            }
+        };
+        let d = sqe.sgl();
+        let checked = match xfer {
+            Xfer::None => Ok((0, None)),
+            Xfer::ToHost(len) => {
+                if d.id != sgl::TRANSPORT_DATA_BLOCK {
+                    Err(Status::SGL_TYPE_INVALID)
+                } else if (d.length as usize) < len {
+                    Err(Status::DATA_SGL_LENGTH_INVALID)
+                } else {
+                    Ok((len, None))
+                }
+            }
+            Xfer::FromHost(len) => match d.id {
+                sgl::DATA_BLOCK_OFFSET => {
+                    let got = icd.as_ref().map_or(0, |b| b.len());
+                    if d.addr != 0 {
+                        Err(Status::SGL_OFFSET_INVALID)
+                    } else if d.length as usize != len || got != len {
+                        Err(Status::DATA_SGL_LENGTH_INVALID)
+                    } else {
+                        Ok((0, None))
+                    }
+                }
+                sgl::TRANSPORT_DATA_BLOCK if icd.is_none() => {
+                    if d.length as usize != len {
+                        Err(Status::DATA_SGL_LENGTH_INVALID)
+                    } else {
+                        Ok((0, Some(len)))
+                    }
+                }
+                _ => Err(Status::SGL_TYPE_INVALID),
+            },
+        };
+        match checked {
+            Err(s) => self.complete(cid, Response::status(s), 0),
+            Ok((_, Some(len))) => self.start_r2t(sqe, ns, len),
+            Ok((max_len, None)) => self.spawn_execute(sqe, ns, icd, max_len),
+        }
+        Ok(())
+    }
+
+    fn cid_busy(&self, cid: u16) -> bool {
+        self.inflight.borrow()[cid as usize / 64] & (1 << (cid % 64)) != 0
+    }
+
+    fn set_cid(&self, cid: u16, busy: bool) {
+        let mut f = self.inflight.borrow_mut();
+        let w = &mut f[cid as usize / 64];
+        if busy {
+            *w |= 1 << (cid % 64);
+        } else {
+            *w &= !(1 << (cid % 64));
+        }
+    }
+
+    /// Phase one of dispatch: which command set, is it allowed now, what data.
+    fn prepare(&self, sqe: &Sqe) -> Result<(Xfer, Option<Rc<Namespace>>), Status> {
+        let mut st = self.state.borrow_mut();
+        if sqe.opcode() == command::admin::FABRICS {
+            return match (sqe.fctype(), &st.binding) {
+                (fctype::CONNECT, None) if !st.connecting => {
+                    st.connecting = true;
+                    Ok((Xfer::FromHost(CONNECT_DATA_LEN), None))
+                }
+                (fctype::CONNECT, _) => Err(Status::COMMAND_SEQUENCE_ERROR),
+                (_, None) => Err(Status::COMMAND_SEQUENCE_ERROR),
+                (fctype::PROPERTY_GET | fctype::PROPERTY_SET, Some(Binding::Admin(_))) => {
+                    Ok((Xfer::None, None))
+                }
+                (fctype::DISCONNECT, Some(_)) => Ok((Xfer::None, None)),
+                _ => Err(Status::INVALID_OPCODE),
+            };
+        }
+        let max_io = self.shard.cfg.max_io_size;
+        match &st.binding {
+            None => Err(Status::COMMAND_SEQUENCE_ERROR),
+            Some(Binding::Admin(ctrl)) => {
+                ctrl.touch();
+                admin::prepare(ctrl, sqe, max_io).map(|x| (x, None))
+            }
+            Some(Binding::Io { subsys, local, .. }) => {
+                local.last_activity.set(Instant::now());
+                if !local.ready.get() {
+                    return Err(Status::NAMESPACE_NOT_READY);
+                }
+                let ns = self.shard.namespace(*subsys, sqe.nsid()).cloned();
+                io::prepare(sqe, ns.as_ref(), max_io).map(|x| (x, ns))
+            }
+        }
+    }
+
+    fn start_r2t(&self, sqe: Sqe, ns: Option<Rc<Namespace>>, len: usize) {
+        let mut slots = self.r2t.borrow_mut();
+        let ttag = match slots.iter().position(|s| s.is_none()) {
+            Some(i) => i,
+            None => {
+                slots.push(None);
+                slots.len() - 1
+            }
+        };
+        let cid = sqe.cid();
+        slots[ttag] = Some(H2cXfer {
+            cid,
+            sqe,
+            ns,
+            buf: dma_buffer(len),
+            len,
+            received: 0,
+            digest_failed: false,
+        });
+        // One R2T for the whole transfer; the host splits it at MAXH2CDATA.
+        self.out.push(Out::R2T(DataHeader {
+            cccid: cid,
+            ttag: ttag as u16,
+            offset: 0,
+            length: len as u32,
+        }));
+    }
+
+    async fn on_h2c_data(self: &Rc<Self>, rb: &mut Reader, l: &Layout, hdr: &[u8]) -> Result<(), Stop> {
+        let dh = DataHeader::decode(hdr);
+        let bad = |fes_v: u16, fei: u32| Stop::Fatal(FatalError::new(fes_v, fei), hdr[..l.hlen].to_vec());
+        let mut x = {
+            let mut slots = self.r2t.borrow_mut();
+            match slots.get_mut(dh.ttag as usize).and_then(|s| s.take()) {
+                Some(x) => x,
+                None => return Err(bad(fes::INVALID_HEADER_FIELD, 10)),
+            }
+        };
+        // Data must arrive in order, within the R2T (§3.6.2.7).
+        let err = if x.cid != dh.cccid {
+            Some((fes::INVALID_HEADER_FIELD, 8))
+        } else if dh.offset as usize != x.received {
+            Some((fes::DATA_OUT_OF_RANGE, 12))
+        } else if dh.length as usize != l.data_len {
+            Some((fes::INVALID_HEADER_FIELD, 16))
+        } else if x.received + l.data_len > x.len {
+            Some((fes::DATA_OUT_OF_RANGE, 16))
+        } else {
+            None
+        };
+        if let Some((f, fei)) = err {
+            // The command dies with the connection.
+            return Err(bad(f, fei));
+        }
+        let at = x.received;
+        let ok = self.read_data(rb, l, &mut x.buf, at).await?;
+        x.digest_failed |= !ok;
+        x.received += l.data_len;
+        if x.received < x.len {
+            self.r2t.borrow_mut()[dh.ttag as usize] = Some(x);
+            return Ok(());
+        }
+        if x.digest_failed {
+            self.complete(x.cid, Response::status(Status::DATA_TRANSFER_ERROR), 0);
+        } else {
+            self.spawn_execute(x.sqe, x.ns, Some(x.buf), 0);
+        }
+        Ok(())
+    }
+
+    fn spawn_execute(self: &Rc<Self>, sqe: Sqe, ns: Option<Rc<Namespace>>, data: Option<DmaBuffer>, max_len: usize) {
+        let me = self.clone();
+        glommio::spawn_local(async move {
+            let outcome = me.execute(&sqe, ns, data).await;
+            match outcome {
+                Outcome::Done(r) => me.complete(sqe.cid(), r, max_len),
+                Outcome::Deferred => me.deferred.set(me.deferred.get() + 1),
+            }
+        })
+        .detach();
+    }
+
+    /// Phase two: run the command.
+    async fn execute(self: &Rc<Self>, sqe: &Sqe, ns: Option<Rc<Namespace>>, data: Option<DmaBuffer>) -> Outcome {
+        if sqe.opcode() == command::admin::FABRICS {
+            return self.execute_fabrics(sqe, data).await.into();
+        }
+        let binding = {
+            let st = self.state.borrow();
+            match &st.binding {
+                Some(Binding::Admin(c)) => Ok(c.clone()),
+                Some(Binding::Io { subsys, .. }) => Err(*subsys),
+                None => return Status::COMMAND_SEQUENCE_ERROR.into(),
+            }
+        };
+        match binding {
+            Ok(ctrl) => {
+                let o = admin::execute(&self.shard, &ctrl, sqe, data, self.local).await;
+                if let Outcome::Done(r) = &o {
+                    if !r.status.is_success() {
+                        ctrl.record_error(0, sqe.cid(), r.status, sqe.nsid(), 0);
+                    }
+                }
+                o
+            }
+            Err(subsys) => {
+                let Some(ns) = ns else {
+                    return Status::INVALID_NAMESPACE.into();
+                };
+                let r = io::execute(sqe, &ns, data).await;
+                self.count_io(subsys, sqe, &ns, &r);
+                r.into()
+            }
+        }
+    }
+
+    fn count_io(&self, subsys: usize, sqe: &Sqe, ns: &Namespace, r: &Response) {
+        let mut stats = self.shard.stats.borrow_mut();
+        let Some(s) = stats.get_mut(subsys) else {
+            return;
+        };
+        let bytes = ((sqe.nlb() as u64) + 1) << ns.block_shift;
+        match sqe.opcode() {
+            command::io::READ => {
+                s.read_commands += 1;
+                s.bytes_read += bytes;
+            }
+            command::io::WRITE => {
+                s.write_commands += 1;
+                s.bytes_written += bytes;
+            }
+            _ => {}
+        }
+        if r.status.sct() == 2 {
+            s.media_errors += 1;
+        }
+    }
+
+    async fn execute_fabrics(self: &Rc<Self>, sqe: &Sqe, data: Option<DmaBuffer>) -> Response {
+        match sqe.fctype() {
+            fctype::CONNECT => {
+                let Some(d) = data else {
+                    return Response::status(Status::DATA_SGL_LENGTH_INVALID);
+                };
+                let r = fabrics::connect(&self.shard, sqe, d.as_bytes(), &self.kill).await;
+                let mut st = self.state.borrow_mut();
+                st.connecting = false;
+                match r {
+                    Ok(c) => {
+                        let cntlid = match &c.binding {
+                            Binding::Admin(ctrl) => ctrl.cntlid,
+                            Binding::Io { cntlid, .. } => *cntlid,
+                        };
+                        st.qid = c.qid;
+                        st.entries = c.entries;
+                        st.sq_flow_disabled = c.sq_flow_disabled;
+                        st.binding = Some(c.binding);
+                        log::info!(
+                            "{}: queue {} of controller {cntlid} connected on core {}",
+                            self.peer,
+                            c.qid,
+                            self.shard.id
+                        );
+                        Response::dw0(cntlid as u32)
+                    }
+                    Err(r) => r,
+                }
+            }
+            fctype::PROPERTY_GET | fctype::PROPERTY_SET => {
+                let ctrl = match &self.state.borrow().binding {
+                    Some(Binding::Admin(c)) => c.clone(),
+                    _ => return Response::status(Status::COMMAND_SEQUENCE_ERROR),
+                };
+                if sqe.fctype() == fctype::PROPERTY_GET {
+                    fabrics::property_get(&ctrl, sqe)
+                } else {
+                    fabrics::property_set(&self.shard, &ctrl, sqe)
+                }
+            }
+            fctype::DISCONNECT => Response {
+                close_after: true,
+                ..Response::ok()
+            },
+            _ => Response::status(Status::INVALID_OPCODE),
+        }
+    }
+
+    fn complete(&self, cid: u16, resp: Response, max_len: usize) {
+        self.set_cid(cid, false);
+        self.outstanding.set(self.outstanding.get().saturating_sub(1));
+        self.out.push(Out::Done { cid, resp, max_len });
+    }
+
+    fn cqe(&self, cid: u16, r: &Response) -> [u8; command::CQE_LEN] {
+        Cqe {
+            dw0: r.dw0,
+            dw1: r.dw1,
+            sqhd: self.sqhd.get(),
+            sqid: self.state.borrow().qid,
+            cid,
+            status: r.status,
+        }
+        .encode()
+    }
+
+    /// Stop reading new commands: let in-flight ones finish (bounded), then
+    /// let the writer drain and release the queue's controller binding.
+    async fn finish_connection(self: &Rc<Self>) {
+        let deadline = Instant::now() + DRAIN_TIMEOUT;
+        while self.outstanding.get() > self.deferred.get()
+            && Instant::now() < deadline
+            && !self.out.is_closed()
+        {
+            glommio::timer::sleep(Duration::from_millis(1)).await;
+        }
+        self.out.close();
+        let (binding, qid) = {
+            let mut st = self.state.borrow_mut();
+            (st.binding.take(), st.qid)
+        };
+        match binding {
+            Some(Binding::Admin(ctrl)) => {
+                self.shard
+                    .destroy_controller(ctrl.cntlid, "admin queue closed");
+            }
+            Some(Binding::Io { cntlid, .. }) => {
+                log::info!("controller {cntlid}: I/O queue {qid} closed");
+                self.shard.detach_io(cntlid, qid);
+            }
+            None => {}
+        }
+    }
+}
+
+/// The send side: drains the outbox in batches into as few writes as it can.
+async fn writer(conn: Rc<Conn>, mut w: WriteHalf<TcpStream>) {
+    let mut batch = Vec::new();
+    let mut buf: Vec<u8> = Vec::with_capacity(SEND_BUF_LEN);
+    let mut closing = false;
+    'outer: while !closing && conn.out.next_batch(&mut batch).await {
+        for item in batch.drain(..) {
+            match item {
+                Out::R2T(dh) => pdu::encode_r2t(dh, conn.digests, &mut buf),
+                Out::Term(e, hdr) => {
+                    pdu::encode_term_req(pdu_type::C2H_TERM_REQ, e, &hdr, &mut buf);
+                    closing = true;
+                }
+                Out::Done { cid, resp, max_len } => {
+                    closing |= resp.close_after;
+                    if encode_done(&conn, cid, &resp, max_len, &mut buf, &mut w)
+                        .await
+                        .is_err()
+                    {
+                        break 'outer;
+                    }
+                }
+            }
+            if buf.len() >= SEND_BUF_LEN && w.write_all(&buf).await.is_err() {
+                break 'outer;
+            } else if buf.len() >= SEND_BUF_LEN {
+                buf.clear();
+            }
+        }
+        if !buf.is_empty() {
+            if w.write_all(&buf).await.is_err() {
+                break;
+            }
+            buf.clear();
+        }
+    }
+    let _ = w.flush().await;
+    let _ = w.close().await;
+    // A dead socket or a Disconnect ends the reader too.
+    conn.kill.fire();
+}
+
+/// A completion: C2HData PDUs for its data, then the CapsuleResp unless the
+/// last C2HData carried SUCCESS.
+async fn encode_done(
+    conn: &Conn,
+    cid: u16,
+    resp: &Response,
+    max_len: usize,
+    buf: &mut Vec<u8>,
+    w: &mut WriteHalf<TcpStream>,
+) -> std::io::Result<()> {
+    let d = conn.digests;
+    let sq_flow_disabled = conn.state.borrow().sq_flow_disabled;
+    let mut skip_resp = false;
+    if let (Some(data), true) = (&resp.data, resp.status.is_success()) {
+        let data = data.as_slice();
+        let data = &data[..data.len().min(max_len)];
+        let chunk = conn.shard.cfg.max_c2h_data as usize;
+        let mut off = 0;
+        while off < data.len() {
+            let n = chunk.min(data.len() - off);
+            let last = off + n == data.len();
+            let mut f = 0;
+            if last {
+                f |= flags::LAST_PDU;
+                if sq_flow_disabled {
+                    f |= flags::SUCCESS;
+                    skip_resp = true;
+                }
+            }
+            let part = &data[off..off + n];
+            pdu::encode_data_header_aligned(
+                pdu_type::C2H_DATA,
+                DataHeader {
+                    cccid: cid,
+                    ttag: 0,
+                    offset: off as u32,
+                    length: n as u32,
+                },
+                f,
+                d,
+                conn.pda,
+                buf,
+            );
+            if n <= COPY_DATA_MAX {
+                buf.extend_from_slice(part);
+            } else {
+                w.write_all(buf).await?;
+                buf.clear();
+                w.write_all(part).await?;
+            }
+            if d.data {
+                buf.extend_from_slice(&pdu::digest(part).to_le_bytes());
+            }
+            off += n;
+        }
+    }
+    if !skip_resp {
+        pdu::encode_capsule_resp(&conn.cqe(cid, resp), d, buf);
+    }
+    Ok(())
+}
