@@ -114,7 +114,10 @@ pub struct TargetConfig {
 
 impl TargetConfig {
     pub fn subsystem(&self, nqn: &str) -> Option<(usize, &SubsystemConfig)> {
-        self.subsystems.iter().enumerate().find(|(_, s)| s.nqn == nqn)
+        self.subsystems
+            .iter()
+            .enumerate()
+            .find(|(_, s)| s.nqn == nqn)
     }
     /// MDTS in units of the minimum page size (4 KiB), as a power of two.
     pub fn mdts(&self) -> u8 {
@@ -167,7 +170,11 @@ pub fn parse_namespace_spec(s: &str) -> Result<NamespaceSpec, String> {
                 }
                 block_size = Some(bs as u32);
             }
-            _ => return Err(format!("unknown namespace option '{opt}' in '{s}' (known: bs=)")),
+            _ => {
+                return Err(format!(
+                    "unknown namespace option '{opt}' in '{s}' (known: bs=)"
+                ))
+            }
         }
     }
     let backing = if let Some(sz) = head.strip_prefix("ram:") {
@@ -195,7 +202,9 @@ pub fn check_nqn(nqn: &str) -> Result<(), String> {
         return Err(format!("NQN '{nqn}' is longer than 223 bytes"));
     }
     if nqn.bytes().any(|c| !(0x21..0x7f).contains(&c)) {
-        return Err(format!("NQN '{nqn}' has spaces or non-printable characters"));
+        return Err(format!(
+            "NQN '{nqn}' has spaces or non-printable characters"
+        ));
     }
     Ok(())
 }

@@ -66,9 +66,8 @@ pub fn parse_config(argv: &[String]) -> Result<TargetConfig, String> {
     let cmd = ServeArgs::augment_args(clap::Command::new("serve"));
     let m = cmd.try_get_matches_from(argv).map_err(|e| e.to_string())?;
     let args = ServeArgs::from_arg_matches(&m).map_err(|e| e.to_string())?;
-    let idx = |name: &str| -> Vec<usize> {
-        m.indices_of(name).map(|i| i.collect()).unwrap_or_default()
-    };
+    let idx =
+        |name: &str| -> Vec<usize> { m.indices_of(name).map(|i| i.collect()).unwrap_or_default() };
     build_config(
         &args,
         &idx("subsystem"),
@@ -89,7 +88,8 @@ fn parse_cpu_list(s: &str) -> Result<Vec<usize>, String> {
         let bad = || format!("bad CPU list '{s}' (example: 0-3,6)");
         match part.split_once('-') {
             Some((a, b)) => {
-                let (a, b): (usize, usize) = (a.parse().map_err(|_| bad())?, b.parse().map_err(|_| bad())?);
+                let (a, b): (usize, usize) =
+                    (a.parse().map_err(|_| bad())?, b.parse().map_err(|_| bad())?);
                 if a > b {
                     return Err(bad());
                 }
@@ -145,7 +145,9 @@ fn build_config(
         Some(l) => {
             let c = parse_cpu_list(l)?;
             if let Some(bad) = c.iter().find(|c| !allowed.contains(c)) {
-                return Err(format!("--cpus: CPU {bad} is not available (available: {allowed:?})"));
+                return Err(format!(
+                    "--cpus: CPU {bad} is not available (available: {allowed:?})"
+                ));
             }
             c
         }
@@ -195,7 +197,8 @@ fn build_config(
             MAX_IN_CAPSULE_DATA >> 10
         ));
     }
-    let dma_memory = parse_size(&args.dma_memory).map_err(|e| format!("--dma-memory: {e}"))? as usize;
+    let dma_memory =
+        parse_size(&args.dma_memory).map_err(|e| format!("--dma-memory: {e}"))? as usize;
     if dma_memory < (1 << 20) {
         return Err("--dma-memory: at least 1M".into());
     }
@@ -208,9 +211,24 @@ fn build_config(
         Any,
     }
     let mut items: Vec<(usize, Item)> = Vec::new();
-    items.extend(sub_idx.iter().zip(&args.subsystem).map(|(&i, s)| (i, Item::Sub(s))));
-    items.extend(ns_idx.iter().zip(&args.namespace).map(|(&i, s)| (i, Item::Ns(s))));
-    items.extend(host_idx.iter().zip(&args.allow_host).map(|(&i, s)| (i, Item::Host(s))));
+    items.extend(
+        sub_idx
+            .iter()
+            .zip(&args.subsystem)
+            .map(|(&i, s)| (i, Item::Sub(s))),
+    );
+    items.extend(
+        ns_idx
+            .iter()
+            .zip(&args.namespace)
+            .map(|(&i, s)| (i, Item::Ns(s))),
+    );
+    items.extend(
+        host_idx
+            .iter()
+            .zip(&args.allow_host)
+            .map(|(&i, s)| (i, Item::Host(s))),
+    );
     items.extend(any_idx.iter().map(|&i| (i, Item::Any)));
     items.sort_by_key(|(i, _)| *i);
 
@@ -227,7 +245,8 @@ fn build_config(
         match it {
             Item::Sub(nqn) => {
                 check_nqn(nqn).map_err(|e| format!("--subsystem: {e}"))?;
-                if drafts.iter().any(|d| d.nqn == nqn) || nqn == crate::wire::fabrics::DISCOVERY_NQN {
+                if drafts.iter().any(|d| d.nqn == nqn) || nqn == crate::wire::fabrics::DISCOVERY_NQN
+                {
                     return Err(format!("--subsystem {nqn}: named twice or reserved"));
                 }
                 drafts.push(Draft {
@@ -310,7 +329,10 @@ fn build_config(
             namespaces.push(resolve_namespace(&d.nqn, (i + 1) as u32, spec)?);
         }
         subsystems.push(SubsystemConfig {
-            serial: args.serial.clone().unwrap_or_else(|| default_serial(&d.nqn)),
+            serial: args
+                .serial
+                .clone()
+                .unwrap_or_else(|| default_serial(&d.nqn)),
             model: args.model.clone(),
             nqn: d.nqn,
             allow_any_host: any,
@@ -335,7 +357,11 @@ fn resolve_namespace(nqn: &str, nsid: u32, spec: NamespaceSpec) -> Result<Namesp
     let (backing, size, min_block, default_bs) = match spec.backing {
         Backing::File(p) => {
             let probe = file::probe(&p)?;
-            let bs_default = if probe.is_block { probe.logical_block } else { 4096 };
+            let bs_default = if probe.is_block {
+                probe.logical_block
+            } else {
+                4096
+            };
             let b = if probe.is_block {
                 Backing::Block(p)
             } else {
@@ -361,7 +387,9 @@ fn resolve_namespace(nqn: &str, nsid: u32, spec: NamespaceSpec) -> Result<Namesp
         return Err(format!("{what}: size is zero"));
     }
     if size % bs as u64 != 0 {
-        return Err(format!("{what}: size {size} is not a multiple of the block size {bs}"));
+        return Err(format!(
+            "{what}: size {size} is not a multiple of the block size {bs}"
+        ));
     }
     let (nguid, uuid, eui64) = namespace_ids(nqn, nsid);
     Ok(NamespaceConfig {
@@ -385,7 +413,12 @@ fn probe_listeners(cfg: &TargetConfig) -> Result<(), String> {
 }
 
 fn human(n: u64) -> String {
-    for (u, s) in [(1u64 << 40, "T"), (1 << 30, "G"), (1 << 20, "M"), (1 << 10, "K")] {
+    for (u, s) in [
+        (1u64 << 40, "T"),
+        (1 << 30, "G"),
+        (1 << 20, "M"),
+        (1 << 10, "K"),
+    ] {
         if n >= u && n.is_multiple_of(u) {
             return format!("{}{s}", n / u);
         }
@@ -411,7 +444,10 @@ pub fn banner(cfg: &TargetConfig) -> String {
         } else {
             sub.hosts.join(", ")
         };
-        s += &format!("subsystem {} (serial {}; allowed: {hosts})\n", sub.nqn, sub.serial);
+        s += &format!(
+            "subsystem {} (serial {}; allowed: {hosts})\n",
+            sub.nqn, sub.serial
+        );
         for ns in &sub.namespaces {
             let what = match &ns.backing {
                 Backing::File(p) => format!("file {}", p.display()),

@@ -3,7 +3,9 @@
 //! the immutable config and RAM disks; the control plane between them is
 //! messages over a glommio channel mesh (never per I/O command).
 
-use crate::config::{TargetConfig, CONNECT_TIMEOUT_MS, DISCOVERY_DEFAULT_KATO_MS, MAX_CONNECTIONS_PER_CORE};
+use crate::config::{
+    TargetConfig, CONNECT_TIMEOUT_MS, DISCOVERY_DEFAULT_KATO_MS, MAX_CONNECTIONS_PER_CORE,
+};
 use crate::target::controller::{Controller, SubsysRef};
 use crate::target::Namespace;
 use crate::trigger::Trigger;
@@ -163,7 +165,10 @@ impl Shard {
     // ---- control messages -------------------------------------------------
 
     /// Receive loop for messages from one peer.
-    pub fn spawn_receivers(self: &Rc<Self>, mut receivers: glommio::channels::channel_mesh::Receivers<CtlMsg>) {
+    pub fn spawn_receivers(
+        self: &Rc<Self>,
+        mut receivers: glommio::channels::channel_mesh::Receivers<CtlMsg>,
+    ) {
         for (_peer, rx) in receivers.streams() {
             let me = self.clone();
             glommio::spawn_local(async move {
@@ -181,7 +186,10 @@ impl Shard {
             let me = self.clone();
             glommio::spawn_local(async move { me.handle(msg).await }).detach();
         } else if let Err(e) = self.senders.send_to(to, msg).await {
-            log::error!("shard {}: control message to shard {to} lost: {e:?}", self.id);
+            log::error!(
+                "shard {}: control message to shard {to} lost: {e:?}",
+                self.id
+            );
         }
     }
 
@@ -191,7 +199,11 @@ impl Shard {
         glommio::spawn_local(async move { me.send(to, msg).await }).detach();
     }
 
-    async fn request(self: &Rc<Self>, to: usize, make: impl FnOnce(u64) -> CtlMsg) -> Option<CtlMsg> {
+    async fn request(
+        self: &Rc<Self>,
+        to: usize,
+        make: impl FnOnce(u64) -> CtlMsg,
+    ) -> Option<CtlMsg> {
         let req = self.next_req.get();
         self.next_req.set(req + 1);
         let (tx, rx) = local_channel::new_bounded(1);
@@ -258,7 +270,15 @@ impl Shard {
                     .get(&cntlid)
                     .map(|l| l.last_activity.get().elapsed().as_millis() as u64);
                 let stats = self.stats.borrow().get(subsys).copied().unwrap_or_default();
-                self.send(from, CtlMsg::QueryResp { req, idle_ms, stats }).await;
+                self.send(
+                    from,
+                    CtlMsg::QueryResp {
+                        req,
+                        idle_ms,
+                        stats,
+                    },
+                )
+                .await;
             }
         }
     }
@@ -279,7 +299,9 @@ impl Shard {
         } else {
             kato_ms
         };
-        let ctrl = Rc::new(Controller::new(cntlid, subsys, hostnqn, hostid, kato_ms, &self.cfg));
+        let ctrl = Rc::new(Controller::new(
+            cntlid, subsys, hostnqn, hostid, kato_ms, &self.cfg,
+        ));
         self.controllers.borrow_mut().insert(
             cntlid,
             OwnedCtrl {
@@ -439,9 +461,16 @@ impl Shard {
     /// Close every I/O queue of a controller owned here, on every core.
     pub fn teardown_io(self: &Rc<Self>, ctrl: &Controller) {
         let cores: std::collections::BTreeSet<usize> =
-            std::mem::take(&mut *ctrl.io_queues.borrow_mut()).into_values().collect();
+            std::mem::take(&mut *ctrl.io_queues.borrow_mut())
+                .into_values()
+                .collect();
         for core in cores {
-            self.post(core, CtlMsg::Teardown { cntlid: ctrl.cntlid });
+            self.post(
+                core,
+                CtlMsg::Teardown {
+                    cntlid: ctrl.cntlid,
+                },
+            );
         }
     }
 
@@ -583,11 +612,12 @@ impl Shard {
     /// Accept loop of one listener.
     pub async fn serve_listener(self: Rc<Self>, listener: TcpListener) {
         loop {
-            let accepted = futures_lite::future::or(async { Some(listener.accept().await) }, async {
-                self.stop.wait().await;
-                None
-            })
-            .await;
+            let accepted =
+                futures_lite::future::or(async { Some(listener.accept().await) }, async {
+                    self.stop.wait().await;
+                    None
+                })
+                .await;
             let stream = match accepted {
                 None => return,
                 Some(Ok(s)) => s,

@@ -56,7 +56,8 @@ pub fn probe(path: &Path) -> Result<Probe, String> {
         let mut size: u64 = 0;
         // SAFETY: both ioctls write one integer of the given type.
         let ok = unsafe {
-            libc::ioctl(fd, BLKSSZGET, &mut bs) == 0 && libc::ioctl(fd, BLKGETSIZE64, &mut size) == 0
+            libc::ioctl(fd, BLKSSZGET, &mut bs) == 0
+                && libc::ioctl(fd, BLKGETSIZE64, &mut size) == 0
         };
         if !ok {
             return Err(format!(

@@ -49,13 +49,21 @@ impl RamDisk {
 
     /// Offsets and lengths are multiples of the block size (512 or 4096).
     pub fn read(&self, offset: u64, out: &mut [u8]) {
-        for (w, o) in self.range(offset, out.len()).iter().zip(out.chunks_exact_mut(WORD)) {
+        for (w, o) in self
+            .range(offset, out.len())
+            .iter()
+            .zip(out.chunks_exact_mut(WORD))
+        {
             o.copy_from_slice(&w.load(Relaxed).to_ne_bytes());
         }
     }
 
     pub fn write(&self, offset: u64, data: &[u8]) {
-        for (w, d) in self.range(offset, data.len()).iter().zip(data.chunks_exact(WORD)) {
+        for (w, d) in self
+            .range(offset, data.len())
+            .iter()
+            .zip(data.chunks_exact(WORD))
+        {
             w.store(u64::from_ne_bytes(d.try_into().unwrap()), Relaxed);
         }
     }

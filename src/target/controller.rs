@@ -251,9 +251,15 @@ mod tests {
         let c = ctrl();
         assert_eq!(c.property_get(property::CAP, true).unwrap() & 0xFFFF, 127);
         assert!(c.property_get(property::CAP, false).is_err());
-        assert_eq!(c.property_set(property::CC, false, CC_GOOD).unwrap(), CcEffect::Enabled);
+        assert_eq!(
+            c.property_set(property::CC, false, CC_GOOD).unwrap(),
+            CcEffect::Enabled
+        );
         assert!(c.ready());
-        assert_eq!(c.property_set(property::CC, false, 0).unwrap(), CcEffect::Reset);
+        assert_eq!(
+            c.property_set(property::CC, false, 0).unwrap(),
+            CcEffect::Reset
+        );
         assert!(!c.ready());
     }
 

@@ -97,7 +97,14 @@ pub async fn connect(
         return Err(invalid(false, connect_offset::QID));
     }
     let (info, local) = shard
-        .attach_io(d.cntlid, cmd.qid, &d.hostnqn, d.hostid, &d.subnqn, kill.clone())
+        .attach_io(
+            d.cntlid,
+            cmd.qid,
+            &d.hostnqn,
+            d.hostid,
+            &d.subnqn,
+            kill.clone(),
+        )
         .await
         .map_err(|(s, dw0)| Response {
             dw0,

@@ -14,11 +14,7 @@ const DSM_RANGE_LEN: usize = 16;
 const DSM_AD: u32 = 1 << 2;
 
 /// Phase one: find the namespace, check the LBA range and the transfer size.
-pub fn prepare(
-    sqe: &Sqe,
-    ns: Option<&Rc<Namespace>>,
-    max_io_size: u32,
-) -> Result<Xfer, Status> {
+pub fn prepare(sqe: &Sqe, ns: Option<&Rc<Namespace>>, max_io_size: u32) -> Result<Xfer, Status> {
     let op = sqe.opcode();
     if !matches!(
         op,
@@ -118,7 +114,9 @@ pub async fn execute(sqe: &Sqe, ns: &Namespace, data: Option<DmaBuffer>) -> Resp
                 return Response::status(Status::DATA_TRANSFER_ERROR);
             };
             match ns.backend.read(offset, len as usize).await {
-                Ok(have) if have.as_slice()[..len as usize] == expect.as_bytes()[..len as usize] => {
+                Ok(have)
+                    if have.as_slice()[..len as usize] == expect.as_bytes()[..len as usize] =>
+                {
                     Response::ok()
                 }
                 Ok(_) => Response::status(Status::COMPARE_FAILURE),

@@ -120,13 +120,10 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream, kill: Rc<Trigger>) {
     let mut rb = RecvBuf::new(r);
 
     // Connection setup (§3.3): the first PDU must be an ICReq, within a time limit.
-    let ic = futures_lite::future::or(
-        async { Some(read_icreq(&mut rb).await) },
-        async {
-            glommio::timer::sleep(shard.connect_timeout()).await;
-            None
-        },
-    )
+    let ic = futures_lite::future::or(async { Some(read_icreq(&mut rb).await) }, async {
+        glommio::timer::sleep(shard.connect_timeout()).await;
+        None
+    })
     .await;
     let icreq = match ic {
         None => {
@@ -319,7 +316,12 @@ impl Conn {
         Ok(pdu::digest(dst) == want)
     }
 
-    async fn on_capsule(self: &Rc<Self>, rb: &mut Reader, l: &Layout, hdr: &[u8]) -> Result<(), Stop> {
+    async fn on_capsule(
+        self: &Rc<Self>,
+        rb: &mut Reader,
+        l: &Layout,
+        hdr: &[u8],
+    ) -> Result<(), Stop> {
         let sqe = Sqe::from_slice(&hdr[CH_LEN..CH_LEN + SQE_LEN]);
         let mut icd = None;
         let mut digest_ok = true;
@@ -486,9 +488,15 @@ impl Conn {
         }));
     }
 
-    async fn on_h2c_data(self: &Rc<Self>, rb: &mut Reader, l: &Layout, hdr: &[u8]) -> Result<(), Stop> {
+    async fn on_h2c_data(
+        self: &Rc<Self>,
+        rb: &mut Reader,
+        l: &Layout,
+        hdr: &[u8],
+    ) -> Result<(), Stop> {
         let dh = DataHeader::decode(hdr);
-        let bad = |fes_v: u16, fei: u32| Stop::Fatal(FatalError::new(fes_v, fei), hdr[..l.hlen].to_vec());
+        let bad =
+            |fes_v: u16, fei: u32| Stop::Fatal(FatalError::new(fes_v, fei), hdr[..l.hlen].to_vec());
         let mut x = {
             let mut slots = self.r2t.borrow_mut();
             match slots.get_mut(dh.ttag as usize).and_then(|s| s.take()) {
@@ -528,7 +536,13 @@ impl Conn {
         Ok(())
     }
 
-    fn spawn_execute(self: &Rc<Self>, sqe: Sqe, ns: Option<Rc<Namespace>>, data: Option<DmaBuffer>, max_len: usize) {
+    fn spawn_execute(
+        self: &Rc<Self>,
+        sqe: Sqe,
+        ns: Option<Rc<Namespace>>,
+        data: Option<DmaBuffer>,
+        max_len: usize,
+    ) {
         let me = self.clone();
         glommio::spawn_local(async move {
             let outcome = me.execute(&sqe, ns, data).await;
@@ -541,7 +555,12 @@ impl Conn {
     }
 
     /// Phase two: run the command.
-    async fn execute(self: &Rc<Self>, sqe: &Sqe, ns: Option<Rc<Namespace>>, data: Option<DmaBuffer>) -> Outcome {
+    async fn execute(
+        self: &Rc<Self>,
+        sqe: &Sqe,
+        ns: Option<Rc<Namespace>>,
+        data: Option<DmaBuffer>,
+    ) -> Outcome {
         if sqe.opcode() == command::admin::FABRICS {
             return self.execute_fabrics(sqe, data).await.into();
         }
@@ -647,7 +666,8 @@ impl Conn {
 
     fn complete(&self, cid: u16, resp: Response, max_len: usize) {
         self.set_cid(cid, false);
-        self.outstanding.set(self.outstanding.get().saturating_sub(1));
+        self.outstanding
+            .set(self.outstanding.get().saturating_sub(1));
         self.out.push(Out::Done { cid, resp, max_len });
     }
 

@@ -94,7 +94,7 @@ pub fn smart_log(c: &SmartCounters) -> Vec<u8> {
     LE::write_u16(&mut b[1..3], 273 + 30); // composite temperature, kelvin
     b[3] = 100; // available spare %
     b[4] = 10; // spare threshold %
-    // Data units are thousands of 512-byte units, rounded up (§5.16.1.3).
+               // Data units are thousands of 512-byte units, rounded up (§5.16.1.3).
     let units = |bytes: u64| bytes.div_ceil(512).div_ceil(1000) as u128;
     let put128 = |b: &mut [u8], v: u128| LE::write_u128(b, v);
     put128(&mut b[32..48], units(c.bytes_read));

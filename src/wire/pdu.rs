@@ -183,10 +183,9 @@ pub fn layout(
 ) -> Result<Layout, FatalError> {
     use pdu_type::*;
     let allowed = match dir {
-        Direction::HostToController => matches!(
-            ch.pdu_type,
-            IC_REQ | H2C_TERM_REQ | CAPSULE_CMD | H2C_DATA
-        ),
+        Direction::HostToController => {
+            matches!(ch.pdu_type, IC_REQ | H2C_TERM_REQ | CAPSULE_CMD | H2C_DATA)
+        }
         Direction::ControllerToHost => matches!(
             ch.pdu_type,
             IC_RESP | C2H_TERM_REQ | CAPSULE_RESP | C2H_DATA | R2T
@@ -529,7 +528,11 @@ pub fn encode_r2t(dh: DataHeader, d: Digests, out: &mut Vec<u8>) {
 /// that the caller appends (and their digest when enabled).
 pub fn encode_capsule_cmd(sqe: &[u8; 64], data_len: usize, d: Digests, out: &mut Vec<u8>) {
     let ht = header_total(CMD_HLEN, d);
-    let tail = if d.data && data_len > 0 { DIGEST_LEN } else { 0 };
+    let tail = if d.data && data_len > 0 {
+        DIGEST_LEN
+    } else {
+        0
+    };
     let mut h = [0u8; CMD_HLEN];
     CommonHeader {
         pdu_type: pdu_type::CAPSULE_CMD,
@@ -764,6 +767,9 @@ mod tests {
     fn crc32c_known_value() {
         // RFC 3720 B.4: 32 bytes of zeroes.
         assert_eq!(digest(&[0u8; 32]), 0x8A91_36AA);
-        assert_eq!(digest_append(digest(b"1234"), b"56789"), digest(b"123456789"));
+        assert_eq!(
+            digest_append(digest(b"1234"), b"56789"),
+            digest(b"123456789")
+        );
     }
 }

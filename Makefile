@@ -1,0 +1,36 @@
+# nvmf-tpc: the two commands a new user needs are `make run` and `make test`.
+
+CARGO ?= cargo
+BIN := target/release/nvmf-tpc
+
+.PHONY: all build run test unit interop lint fmt clean
+
+all: build
+
+build:
+	$(CARGO) build --release
+
+## Serve the embedded default: a sparse 1 GiB file under ./nvmf-tpc-data on 127.0.0.1:4420.
+run: build
+	$(BIN) serve
+
+## Every test: unit, integration (real target over loopback) and the Linux
+## kernel host under QEMU (installs qemu, Debian's kernel, nvme-cli, fio).
+test: lint unit interop
+
+unit:
+	$(CARGO) test --release
+
+interop: build
+	tests/interop/run.sh $(BIN)
+	INTEROP_DIGESTS=1 INTEROP_QUIET=1 tests/interop/run.sh $(BIN)
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --release --all-targets -- -D warnings
+
+fmt:
+	$(CARGO) fmt --all
+
+clean:
+	$(CARGO) clean

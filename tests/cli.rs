@@ -1,0 +1,121 @@
+//! The `serve` command line: bad flags and unusable backings fail at start
+//! with a message naming the problem; the embedded default serves; signals stop it.
+
+mod common;
+use common::*;
+use std::process::Command;
+
+fn fails_with(args: &[&str], needle: &str) {
+    match Target::try_start(args) {
+        Ok(t) => panic!("started with {args:?}:\n{}", t.output()),
+        Err((status, out)) => {
+            let status = status.expect("exited");
+            assert!(!status.success(), "{args:?}: exit status {status:?}");
+            assert!(
+                out.contains(needle),
+                "{args:?}: output lacks '{needle}':\n{out}"
+            );
+            assert!(!out.contains("listening on"), "half-started:\n{out}");
+        }
+    }
+}
+
+#[test]
+fn bad_flags_are_refused() {
+    fails_with(&["--queue-depth", "1"], "--queue-depth");
+    fails_with(&["--max-io-size", "100K"], "--max-io-size");
+    fails_with(&["--in-capsule-data", "1M"], "--in-capsule-data");
+    fails_with(&["--cores", "0"], "--cores");
+    fails_with(&["--cores", "999"], "--cores");
+    fails_with(&["--cpus", "x"], "CPU list");
+    fails_with(&["--subsystem", "notannqn"], "NQN");
+    fails_with(&["--namespace", "ram:1G,bs=1000"], "block size");
+    fails_with(&["--namespace", "ram:banana"], "size");
+    fails_with(&["--namespace", "ram:1G,zz=1"], "unknown namespace option");
+    fails_with(&["--nonsense"], "--nonsense");
+    fails_with(&["--listen", "127.0.0.1:0"], "port");
+}
+
+#[test]
+fn unusable_backings_are_refused() {
+    let dir = std::env::temp_dir().join(format!("nvmf-tpc-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let missing = dir.join("missing.img");
+    fails_with(&["--namespace", missing.to_str().unwrap()], "missing.img");
+    let odd = dir.join("odd.img");
+    std::fs::File::create(&odd)
+        .unwrap()
+        .set_len(4096 * 10 + 512)
+        .unwrap();
+    fails_with(&["--namespace", odd.to_str().unwrap()], "not a multiple");
+    let empty = dir.join("empty.img");
+    std::fs::File::create(&empty).unwrap();
+    fails_with(&["--namespace", empty.to_str().unwrap()], "zero");
+    fails_with(
+        &["--namespace", dir.to_str().unwrap()],
+        "not a regular file",
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn non_loopback_needs_an_explicit_host_choice() {
+    let port = free_port();
+    let l = format!("0.0.0.0:{port}");
+    fails_with(&["--listen", &l, "--namespace", "null:1M"], "--allow-host");
+    let t = Target::start(&["--listen", &l, "--namespace", "null:1M", "--allow-any-host"]);
+    assert_eq!(t.stop().code(), Some(0));
+}
+
+#[test]
+fn port_in_use_is_refused() {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let a = l.local_addr().unwrap().to_string();
+    fails_with(&["--listen", &a, "--namespace", "null:1M"], "cannot listen");
+}
+
+#[test]
+fn embedded_default_serves_and_stops_cleanly() {
+    let dir = std::env::temp_dir().join(format!("nvmf-tpc-default-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let t = Target::start_in(&dir, &[]);
+    let out = t.output();
+    assert!(out.contains("nqn.2026-11.io.nvmf-tpc:default"), "{out}");
+    assert!(out.contains("nvme connect -t tcp -a 127.0.0.1"), "{out}");
+    assert!(out.contains("namespace 1: file"), "{out}");
+    let img = dir.join("nvmf-tpc-data/default.img");
+    let meta = std::fs::metadata(&img).unwrap();
+    assert_eq!(meta.len(), 1 << 30);
+    assert_eq!(t.stop().code(), Some(0));
+    // Data persists: a second start reuses the same file.
+    let t = Target::start_in(&dir, &[]);
+    assert_eq!(t.stop().code(), Some(0));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn help_speaks_to_admins() {
+    let out = Command::new(bin())
+        .args(["serve", "--help"])
+        .output()
+        .unwrap();
+    let s = String::from_utf8_lossy(&out.stdout);
+    for flag in [
+        "--cores",
+        "--cpus",
+        "--listen",
+        "--subsystem",
+        "--namespace",
+        "--allow-host",
+        "--allow-any-host",
+        "--queue-depth",
+        "--max-io-size",
+        "--in-capsule-data",
+        "--serial",
+        "--model",
+        "--log-level",
+    ] {
+        assert!(s.contains(flag), "help lacks {flag}:\n{s}");
+    }
+}

@@ -1,0 +1,192 @@
+//! Shared test harness: runs the real `nvmf-tpc` binary on a free loopback
+//! port and drives it with the host library inside a glommio executor.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read};
+use std::net::{SocketAddr, TcpListener};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+pub const NQN: &str = "nqn.2026-11.io.nvmf-tpc:test";
+
+/// A free TCP port on 127.0.0.1 (bound once, then released).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+pub struct Target {
+    child: Option<Child>,
+    pub addr: SocketAddr,
+    pub stdout: Arc<Mutex<String>>,
+    pub stderr: Arc<Mutex<String>>,
+}
+
+fn pump(r: impl Read + Send + 'static, into: Arc<Mutex<String>>) {
+    std::thread::spawn(move || {
+        let mut r = BufReader::new(r);
+        let mut line = String::new();
+        while r.read_line(&mut line).map(|n| n > 0).unwrap_or(false) {
+            into.lock().unwrap().push_str(&line);
+            line.clear();
+        }
+    });
+}
+
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_nvmf-tpc")
+}
+
+impl Target {
+    /// Start `nvmf-tpc serve ARGS --listen 127.0.0.1:<free>` and wait until it
+    /// prints its banner. Panics (with its output) if it does not start.
+    pub fn start(args: &[&str]) -> Target {
+        match Target::try_start(args) {
+            Ok(t) => t,
+            Err((status, out)) => panic!("target did not start ({status:?}):\n{out}"),
+        }
+    }
+
+    pub fn start_in(dir: &std::path::Path, args: &[&str]) -> Target {
+        match Target::spawn(dir, args) {
+            Ok(t) => t,
+            Err((status, out)) => panic!("target did not start ({status:?}):\n{out}"),
+        }
+    }
+
+    pub fn try_start(args: &[&str]) -> Result<Target, (Option<ExitStatus>, String)> {
+        Target::spawn(&std::env::temp_dir(), args)
+    }
+
+    fn spawn(dir: &std::path::Path, args: &[&str]) -> Result<Target, (Option<ExitStatus>, String)> {
+        let port = free_port();
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let mut cmd = Command::new(bin());
+        cmd.arg("serve").current_dir(dir);
+        if !args.contains(&"--listen") {
+            cmd.args(["--listen", &addr.to_string()]);
+        }
+        cmd.args(args)
+            .env(
+                "RUST_LOG",
+                std::env::var("TARGET_LOG").unwrap_or_else(|_| "debug".into()),
+            )
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().expect("spawn nvmf-tpc");
+        let stdout = Arc::new(Mutex::new(String::new()));
+        let stderr = Arc::new(Mutex::new(String::new()));
+        pump(child.stdout.take().unwrap(), stdout.clone());
+        pump(child.stderr.take().unwrap(), stderr.clone());
+        let mut t = Target {
+            child: Some(child),
+            addr,
+            stdout,
+            stderr,
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if t.stdout.lock().unwrap().contains("listening on") {
+                return Ok(t);
+            }
+            if let Some(st) = t.child.as_mut().unwrap().try_wait().unwrap() {
+                std::thread::sleep(Duration::from_millis(100));
+                let out = t.output();
+                t.child = None;
+                return Err((Some(st), out));
+            }
+            if Instant::now() > deadline {
+                let out = t.output();
+                return Err((None, out));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn output(&self) -> String {
+        format!(
+            "--- stdout\n{}--- stderr\n{}",
+            self.stdout.lock().unwrap(),
+            self.stderr.lock().unwrap()
+        )
+    }
+
+    pub fn log(&self) -> String {
+        self.stderr.lock().unwrap().clone()
+    }
+
+    /// Wait up to `timeout` for the log to contain `pat`.
+    pub fn wait_log(&self, pat: &str, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if self.log().contains(pat) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
+    }
+
+    pub fn signal(&self, sig: i32) {
+        if let Some(c) = &self.child {
+            unsafe {
+                libc::kill(c.id() as i32, sig);
+            }
+        }
+    }
+
+    /// SIGTERM and wait for the exit status.
+    pub fn stop(mut self) -> ExitStatus {
+        self.signal(libc::SIGTERM);
+        let mut c = self.child.take().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(st) = c.try_wait().unwrap() {
+                return st;
+            }
+            if Instant::now() > deadline {
+                let _ = c.kill();
+                panic!("target did not stop on SIGTERM:\n{}", self.output());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn kill9(mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Target {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+            if std::thread::panicking() {
+                eprintln!("target output:\n{}", self.output());
+            }
+        }
+    }
+}
+
+/// Run `f` inside a fresh glommio executor and return its result.
+pub fn run<F, Fut, T>(f: F) -> T
+where
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = T> + 'static,
+    T: Send + 'static,
+{
+    glommio::LocalExecutorBuilder::default()
+        .spawn(f)
+        .expect("executor")
+        .join()
+        .expect("host executor panicked")
+}
