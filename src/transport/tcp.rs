@@ -115,7 +115,7 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream, kill: Rc<Trigger>) {
     let local = stream
         .local_addr()
         .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
-    log::debug!("core {}: connection from {peer}", shard.id);
+    log::info!("core {}: connection from {peer}", shard.id);
     let (r, mut w) = futures_lite::io::split(stream);
     let mut rb = RecvBuf::new(r);
 
@@ -180,8 +180,8 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream, kill: Rc<Trigger>) {
     })
     .await;
     match stop {
-        Stop::Eof => log::debug!("{peer}: host closed the connection"),
-        Stop::Killed => log::debug!("{peer}: queue closed by the target"),
+        Stop::Eof => log::info!("{peer}: host closed the connection"),
+        Stop::Killed => log::info!("{peer}: queue closed by the target"),
         Stop::Io(e) => log::info!("{peer}: connection error: {e}"),
         Stop::HostTerm(e) => log::warn!(
             "{peer}: host terminated the connection (H2CTermReq fes {:#x} fei {:#x})",
@@ -365,6 +365,7 @@ impl Conn {
         let (xfer, ns) = match self.prepare(&sqe) {
             Ok(x) => x,
             Err(s) => {
+                self.log_failure(&sqe, s);
                 self.complete(cid, Response::status(s), 0);
                 return Ok(());
             }
@@ -403,7 +404,10 @@ impl Conn {
             },
         };
         match checked {
-            Err(s) => self.complete(cid, Response::status(s), 0),
+            Err(s) => {
+                self.log_failure(&sqe, s);
+                self.complete(cid, Response::status(s), 0)
+            }
             Ok((_, Some(len))) => self.start_r2t(sqe, ns, len),
             Ok((max_len, None)) => self.spawn_execute(sqe, ns, icd, max_len),
         }
@@ -547,7 +551,12 @@ impl Conn {
         glommio::spawn_local(async move {
             let outcome = me.execute(&sqe, ns, data).await;
             match outcome {
-                Outcome::Done(r) => me.complete(sqe.cid(), r, max_len),
+                Outcome::Done(r) => {
+                    if !r.status.is_success() {
+                        me.log_failure(&sqe, r.status);
+                    }
+                    me.complete(sqe.cid(), r, max_len)
+                }
                 Outcome::Deferred => me.deferred.set(me.deferred.get() + 1),
             }
         })
@@ -662,6 +671,16 @@ impl Conn {
             },
             _ => Response::status(Status::INVALID_OPCODE),
         }
+    }
+
+    /// Failed commands are logged (never successful ones: no line per I/O).
+    fn log_failure(&self, sqe: &Sqe, s: Status) {
+        log::info!(
+            "{}: queue {} command {:?} failed: {s}",
+            self.peer,
+            self.state.borrow().qid,
+            sqe
+        );
     }
 
     fn complete(&self, cid: u16, resp: Response, max_len: usize) {

@@ -1,0 +1,486 @@
+//! Raw byte streams against the real target: sessions split at every byte
+//! boundary or merged into one write, and malformed PDUs answered with a
+//! C2HTermReq and a closed connection while other connections keep working.
+
+mod common;
+use common::*;
+use nvmf_tpc::wire::command::{admin, fctype, io, sgl, Cqe, SglDescriptor, Sqe};
+use nvmf_tpc::wire::fabrics::{property, ConnectCmd, ConnectData, PropertyCmd};
+use nvmf_tpc::wire::pdu::{self, fes, flags, pdu_type, CommonHeader, DataHeader, Digests, IcReq};
+use nvmf_tpc::wire::status::Status;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::Duration;
+
+const HOSTNQN: &str = "nqn.2014-08.org.nvmexpress:uuid:00000000-0000-0000-0000-000000000001";
+
+fn icreq(d: Digests) -> Vec<u8> {
+    IcReq {
+        pfv: 0,
+        hpda: 0,
+        digests: d,
+        maxr2t: 0,
+    }
+    .encode()
+    .to_vec()
+}
+
+fn capsule(sqe: &Sqe, data: &[u8], d: Digests) -> Vec<u8> {
+    let mut out = Vec::new();
+    pdu::encode_capsule_cmd(&sqe.0, data.len(), d, &mut out);
+    out.extend_from_slice(data);
+    if d.data && !data.is_empty() {
+        out.extend_from_slice(&pdu::digest(data).to_le_bytes());
+    }
+    out
+}
+
+fn connect(cid: u16, qid: u16, cntlid: u16, d: Digests) -> Vec<u8> {
+    let mut sqe = Sqe::default();
+    sqe.set_opcode(admin::FABRICS)
+        .set_fctype(fctype::CONNECT)
+        .set_cid(cid)
+        .set_sgl(SglDescriptor {
+            addr: 0,
+            length: 1024,
+            id: sgl::DATA_BLOCK_OFFSET,
+        });
+    ConnectCmd {
+        recfmt: 0,
+        qid,
+        sqsize: 31,
+        cattr: 0,
+        kato_ms: if qid == 0 { 30_000 } else { 0 },
+    }
+    .encode(&mut sqe);
+    let data = ConnectData {
+        hostid: [1; 16],
+        cntlid,
+        subnqn: NQN.into(),
+        hostnqn: HOSTNQN.into(),
+    }
+    .encode();
+    capsule(&sqe, &data, d)
+}
+
+fn prop_set_cc(cid: u16, d: Digests) -> Vec<u8> {
+    let mut sqe = Sqe::default();
+    sqe.set_opcode(admin::FABRICS)
+        .set_fctype(fctype::PROPERTY_SET)
+        .set_cid(cid);
+    PropertyCmd {
+        size8: false,
+        offset: property::CC,
+        value: 1 | (6 << 16) | (4 << 20),
+    }
+    .encode(&mut sqe);
+    capsule(&sqe, &[], d)
+}
+
+fn identify_ctrl(cid: u16, d: Digests) -> Vec<u8> {
+    let mut sqe = Sqe::default();
+    sqe.set_opcode(admin::IDENTIFY)
+        .set_cid(cid)
+        .set_cdw(10, 1)
+        .set_sgl(SglDescriptor {
+            addr: 0,
+            length: 4096,
+            id: sgl::TRANSPORT_DATA_BLOCK,
+        });
+    capsule(&sqe, &[], d)
+}
+
+fn write_icd(cid: u16, slba: u64, data: &[u8], d: Digests) -> Vec<u8> {
+    let mut sqe = Sqe::default();
+    sqe.set_opcode(io::WRITE)
+        .set_cid(cid)
+        .set_nsid(1)
+        .set_cdw(10, slba as u32)
+        .set_cdw(11, (slba >> 32) as u32)
+        .set_cdw(12, (data.len() / 4096 - 1) as u32)
+        .set_sgl(SglDescriptor {
+            addr: 0,
+            length: data.len() as u32,
+            id: sgl::DATA_BLOCK_OFFSET,
+        });
+    capsule(&sqe, data, d)
+}
+
+fn read_cmd(cid: u16, slba: u64, blocks: u32, d: Digests) -> Vec<u8> {
+    let mut sqe = Sqe::default();
+    sqe.set_opcode(io::READ)
+        .set_cid(cid)
+        .set_nsid(1)
+        .set_cdw(10, slba as u32)
+        .set_cdw(12, blocks - 1)
+        .set_sgl(SglDescriptor {
+            addr: 0,
+            length: blocks * 4096,
+            id: sgl::TRANSPORT_DATA_BLOCK,
+        });
+    capsule(&sqe, &[], d)
+}
+
+/// A PDU as received by the host.
+#[derive(Debug)]
+enum Rx {
+    IcResp,
+    Resp(Cqe),
+    Data(DataHeader, Vec<u8>, u8),
+    R2T,
+    Term(pdu::FatalError),
+}
+
+struct Peer {
+    s: TcpStream,
+    d: Digests,
+}
+
+impl Peer {
+    fn open(addr: SocketAddr, d: Digests) -> Peer {
+        let s = TcpStream::connect(addr).unwrap();
+        s.set_nodelay(true).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        Peer { s, d }
+    }
+
+    fn send(&mut self, b: &[u8]) {
+        self.s.write_all(b).unwrap();
+    }
+
+    /// Next PDU, or None at EOF.
+    fn recv(&mut self) -> Option<Rx> {
+        let mut ch = [0u8; 8];
+        if self.s.read_exact(&mut ch).is_err() {
+            return None;
+        }
+        let h = CommonHeader::decode(&ch);
+        let digests = if h.pdu_type == pdu_type::IC_RESP || h.pdu_type == pdu_type::C2H_TERM_REQ {
+            Digests::default()
+        } else {
+            self.d
+        };
+        let l = pdu::layout(h, pdu::Direction::ControllerToHost, digests, 1 << 24)
+            .unwrap_or_else(|e| panic!("target sent a bad PDU header {h:?}: {e:?}"));
+        let mut rest = vec![0u8; l.plen() - 8];
+        self.s.read_exact(&mut rest).unwrap();
+        let mut all = ch.to_vec();
+        all.extend_from_slice(&rest);
+        if l.hdgst {
+            let want = u32::from_le_bytes(all[l.hlen..l.hlen + 4].try_into().unwrap());
+            assert_eq!(pdu::digest(&all[..l.hlen]), want, "header digest");
+        }
+        Some(match h.pdu_type {
+            pdu_type::IC_RESP => Rx::IcResp,
+            pdu_type::CAPSULE_RESP => Rx::Resp(Cqe::decode(&all[8..24])),
+            pdu_type::R2T => Rx::R2T,
+            pdu_type::C2H_TERM_REQ => Rx::Term(pdu::decode_term_req(&all)),
+            pdu_type::C2H_DATA => {
+                let data = all[l.pdo..l.pdo + l.data_len].to_vec();
+                if l.ddgst {
+                    let at = l.pdo + l.data_len;
+                    let want = u32::from_le_bytes(all[at..at + 4].try_into().unwrap());
+                    assert_eq!(pdu::digest(&data), want, "data digest");
+                }
+                Rx::Data(DataHeader::decode(&all), data, h.flags)
+            }
+            t => panic!("unexpected PDU type {t}"),
+        })
+    }
+
+    fn expect_resp(&mut self) -> Cqe {
+        match self.recv() {
+            Some(Rx::Resp(c)) => c,
+            other => panic!("expected CapsuleResp, got {other:?}"),
+        }
+    }
+
+    fn expect_closed(&mut self) {
+        let mut b = [0u8; 1];
+        match self.s.read(&mut b) {
+            Ok(0) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+            other => panic!("connection not closed: {other:?}"),
+        }
+    }
+}
+
+/// Admin session: ICReq, Connect, CC.EN=1, Identify Controller.
+fn admin_session(d: Digests) -> Vec<u8> {
+    let mut s = icreq(d);
+    s.extend(connect(1, 0, 0xFFFF, d));
+    s.extend(prop_set_cc(2, d));
+    s.extend(identify_ctrl(3, d));
+    s
+}
+
+fn check_admin_replies(p: &mut Peer) {
+    assert!(matches!(p.recv(), Some(Rx::IcResp)));
+    let c = p.expect_resp();
+    assert!(c.status.is_success(), "connect: {c:?}");
+    assert!(p.expect_resp().status.is_success());
+    let mut got = Vec::new();
+    loop {
+        match p.recv() {
+            Some(Rx::Data(dh, data, f)) => {
+                assert_eq!(dh.offset as usize, got.len());
+                got.extend(data);
+                assert_eq!(f & flags::LAST_PDU != 0, got.len() == 4096);
+            }
+            Some(Rx::Resp(c)) => {
+                assert!(c.status.is_success());
+                assert_eq!(c.cid, 3);
+                break;
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(got.len(), 4096);
+    assert_eq!(&got[768..768 + NQN.len()], NQN.as_bytes());
+}
+
+#[test]
+fn sessions_split_at_every_byte_boundary() {
+    let t = Target::start(&["--subsystem", NQN, "--namespace", "ram:16M", "--cores", "1"]);
+    for d in [
+        Digests::default(),
+        Digests {
+            header: true,
+            data: true,
+        },
+    ] {
+        let s = admin_session(d);
+        for k in 1..=s.len() {
+            let mut p = Peer::open(t.addr, d);
+            p.send(&s[..k]);
+            if k < s.len() {
+                std::thread::sleep(Duration::from_micros(300));
+                p.send(&s[k..]);
+            }
+            check_admin_replies(&mut p);
+        }
+    }
+    // Byte by byte.
+    let d = Digests::default();
+    let s = admin_session(d);
+    let mut p = Peer::open(t.addr, d);
+    for b in &s {
+        p.send(std::slice::from_ref(b));
+    }
+    check_admin_replies(&mut p);
+}
+
+/// Admin queue connected and enabled; returns its cntlid.
+fn enabled_admin(addr: SocketAddr, d: Digests) -> (Peer, u16) {
+    let mut a = Peer::open(addr, d);
+    a.send(&icreq(d));
+    a.send(&connect(1, 0, 0xFFFF, d));
+    a.send(&prop_set_cc(2, d));
+    assert!(matches!(a.recv(), Some(Rx::IcResp)));
+    let c = a.expect_resp();
+    assert!(c.status.is_success());
+    assert!(a.expect_resp().status.is_success());
+    (a, c.dw0 as u16)
+}
+
+#[test]
+fn io_session_split_and_merged() {
+    let t = Target::start(&["--subsystem", NQN, "--namespace", "ram:16M", "--cores", "1"]);
+    let d = Digests {
+        header: true,
+        data: true,
+    };
+    let (_admin, cntlid) = enabled_admin(t.addr, d);
+    let data: Vec<u8> = (0..8192u32).map(|i| (i % 251) as u8).collect();
+    let mut s = icreq(d);
+    s.extend(connect(1, 1, cntlid, d));
+    s.extend(write_icd(2, 8, &data, d));
+    s.extend(read_cmd(3, 8, 2, d));
+    // Every split inside the in-capsule write, and the whole session merged.
+    let start = s.len() - read_cmd(3, 8, 2, d).len() - write_icd(2, 8, &data, d).len();
+    for k in (start..=s.len()).step_by(7) {
+        let mut p = Peer::open(t.addr, d);
+        p.send(&s[..k]);
+        std::thread::sleep(Duration::from_micros(200));
+        p.send(&s[k..]);
+        assert!(matches!(p.recv(), Some(Rx::IcResp)));
+        assert!(p.expect_resp().status.is_success(), "io connect");
+        // The write and read may complete in either order; the read is
+        // issued after the write on one queue, but both are in flight.
+        let mut read_back = Vec::new();
+        let mut done = 0;
+        while done < 2 {
+            match p.recv() {
+                Some(Rx::Resp(c)) => {
+                    assert!(c.status.is_success(), "{c:?}");
+                    done += 1;
+                }
+                Some(Rx::Data(_, b, _)) => read_back.extend(b),
+                other => panic!("{other:?}"),
+            }
+        }
+        assert_eq!(read_back.len(), 8192);
+        // Connection closes free the qid for the next round.
+        drop(p);
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+fn term(p: &mut Peer) -> pdu::FatalError {
+    loop {
+        match p.recv() {
+            Some(Rx::Term(e)) => {
+                p.expect_closed();
+                return e;
+            }
+            Some(Rx::Resp(_)) | Some(Rx::IcResp) | Some(Rx::R2T) | Some(Rx::Data(..)) => {}
+            None => panic!("closed without C2HTermReq"),
+        }
+    }
+}
+
+#[test]
+fn malformed_pdus_get_c2h_term_req_and_others_keep_working() {
+    let t = Target::start(&["--subsystem", NQN, "--namespace", "ram:16M", "--cores", "1"]);
+    let d = Digests::default();
+    let (mut healthy, _) = enabled_admin(t.addr, d);
+
+    let case = |name: &str, pre: Vec<u8>, bad: Vec<u8>, want_fes: u16| {
+        let mut p = Peer::open(t.addr, d);
+        p.send(&pre);
+        p.send(&bad);
+        let e = term(&mut p);
+        assert_eq!(e.fes, want_fes, "{name}: {e:?}");
+    };
+    let after_ic = || {
+        let mut v = icreq(d);
+        v.extend(connect(1, 0, 0xFFFF, d));
+        v
+    };
+    // Anything but ICReq first.
+    case(
+        "capsule before icreq",
+        vec![],
+        identify_ctrl(1, d),
+        fes::PDU_SEQUENCE_ERROR,
+    );
+    // PFV other than 0; HPDA out of range.
+    let mut ic = icreq(d);
+    ic[8] = 1;
+    case("pfv", vec![], ic, fes::INVALID_HEADER_FIELD);
+    let mut ic = icreq(d);
+    ic[10] = 32;
+    case("hpda", vec![], ic, fes::INVALID_HEADER_FIELD);
+    // A second ICReq.
+    case(
+        "second icreq",
+        after_ic(),
+        icreq(d),
+        fes::PDU_SEQUENCE_ERROR,
+    );
+    // Unknown type; wrong hlen; plen below header; pdo inside header.
+    let mut x = identify_ctrl(5, d);
+    x[0] = 0x0A;
+    case("unknown type", after_ic(), x, fes::INVALID_HEADER_FIELD);
+    let mut x = identify_ctrl(5, d);
+    x[2] = 71;
+    case("hlen", after_ic(), x, fes::INVALID_HEADER_FIELD);
+    let mut x = identify_ctrl(5, d);
+    x[4..8].copy_from_slice(&10u32.to_le_bytes());
+    case("plen short", after_ic(), x, fes::INVALID_HEADER_FIELD);
+    let mut x = write_icd(5, 0, &[0u8; 4096], d);
+    x[3] = 8;
+    case("pdo", after_ic(), x, fes::INVALID_HEADER_FIELD);
+    // In-capsule data above the advertised size (admin: 8 KiB).
+    let mut x = Vec::new();
+    pdu::encode_capsule_cmd(&Sqe::default().0, 16384, d, &mut x);
+    x.extend(vec![0u8; 16384]);
+    case("icd too large", after_ic(), x, fes::DATA_LIMIT_EXCEEDED);
+    // A header digest when none was negotiated.
+    let mut x = identify_ctrl(5, d);
+    x[1] |= flags::HDGSTF;
+    case("hdgst flag", after_ic(), x, fes::INVALID_HEADER_FIELD);
+    // H2CData for a transfer that does not exist.
+    let mut x = Vec::new();
+    pdu::encode_data_header(
+        pdu_type::H2C_DATA,
+        DataHeader {
+            cccid: 9,
+            ttag: 3,
+            offset: 0,
+            length: 512,
+        },
+        flags::LAST_PDU,
+        d,
+        &mut x,
+    );
+    x.extend(vec![0u8; 512]);
+    case("h2c unknown ttag", after_ic(), x, fes::INVALID_HEADER_FIELD);
+
+    // A wrong header digest.
+    let dd = Digests {
+        header: true,
+        data: false,
+    };
+    let mut p = Peer::open(t.addr, dd);
+    p.send(&icreq(dd));
+    let mut x = identify_ctrl(1, dd);
+    x[72] ^= 0xFF;
+    p.send(&x);
+    assert!(matches!(p.recv(), Some(Rx::IcResp)));
+    assert_eq!(term(&mut p).fes, fes::HEADER_DIGEST_ERROR);
+
+    // The healthy connection on the same core still works.
+    healthy.send(&identify_ctrl(7, d));
+    loop {
+        match healthy.recv() {
+            Some(Rx::Data(..)) => {}
+            Some(Rx::Resp(c)) => {
+                assert_eq!(c.cid, 7);
+                assert!(c.status.is_success());
+                break;
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    // A host that sends H2CTermReq is closed without more ado.
+    let mut p = Peer::open(t.addr, d);
+    p.send(&icreq(d));
+    let mut tr = Vec::new();
+    pdu::encode_term_req(
+        pdu_type::H2C_TERM_REQ,
+        pdu::FatalError::header(0),
+        &[],
+        &mut tr,
+    );
+    p.send(&tr);
+    assert!(matches!(p.recv(), Some(Rx::IcResp)));
+    p.expect_closed();
+    assert!(t.log().contains("H2CTermReq"), "{}", t.log());
+}
+
+#[test]
+fn commands_out_of_sequence_get_statuses() {
+    let t = Target::start(&["--subsystem", NQN, "--namespace", "ram:16M", "--cores", "1"]);
+    let d = Digests::default();
+    let mut p = Peer::open(t.addr, d);
+    p.send(&icreq(d));
+    assert!(matches!(p.recv(), Some(Rx::IcResp)));
+    // Before Connect, only Connect.
+    p.send(&identify_ctrl(1, d));
+    assert_eq!(p.expect_resp().status, Status::COMMAND_SEQUENCE_ERROR);
+    p.send(&connect(2, 0, 0xFFFF, d));
+    assert!(p.expect_resp().status.is_success());
+    // Admin commands before CC.EN=1.
+    p.send(&identify_ctrl(3, d));
+    assert_eq!(p.expect_resp().status, Status::COMMAND_SEQUENCE_ERROR);
+    // A second Connect on a connected queue.
+    p.send(&connect(4, 0, 0xFFFF, d));
+    assert_eq!(p.expect_resp().status, Status::COMMAND_SEQUENCE_ERROR);
+    // I/O opcodes on the admin queue are admin opcodes there: Write (0x01) is
+    // not an admin command.
+    p.send(&prop_set_cc(5, d));
+    assert!(p.expect_resp().status.is_success());
+    p.send(&write_icd(6, 0, &[0u8; 4096], d));
+    assert_eq!(p.expect_resp().status, Status::INVALID_OPCODE);
+}
