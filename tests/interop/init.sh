@@ -30,8 +30,6 @@ echo "GUEST: init at $(uptime_s)s, kernel $(uname -r)"
 [ -f /etc/interop.env ] || finish "no /etc/interop.env in the initramfs"
 . /etc/interop.env
 
-mount -t configfs configfs /sys/kernel/config 2>/dev/null || true   # after configfs.ko below
-
 KVER="$(cat /etc/interop-kver)"
 while read -r m; do
   optional=""
@@ -47,7 +45,7 @@ while read -r m; do
     fi
   fi
 done < /etc/interop-modules
-mount -t configfs configfs /sys/kernel/config 2>/dev/null || true
+mount -t configfs configfs /sys/kernel/config
 echo "GUEST: modules loaded at $(uptime_s)s"
 
 # Network: static address on QEMU's user-mode net (10.0.2.2 is the host's

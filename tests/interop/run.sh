@@ -8,7 +8,8 @@
 #
 # Environment: INTEROP_CACHE (setup.sh's cache), INTEROP_TIMEOUT (hard limit
 # for the VM, seconds, default 300), INTEROP_PORT (force a port),
-# INTEROP_QUIET=1 (do not stream the guest console).
+# INTEROP_QUIET=1 (do not stream the guest console), INTEROP_DIGESTS=1
+# (connect with header and data digests).
 # Exits 0 only if the guest printed INTEROP-PASS and the target survived.
 set -euo pipefail
 
@@ -19,8 +20,8 @@ VM_TIMEOUT="${INTEROP_TIMEOUT:-300}"
 NQN="nqn.2026-11.io.nvmf-tpc:interop"
 NS_BYTES=$((512 * 1024 * 1024))              # --namespace ram:512M
 
-MODE=nvme
-if [ "${1:-}" = "--selftest" ]; then MODE=selftest; shift; fi
+MODE=nvme SERVER_NAME=target
+if [ "${1:-}" = "--selftest" ]; then MODE=selftest SERVER_NAME="HTTP server"; shift; fi
 BIN="${1:-$REPO/target/release/nvmf-tpc}"
 
 log() { echo "interop: $*"; }
@@ -41,9 +42,11 @@ SERIAL="$WORK/serial.log"
 SERVER_LOG="$WORK/target.log"
 SERVER_PID=""
 TAIL_PID=""
+VM_PID=""
 RESULT=fail
 
 cleanup() {
+  [ -z "$VM_PID" ] || kill "$VM_PID" 2>/dev/null || true     # timeout passes it to QEMU
   [ -z "$TAIL_PID" ] || kill "$TAIL_PID" 2>/dev/null || true
   if [ -n "$SERVER_PID" ] && kill -0 "$SERVER_PID" 2>/dev/null; then
     kill "$SERVER_PID" 2>/dev/null || true
@@ -52,14 +55,18 @@ cleanup() {
   fi
   rm -f "$WORK/initrd.img" "$WORK/overlay.cpio.gz"
   if [ "$RESULT" != pass ]; then
-    echo "----- guest serial console (last 60 lines): $SERIAL"
-    [ -f "$SERIAL" ] && tr -d '\r' < "$SERIAL" | tail -n 60
-    echo "----- ${MODE/nvme/target}${MODE/selftest/ http server} log (last 60 lines): $SERVER_LOG"
+    if [ "${INTEROP_QUIET:-}" = 1 ]; then   # otherwise it was streamed above
+      echo "----- guest serial console (last 60 lines): $SERIAL"
+      [ -f "$SERIAL" ] && tr -d '\r' < "$SERIAL" | tail -n 60
+    fi
+    echo "----- $SERVER_NAME log (last 60 lines): $SERVER_LOG"
     [ -f "$SERVER_LOG" ] && tail -n 60 "$SERVER_LOG"
     echo "interop: FAIL (logs kept in $WORK)"
   fi
 }
 trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
 
 # --- A free loopback port -----------------------------------------------------
 # Probe with ss rather than bind: the target binds with SO_REUSEPORT, so a
@@ -91,10 +98,27 @@ else
   python3 -m http.server --bind 127.0.0.1 --directory "$WORK/www" "$PORT" > "$SERVER_LOG" 2>&1 &
   SERVER_PID=$!
 fi
-for i in $(seq 300); do
+# Listening means: a socket on the port owned by the server or a process it
+# started (a wrapper may run the listener as a child).
+is_ours() {
+  local p="$1"
+  while [ -n "$p" ] && [ "$p" -gt 1 ]; do
+    [ "$p" = "$SERVER_PID" ] && return 0
+    p="$(sed 's/.*) //' "/proc/$p/stat" 2>/dev/null | cut -d' ' -f2)"   # the parent
+  done
+  return 1
+}
+listening() {
+  local p
+  for p in $(ss -Hltnp "sport = :$PORT" | grep -o 'pid=[0-9]*' | cut -d= -f2); do
+    is_ours "$p" && return 0
+  done
+  return 1
+}
+for i in $(seq 600); do
   kill -0 "$SERVER_PID" 2>/dev/null || die "server exited before listening"
-  ss -Hltnp "sport = :$PORT" | grep -q "pid=$SERVER_PID," && break
-  [ "$i" -lt 300 ] || die "server not listening on $PORT after 30 s"
+  listening && break
+  [ "$i" -lt 600 ] || die "server not listening on $PORT after 60 s"
   sleep 0.1
 done
 log "listening after $((SECONDS - t_start))s (including setup)"
@@ -110,6 +134,7 @@ PORT=$PORT
 NQN=$NQN
 NS_BYTES=$NS_BYTES
 TOKEN=$TOKEN
+DIGESTS=${INTEROP_DIGESTS:-0}
 EOF
 (cd "$WORK/overlay" && find . -mindepth 1 | cpio -o -H newc --quiet -R 0:0) \
   | gzip -1 > "$WORK/overlay.cpio.gz"
@@ -122,7 +147,8 @@ cat "$INITRD_BASE" "$WORK/overlay.cpio.gz" > "$WORK/initrd.img"
 # route, so it can reach nothing else. romfile= skips the unused PXE ROM.
 : > "$SERIAL"
 if [ "${INTEROP_QUIET:-}" != 1 ]; then
-  tail -n +1 -F "$SERIAL" 2>/dev/null | sed -u 's/\r$//' &
+  # (--pid: never outlive this script; $! is tail itself, not a pipeline's end)
+  tail --pid=$$ -n +1 -F "$SERIAL" 2>/dev/null > >(sed -u 's/\r$//') &
   TAIL_PID=$!
 fi
 log "booting $KVER under QEMU/TCG (limit ${VM_TIMEOUT}s)"
@@ -135,8 +161,11 @@ timeout --kill-after=10 "$VM_TIMEOUT" qemu-system-x86_64 \
   -append "console=ttyS0 panic=-1 quiet" \
   -serial "file:$SERIAL" \
   -netdev user,id=n0,ipv6=off -device virtio-net-pci,netdev=n0,romfile= \
-  < /dev/null > "$WORK/qemu.log" 2>&1
+  < /dev/null > "$WORK/qemu.log" 2>&1 &
+VM_PID=$!                # waited for in the background so that signals reach the trap
+wait "$VM_PID"
 qemu_rc=$?
+VM_PID=""
 set -e
 vm_s=$((SECONDS - t_vm))
 sleep 0.3   # let tail print the last lines

@@ -45,26 +45,37 @@ resolve_kernel_pkg() {
     | awk '$1 == "Depends:" && $2 ~ /^linux-image-[0-9]/ { print $2; exit }'
 }
 KPKG="${INTEROP_KERNEL_PKG:-$(resolve_kernel_pkg)}"
-if [ -z "$KPKG" ]; then
+if [ -z "$KPKG" ]; then              # no package lists yet on a fresh machine
   apt-get update
   KPKG="$(resolve_kernel_pkg)"
 fi
 [ -n "$KPKG" ] || die "cannot resolve the kernel package behind linux-image-amd64"
-KVER="${KPKG#linux-image-}"                       # e.g. 6.1.0-48-amd64
-KDIR="$CACHE/kernel/$KVER"                        # unpacked package root
-mkdir -p "$CACHE/kernel"
 
-if [ ! -f "$KDIR/.complete" ]; then
+# Downloads and unpacks $KPKG into $CACHE/kernel/<release>; sets KVER and KDIR.
+fetch_kernel() {
+  KVER="${KPKG#linux-image-}"                     # e.g. 6.1.0-48-amd64
+  KDIR="$CACHE/kernel/$KVER"                      # the unpacked package's root
+  [ -f "$KDIR/.complete" ] && return 0
   log "downloading and unpacking $KPKG"
+  local tmp
   tmp="$(mktemp -d "$CACHE/kernel/dl.XXXXXX")"
-  chmod 755 "$tmp"                   # apt's _apt user wants to write here
-  (cd "$tmp" && apt-get download "$KPKG") \
-    || { apt-get update && (cd "$tmp" && apt-get download "$KPKG"); }
+  chown _apt "$tmp" 2>/dev/null || true           # apt downloads as user _apt
+  if ! (cd "$tmp" && apt-get download "$KPKG"); then
+    rm -rf "$tmp"
+    return 1
+  fi
   rm -rf "$KDIR"
   dpkg-deb -x "$tmp"/"$KPKG"_*.deb "$KDIR"
   rm -rf "$tmp"
-  depmod -b "$KDIR" "$KVER"          # the package ships no modules.dep
+  depmod -b "$KDIR" "$KVER"                       # the package ships no modules.dep
   touch "$KDIR/.complete"
+}
+mkdir -p "$CACHE/kernel"
+if ! fetch_kernel; then
+  # Stale lists can name a version the archive no longer has.
+  apt-get update
+  KPKG="${INTEROP_KERNEL_PKG:-$(resolve_kernel_pkg)}"
+  fetch_kernel || die "cannot download $KPKG"
 fi
 KERNEL="$KDIR/boot/vmlinuz-$KVER"
 MODDIR="$KDIR/lib/modules/$KVER"
