@@ -6,6 +6,7 @@
 //! (an initiator used by tests and the perf tool).
 
 pub mod config;
+pub mod host;
 pub mod serve;
 pub mod shard;
 pub mod storage;
@@ -13,4 +14,3 @@ pub mod target;
 pub mod transport;
 pub mod trigger;
 pub mod wire;
-
