@@ -22,6 +22,11 @@ pub const ADMIN_QUEUE_DEPTH_MIN: u16 = 2;
 /// Largest transfer of one command (MDTS).
 pub const DEFAULT_MAX_IO_SIZE: u32 = 128 * 1024;
 pub const MAX_MAX_IO_SIZE: u32 = 8 * 1024 * 1024;
+/// Largest H2CData PDU the host may send (ICResp MAXH2CDATA); transfers
+/// above it arrive as several H2CData PDUs per R2T.
+pub const MAX_H2C_DATA: u32 = 128 * 1024;
+/// Largest C2HData PDU we send; larger reads are split.
+pub const MAX_C2H_DATA: u32 = 128 * 1024;
 /// In-capsule data accepted on I/O queues.
 pub const DEFAULT_IN_CAPSULE_DATA: u32 = 8192;
 pub const MAX_IN_CAPSULE_DATA: u32 = 128 * 1024;

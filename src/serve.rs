@@ -347,8 +347,8 @@ fn build_config(
         queue_depth: args.queue_depth,
         max_io_size: max_io_size as u32,
         in_capsule_data: icd as u32,
-        maxh2cdata: max_io_size as u32,
-        max_c2h_data: (max_io_size as u32).min(128 * 1024),
+        maxh2cdata: (max_io_size as u32).min(MAX_H2C_DATA),
+        max_c2h_data: (max_io_size as u32).min(MAX_C2H_DATA),
         dma_memory,
     })
 }

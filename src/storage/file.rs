@@ -81,12 +81,44 @@ pub fn probe(path: &Path) -> Result<Probe, String> {
         if r < 0 && io::Error::last_os_error().raw_os_error() == Some(libc::EINVAL) {
             align = 4096;
         }
+        if meta.len() >= align as u64 {
+            settle_first_block(
+                fd,
+                &mut buf,
+                (meta.len().min(4096) as usize / align as usize) * align as usize,
+            )
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+        }
         Ok(Probe {
             is_block,
             size: meta.len(),
             logical_block: align,
         })
     }
+}
+
+/// glommio decides whether a device supports io_uring polling by reading the
+/// first block of the first file it opens on it, and believes "yes" when the
+/// read succeeds. A hole (sparse file) or an unwritten extent reads without
+/// touching the device, so it succeeds and every later real read or write
+/// fails with EOPNOTSUPP. Rewriting the first block with its own contents
+/// makes it a written extent (the data is unchanged), so the probe tells the
+/// truth.
+fn settle_first_block(fd: i32, buf: &mut AlignedBuf, len: usize) -> io::Result<()> {
+    // SAFETY: buf holds 4096 bytes, 4096-aligned; len ≤ 4096.
+    unsafe {
+        let p = buf.ptr() as *mut libc::c_void;
+        if libc::pread(fd, p, len, 0) != len as isize {
+            return Err(io::Error::last_os_error());
+        }
+        if libc::pwrite(fd, p, len, 0) != len as isize {
+            return Err(io::Error::last_os_error());
+        }
+        if libc::fdatasync(fd) != 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
 }
 
 struct AlignedBuf {

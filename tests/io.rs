@@ -1,0 +1,377 @@
+//! NVM I/O against the real target over loopback, data checked: every
+//! transfer path (in-capsule, R2T with several H2CData, split C2HData,
+//! SUCCESS flag), digests, every I/O command, the error statuses, and
+//! commands completing out of order.
+
+mod common;
+use common::*;
+use nvmf_tpc::host::{Controller, HostConfig, HostError, IoQueue};
+use nvmf_tpc::wire::command::{io, sgl, SglDescriptor, Sqe};
+use nvmf_tpc::wire::pdu::Digests;
+use nvmf_tpc::wire::status::Status;
+use std::cell::RefCell;
+use std::net::SocketAddr;
+use std::rc::Rc;
+
+fn pattern(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+fn status_of<T: std::fmt::Debug>(r: Result<T, HostError>) -> Status {
+    match r {
+        Err(e) => e.status().unwrap_or_else(|| panic!("not a status: {e:?}")),
+        Ok(v) => panic!("expected an error status, got {v:?}"),
+    }
+}
+
+async fn open(addr: SocketAddr, digests: Digests, sqflow_off: bool) -> (Controller, IoQueue) {
+    let mut cfg = HostConfig::new(addr, NQN);
+    cfg.digests = digests;
+    cfg.disable_sqflow = sqflow_off;
+    let c = Controller::connect(cfg).await.expect("connect");
+    c.set_number_of_queues(4).await.expect("queues");
+    let q = c.connect_io_queue(1).await.expect("io queue");
+    (c, q)
+}
+
+/// Write then read back `blocks` at `slba`, checking the neighbours too.
+async fn round_trip(q: &IoQueue, nsid: u32, bs: u32, slba: u64, blocks: u32, seed: u64) {
+    let data = pattern((blocks * bs) as usize, seed);
+    q.write(nsid, slba, &data, bs, false).await.expect("write");
+    let back = q.read(nsid, slba, blocks, bs).await.expect("read");
+    assert!(
+        back == data,
+        "ns {nsid} slba {slba} blocks {blocks}: data differs"
+    );
+}
+
+fn all_paths(digests: Digests, sqflow_off: bool) {
+    // 1M MDTS: writes above 128K need several H2CData per R2T, reads above
+    // 128K come as several C2HData.
+    let t = Target::start(&[
+        "--subsystem",
+        NQN,
+        "--namespace",
+        "ram:64M",
+        "--namespace",
+        "ram:16M,bs=512",
+        "--max-io-size",
+        "1M",
+        "--in-capsule-data",
+        "8K",
+    ]);
+    let addr = t.addr;
+    run(move || async move {
+        let (c, q) = open(addr, digests, sqflow_off).await;
+        assert_eq!(c.namespace_geometry(1).await.unwrap(), (16384, 4096));
+        assert_eq!(c.namespace_geometry(2).await.unwrap(), (32768, 512));
+        let mut seed = 1;
+        for (nsid, bs, nsze) in [(1u32, 4096u32, 16384u64), (2, 512, 32768)] {
+            // 1 block, in-capsule sizes, just above in-capsule, MDTS, odd sizes.
+            for bytes in [
+                bs,
+                2 * bs,
+                8192,
+                8192 + bs,
+                12288,
+                131072,
+                131072 + bs,
+                524288,
+                1 << 20,
+            ] {
+                let blocks = bytes / bs;
+                for slba in [0u64, 1, 37, nsze - blocks as u64] {
+                    seed += 1;
+                    round_trip(&q, nsid, bs, slba, blocks, seed).await;
+                }
+            }
+        }
+        // Overwrite keeps neighbours.
+        let a = pattern(3 * 4096, 100);
+        q.write(1, 100, &a, 4096, false).await.unwrap();
+        let b = pattern(4096, 101);
+        q.write(1, 101, &b, 4096, true).await.unwrap();
+        let back = q.read(1, 100, 3, 4096).await.unwrap();
+        assert_eq!(&back[..4096], &a[..4096]);
+        assert_eq!(&back[4096..8192], &b[..]);
+        assert_eq!(&back[8192..], &a[8192..]);
+        c.shutdown().await.unwrap();
+    });
+}
+
+#[test]
+fn data_paths_plain() {
+    all_paths(Digests::default(), false);
+}
+
+#[test]
+fn data_paths_with_digests() {
+    all_paths(
+        Digests {
+            header: true,
+            data: true,
+        },
+        false,
+    );
+}
+
+#[test]
+fn data_paths_without_sq_flow_control() {
+    // Reads complete with the C2HData SUCCESS flag and no CapsuleResp.
+    all_paths(
+        Digests {
+            header: true,
+            data: false,
+        },
+        true,
+    );
+}
+
+#[test]
+fn commands_flush_zeroes_deallocate_compare() {
+    let dir = scratch_dir("cmds");
+    let file = dir.join("ns.img");
+    std::fs::File::create(&file)
+        .unwrap()
+        .set_len(16 << 20)
+        .unwrap();
+    let t = Target::start(&[
+        "--subsystem",
+        NQN,
+        "--namespace",
+        "ram:16M",
+        "--namespace",
+        file.to_str().unwrap(),
+        "--namespace",
+        "null:16M",
+    ]);
+    let addr = t.addr;
+    run(move || async move {
+        let (_c, q) = open(addr, Digests::default(), false).await;
+        for nsid in [1u32, 2] {
+            let data = pattern(64 * 1024, nsid as u64);
+            q.write(nsid, 16, &data, 4096, false).await.unwrap();
+            q.flush(nsid).await.unwrap();
+            // Compare: equal, then one byte off.
+            q.compare(nsid, 16, &data[..8192], 4096).await.unwrap();
+            let mut off = data[..8192].to_vec();
+            off[5000] ^= 1;
+            assert_eq!(
+                status_of(q.compare(nsid, 16, &off, 4096).await),
+                Status::COMPARE_FAILURE
+            );
+            // Write Zeroes on blocks 17..19, deallocate 24..27.
+            q.write_zeroes(nsid, 17, 2).await.unwrap();
+            q.deallocate(nsid, &[(24, 4), (40, 0)]).await.unwrap();
+            let back = q.read(nsid, 16, 16, 4096).await.unwrap();
+            assert_eq!(&back[..4096], &data[..4096]);
+            assert!(back[4096..3 * 4096].iter().all(|&b| b == 0), "write zeroes");
+            assert_eq!(&back[3 * 4096..8 * 4096], &data[3 * 4096..8 * 4096]);
+            assert!(
+                back[8 * 4096..12 * 4096].iter().all(|&b| b == 0),
+                "deallocate"
+            );
+            assert_eq!(&back[12 * 4096..], &data[12 * 4096..]);
+        }
+        // Null: writes vanish, reads are zeroes.
+        q.write(3, 0, &pattern(8192, 9), 4096, false).await.unwrap();
+        assert!(q.read(3, 0, 2, 4096).await.unwrap().iter().all(|&b| b == 0));
+        q.flush(3).await.unwrap();
+    });
+    // The file holds the data after the target is gone.
+    assert_eq!(t.stop().code(), Some(0));
+    let on_disk = std::fs::read(&file).unwrap();
+    assert_eq!(
+        &on_disk[16 * 4096..17 * 4096],
+        &pattern(64 * 1024, 2)[..4096]
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+pub fn scratch_dir(name: &str) -> std::path::PathBuf {
+    // Under target/: a disk file system with O_DIRECT (not tmpfs).
+    let d = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+#[test]
+fn error_statuses() {
+    let t = Target::start(&["--subsystem", NQN, "--namespace", "ram:1M"]);
+    let addr = t.addr;
+    run(move || async move {
+        let (_c, q) = open(addr, Digests::default(), false).await;
+        assert_eq!(
+            status_of(q.read(2, 0, 1, 4096).await),
+            Status::INVALID_NAMESPACE
+        );
+        assert_eq!(
+            status_of(q.read(0xFFFF_FFFF, 0, 1, 4096).await),
+            Status::INVALID_NAMESPACE
+        );
+        assert_eq!(
+            status_of(q.read(1, 256, 1, 4096).await),
+            Status::LBA_OUT_OF_RANGE
+        );
+        assert_eq!(
+            status_of(q.read(1, 255, 2, 4096).await),
+            Status::LBA_OUT_OF_RANGE
+        );
+        assert_eq!(
+            status_of(q.read(1, u64::MAX, 1, 4096).await),
+            Status::LBA_OUT_OF_RANGE
+        );
+        assert_eq!(
+            status_of(q.write_zeroes(1, 250, 10).await),
+            Status::LBA_OUT_OF_RANGE
+        );
+        assert_eq!(
+            status_of(q.deallocate(1, &[(0, 1), (255, 2)]).await),
+            Status::LBA_OUT_OF_RANGE
+        );
+        // Larger than MDTS (128K): 64 blocks of 4K, sent raw so the host
+        // library does not split it.
+        let mut sqe = Sqe::default();
+        sqe.set_opcode(io::READ)
+            .set_nsid(1)
+            .set_cdw(12, 63)
+            .set_sgl(SglDescriptor {
+                addr: 0,
+                length: 64 * 4096,
+                id: sgl::TRANSPORT_DATA_BLOCK,
+            });
+        assert_eq!(
+            status_of(q.queue.submit(sqe, None, 64 * 4096).await),
+            Status::INVALID_FIELD
+        );
+        // An opcode the NVM command set does not have.
+        let mut sqe = Sqe::default();
+        sqe.set_opcode(0x7E).set_nsid(1);
+        assert_eq!(
+            status_of(q.queue.submit(sqe, None, 0).await),
+            Status::INVALID_OPCODE
+        );
+        // A read whose SGL is shorter than the data.
+        let mut sqe = Sqe::default();
+        sqe.set_opcode(io::READ)
+            .set_nsid(1)
+            .set_cdw(12, 1)
+            .set_sgl(SglDescriptor {
+                addr: 0,
+                length: 4096,
+                id: sgl::TRANSPORT_DATA_BLOCK,
+            });
+        assert_eq!(
+            status_of(q.queue.submit(sqe, None, 4096).await),
+            Status::DATA_SGL_LENGTH_INVALID
+        );
+        // The queue still works.
+        round_trip(&q, 1, 4096, 3, 1, 5).await;
+    });
+}
+
+#[test]
+fn many_in_flight_complete_out_of_order() {
+    // A FUA write to a file waits for the disk; RAM reads issued after it on
+    // the same queue must not wait for it.
+    let dir = scratch_dir("ooo");
+    let file = dir.join("slow.img");
+    std::fs::File::create(&file)
+        .unwrap()
+        .set_len(64 << 20)
+        .unwrap();
+    let t = Target::start(&[
+        "--subsystem",
+        NQN,
+        "--namespace",
+        file.to_str().unwrap(),
+        "--namespace",
+        "ram:16M",
+        "--cores",
+        "1",
+    ]);
+    let addr = t.addr;
+    let overtaken = run(move || async move {
+        let (_c, q) = open(addr, Digests::default(), false).await;
+        let order = Rc::new(RefCell::new(Vec::new()));
+        let mut overtaken = 0;
+        for round in 0..5 {
+            order.borrow_mut().clear();
+            let mut tasks = Vec::new();
+            {
+                let (q, order) = (q.clone(), order.clone());
+                tasks.push(glommio::spawn_local(async move {
+                    let data = pattern(128 * 1024, round);
+                    q.write(1, 0, &data, 4096, true).await.unwrap();
+                    q.flush(1).await.unwrap();
+                    order.borrow_mut().push("slow");
+                }));
+            }
+            for i in 0..31u64 {
+                let (q, order) = (q.clone(), order.clone());
+                tasks.push(glommio::spawn_local(async move {
+                    q.read(2, i, 1, 4096).await.unwrap();
+                    order.borrow_mut().push("fast");
+                }));
+            }
+            for t in tasks {
+                t.await;
+            }
+            let o = order.borrow();
+            assert_eq!(o.len(), 32);
+            if o[0] == "fast" {
+                overtaken += 1;
+            }
+        }
+        overtaken
+    });
+    assert!(
+        overtaken >= 3,
+        "RAM reads overtook the slow write in only {overtaken}/5 rounds"
+    );
+    drop(t);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn file_data_persists_across_restart() {
+    let dir = scratch_dir("persist");
+    let file = dir.join("p.img");
+    std::fs::File::create(&file)
+        .unwrap()
+        .set_len(8 << 20)
+        .unwrap();
+    let args = ["--subsystem", NQN, "--namespace", file.to_str().unwrap()];
+    let t = Target::start(&args);
+    let addr = t.addr;
+    run(move || async move {
+        let (_c, q) = open(addr, Digests::default(), false).await;
+        q.write(1, 7, &pattern(3 * 4096, 77), 4096, true)
+            .await
+            .unwrap();
+        q.write(1, 100, &pattern(4096, 78), 4096, false)
+            .await
+            .unwrap();
+        q.flush(1).await.unwrap();
+    });
+    assert_eq!(t.stop().code(), Some(0));
+    let t = Target::start(&args);
+    let addr = t.addr;
+    run(move || async move {
+        let (_c, q) = open(addr, Digests::default(), false).await;
+        assert_eq!(q.read(1, 7, 3, 4096).await.unwrap(), pattern(3 * 4096, 77));
+        assert_eq!(q.read(1, 100, 1, 4096).await.unwrap(), pattern(4096, 78));
+    });
+    drop(t);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
