@@ -36,6 +36,10 @@ fn capsule(sqe: &Sqe, data: &[u8], d: Digests) -> Vec<u8> {
 }
 
 fn connect(cid: u16, qid: u16, cntlid: u16, d: Digests) -> Vec<u8> {
+    connect_sized(cid, qid, cntlid, 31, d)
+}
+
+fn connect_sized(cid: u16, qid: u16, cntlid: u16, sqsize: u16, d: Digests) -> Vec<u8> {
     let mut sqe = Sqe::default();
     sqe.set_opcode(admin::FABRICS)
         .set_fctype(fctype::CONNECT)
@@ -48,7 +52,7 @@ fn connect(cid: u16, qid: u16, cntlid: u16, d: Digests) -> Vec<u8> {
     ConnectCmd {
         recfmt: 0,
         qid,
-        sqsize: 31,
+        sqsize,
         cattr: 0,
         kato_ms: if qid == 0 { 30_000 } else { 0 },
     }
@@ -466,6 +470,11 @@ fn commands_out_of_sequence_get_statuses() {
     let mut p = Peer::open(t.addr, d);
     p.send(&icreq(d));
     assert!(matches!(p.recv(), Some(Rx::IcResp)));
+    // SQSIZE 0 is refused, pointing at SQSIZE in the SQE.
+    p.send(&connect_sized(9, 0, 0xFFFF, 0, d));
+    let c = p.expect_resp();
+    assert_eq!(c.status, Status::CONNECT_INVALID_PARAMETERS);
+    assert_eq!(c.dw0, 44 << 16);
     // Before Connect, only Connect.
     p.send(&identify_ctrl(1, d));
     assert_eq!(p.expect_resp().status, Status::COMMAND_SEQUENCE_ERROR);
