@@ -37,6 +37,10 @@ const COPY_DATA_MAX: usize = 32 * 1024;
 const SEND_BUF_LEN: usize = 256 * 1024;
 /// How long a closing queue waits for its in-flight commands.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+/// A PDU begun must be complete within this time.
+const PDU_TIMEOUT: Duration = Duration::from_secs(30);
+/// How often a connection's watchdog looks at it.
+const WATCHDOG_TICK: Duration = Duration::from_secs(5);
 /// Highest HPDA a host may ask for (§3.6.2.2: 0..=31).
 const HPDA_MAX: u8 = 31;
 
@@ -102,6 +106,8 @@ pub struct Conn {
     sqhd: Cell<u16>,
     r2t: RefCell<Vec<Option<H2cXfer>>>,
     kill: Rc<Trigger>,
+    /// When the PDU being read began to arrive (None between PDUs).
+    pdu_started: Cell<Option<Instant>>,
 }
 
 type Reader = RecvBuf<ReadHalf<TcpStream>>;
@@ -171,8 +177,10 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream, kill: Rc<Trigger>) {
         sqhd: Cell::new(0),
         r2t: RefCell::new(Vec::new()),
         kill: kill.clone(),
+        pdu_started: Cell::new(None),
     });
     let writer = glommio::spawn_local(writer(conn.clone(), w));
+    let _watchdog = glommio::spawn_local(watchdog(conn.clone()));
 
     let stop = futures_lite::future::or(conn.read_loop(&mut rb), async {
         kill.wait().await;
@@ -254,6 +262,18 @@ impl Conn {
 
     /// Read and act on one PDU.
     async fn read_pdu(self: &Rc<Self>, rb: &mut Reader) -> Result<(), Stop> {
+        // Waiting for the next PDU is not bounded (an idle queue is fine);
+        // once its first byte is here, the watchdog times the rest.
+        if !rb.fill(1).await? {
+            return Err(Stop::Eof);
+        }
+        self.pdu_started.set(Some(Instant::now()));
+        let r = self.read_pdu_body(rb).await;
+        self.pdu_started.set(None);
+        r
+    }
+
+    async fn read_pdu_body(self: &Rc<Self>, rb: &mut Reader) -> Result<(), Stop> {
         if !rb.fill(CH_LEN).await? {
             return Err(Stop::Eof);
         }
@@ -343,6 +363,7 @@ impl Conn {
         }
         if self.cid_busy(cid) {
             // The completion is sent but the original command stays tracked.
+            self.outstanding.set(self.outstanding.get() + 1);
             self.out.push(Out::Done {
                 cid,
                 resp: Response::status(Status::CID_CONFLICT),
@@ -683,10 +704,11 @@ impl Conn {
         );
     }
 
+    /// The CID is free again at once; the command still counts against the
+    /// queue's entries until the writer has sent its completion, so a host
+    /// that stops reading cannot make the outbox grow without bound.
     fn complete(&self, cid: u16, resp: Response, max_len: usize) {
         self.set_cid(cid, false);
-        self.outstanding
-            .set(self.outstanding.get().saturating_sub(1));
         self.out.push(Out::Done { cid, resp, max_len });
     }
 
@@ -731,6 +753,34 @@ impl Conn {
     }
 }
 
+/// Closes a connection that has not connected in time, or that began a PDU
+/// and stopped sending mid-way.
+async fn watchdog(conn: Rc<Conn>) {
+    let born = Instant::now();
+    loop {
+        glommio::timer::sleep(WATCHDOG_TICK).await;
+        if conn.state.borrow().binding.is_none() && born.elapsed() > conn.shard.connect_timeout() {
+            log::warn!(
+                "{}: no Connect within the connect timeout; closing",
+                conn.peer
+            );
+            conn.kill.fire();
+            return;
+        }
+        if let Some(t) = conn.pdu_started.get() {
+            if t.elapsed() > PDU_TIMEOUT {
+                log::warn!(
+                    "{}: partial PDU for over {} s; closing",
+                    conn.peer,
+                    PDU_TIMEOUT.as_secs()
+                );
+                conn.kill.fire();
+                return;
+            }
+        }
+    }
+}
+
 /// The send side: drains the outbox in batches into as few writes as it can.
 async fn writer(conn: Rc<Conn>, mut w: WriteHalf<TcpStream>) {
     let mut batch = Vec::new();
@@ -746,6 +796,8 @@ async fn writer(conn: Rc<Conn>, mut w: WriteHalf<TcpStream>) {
                 }
                 Out::Done { cid, resp, max_len } => {
                     closing |= resp.close_after;
+                    conn.outstanding
+                        .set(conn.outstanding.get().saturating_sub(1));
                     if encode_done(&conn, cid, &resp, max_len, &mut buf, &mut w)
                         .await
                         .is_err()
