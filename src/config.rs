@@ -115,6 +115,8 @@ pub struct TargetConfig {
     /// Largest C2HData PDU we send; bigger reads are split.
     pub max_c2h_data: u32,
     pub dma_memory: usize,
+    /// Executors poll this long after their last work before they park.
+    pub idle_poll: std::time::Duration,
 }
 
 impl TargetConfig {
@@ -128,6 +130,27 @@ impl TargetConfig {
     pub fn mdts(&self) -> u8 {
         (self.max_io_size / 4096).trailing_zeros() as u8
     }
+}
+
+/// Longest `--idle-poll`: beyond it polling costs more than a wake-up saves.
+pub const MAX_IDLE_POLL: std::time::Duration = std::time::Duration::from_millis(10);
+
+/// Parse durations like `0`, `50us`, `2ms`, `1s`.
+pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("'{s}' is not a duration (examples: 0, 50us, 2ms)"))?;
+    let us = match unit {
+        "" if n == 0 => 0,
+        "us" => n,
+        "ms" => n.saturating_mul(1000),
+        "s" => n.saturating_mul(1_000_000),
+        _ => return Err(format!("'{s}': use a unit of us, ms or s")),
+    };
+    Ok(std::time::Duration::from_micros(us))
 }
 
 /// Parse sizes like `4096`, `512K`, `64M`, `1G`, `2T` (binary units).
@@ -261,6 +284,16 @@ mod tests {
         assert!(parse_size("1X").is_err());
         assert!(parse_size("G").is_err());
         assert!(parse_size("99999999999T").is_err());
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("0").unwrap().as_micros(), 0);
+        assert_eq!(parse_duration("50us").unwrap().as_micros(), 50);
+        assert_eq!(parse_duration("2ms").unwrap().as_micros(), 2000);
+        assert!(parse_duration("5").is_err());
+        assert!(parse_duration("5h").is_err());
+        assert!(parse_duration("x").is_err());
     }
 
     #[test]

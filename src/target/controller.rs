@@ -237,6 +237,7 @@ mod tests {
             maxh2cdata: 128 * 1024,
             max_c2h_data: 128 * 1024,
             dma_memory: 1 << 20,
+            idle_poll: std::time::Duration::ZERO,
         }
     }
 

@@ -2,4 +2,5 @@
 
 pub mod outbox;
 pub mod recv;
+pub mod socket;
 pub mod tcp;

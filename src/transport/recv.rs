@@ -2,7 +2,7 @@
 //! one buffer; large payloads are read straight into their destination (a DMA
 //! buffer) once what is already buffered has been copied.
 
-use futures_lite::{AsyncRead, AsyncReadExt};
+use super::socket::Recv;
 use std::io;
 
 /// Receive buffer size: several PDU headers and small payloads per read.
@@ -21,7 +21,7 @@ fn eof() -> io::Error {
     io::Error::new(io::ErrorKind::UnexpectedEof, "peer closed mid-PDU")
 }
 
-impl<R: AsyncRead + Unpin> RecvBuf<R> {
+impl<R: Recv> RecvBuf<R> {
     pub fn new(r: R) -> RecvBuf<R> {
         RecvBuf {
             r,
@@ -45,7 +45,7 @@ impl<R: AsyncRead + Unpin> RecvBuf<R> {
                 self.end -= self.pos;
                 self.pos = 0;
             }
-            let k = self.r.read(&mut self.buf[self.end..]).await?;
+            let k = self.r.recv(&mut self.buf[self.end..]).await?;
             if k == 0 {
                 return if self.end == self.pos {
                     Ok(false)
@@ -74,7 +74,7 @@ impl<R: AsyncRead + Unpin> RecvBuf<R> {
         while off < dst.len() {
             let rem = dst.len() - off;
             if rem >= DIRECT_READ_MIN {
-                let k = self.r.read(&mut dst[off..]).await?;
+                let k = self.r.recv(&mut dst[off..]).await?;
                 if k == 0 {
                     return Err(eof());
                 }
@@ -105,7 +105,9 @@ impl<R: AsyncRead + Unpin> RecvBuf<R> {
 
 #[cfg(test)]
 mod tests {
+    use super::super::socket::Plain;
     use super::*;
+    use futures_lite::AsyncRead;
     use std::pin::Pin;
     use std::task::{Context, Poll};
 
@@ -134,11 +136,11 @@ mod tests {
     fn every_split_gives_the_same_bytes() {
         let data: Vec<u8> = (0..100_000u32).map(|i| (i * 7) as u8).collect();
         for step in [1usize, 3, 8, 4095, 70_000] {
-            let mut rb = RecvBuf::new(Trickle {
+            let mut rb = RecvBuf::new(Plain(Trickle {
                 data: data.clone(),
                 at: 0,
                 step,
-            });
+            }));
             futures_lite::future::block_on(async {
                 assert!(rb.fill(8).await.unwrap());
                 assert_eq!(rb.take(8), &data[..8]);
@@ -156,11 +158,11 @@ mod tests {
 
     #[test]
     fn eof_mid_pdu_is_an_error() {
-        let mut rb = RecvBuf::new(Trickle {
+        let mut rb = RecvBuf::new(Plain(Trickle {
             data: vec![1, 2, 3],
             at: 0,
             step: 2,
-        });
+        }));
         futures_lite::future::block_on(async {
             assert!(rb.fill(8).await.is_err());
         });

@@ -8,6 +8,7 @@
 
 use super::outbox::Outbox;
 use super::recv::RecvBuf;
+use super::socket::{self, PollingReader};
 use crate::config::ADMIN_IN_CAPSULE_DATA;
 use crate::shard::Shard;
 use crate::storage::dma_buffer;
@@ -27,6 +28,7 @@ use glommio::io::DmaBuffer;
 use glommio::net::TcpStream;
 use std::cell::{Cell, RefCell};
 use std::net::SocketAddr;
+use std::os::unix::io::{AsRawFd, RawFd};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
@@ -110,7 +112,19 @@ pub struct Conn {
     pdu_started: Cell<Option<Instant>>,
 }
 
-type Reader = RecvBuf<ReadHalf<TcpStream>>;
+type Reader = RecvBuf<PollingReader<ReadHalf<TcpStream>>>;
+
+/// The send half: non-blocking vectored sends, io_uring when the socket is full.
+struct Sender {
+    fd: RawFd,
+    w: WriteHalf<TcpStream>,
+}
+
+impl Sender {
+    async fn send(&mut self, parts: &[&[u8]]) -> std::io::Result<()> {
+        socket::send_all(self.fd, &mut self.w, parts).await
+    }
+}
 
 /// Serve one accepted connection until it closes.
 pub async fn serve(shard: Rc<Shard>, stream: TcpStream, kill: Rc<Trigger>) {
@@ -122,8 +136,10 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream, kill: Rc<Trigger>) {
         .local_addr()
         .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
     log::info!("core {}: connection from {peer}", shard.id);
+    // The fd stays valid while either half lives (both share the stream).
+    let fd = stream.as_raw_fd();
     let (r, mut w) = futures_lite::io::split(stream);
-    let mut rb = RecvBuf::new(r);
+    let mut rb = RecvBuf::new(PollingReader::new(fd, r, shard.cfg.idle_poll));
 
     // Connection setup (§3.3): the first PDU must be an ICReq, within a time limit.
     let ic = futures_lite::future::or(async { Some(read_icreq(&mut rb).await) }, async {
@@ -179,7 +195,7 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream, kill: Rc<Trigger>) {
         kill: kill.clone(),
         pdu_started: Cell::new(None),
     });
-    let writer = glommio::spawn_local(writer(conn.clone(), w));
+    let writer = glommio::spawn_local(writer(conn.clone(), Sender { fd, w }));
     let _watchdog = glommio::spawn_local(watchdog(conn.clone()));
 
     let stop = futures_lite::future::or(conn.read_loop(&mut rb), async {
@@ -782,7 +798,7 @@ async fn watchdog(conn: Rc<Conn>) {
 }
 
 /// The send side: drains the outbox in batches into as few writes as it can.
-async fn writer(conn: Rc<Conn>, mut w: WriteHalf<TcpStream>) {
+async fn writer(conn: Rc<Conn>, mut tx: Sender) {
     let mut batch = Vec::new();
     let mut buf: Vec<u8> = Vec::with_capacity(SEND_BUF_LEN);
     let mut closing = false;
@@ -798,7 +814,7 @@ async fn writer(conn: Rc<Conn>, mut w: WriteHalf<TcpStream>) {
                     closing |= resp.close_after;
                     conn.outstanding
                         .set(conn.outstanding.get().saturating_sub(1));
-                    if encode_done(&conn, cid, &resp, max_len, &mut buf, &mut w)
+                    if encode_done(&conn, cid, &resp, max_len, &mut buf, &mut tx)
                         .await
                         .is_err()
                     {
@@ -806,21 +822,21 @@ async fn writer(conn: Rc<Conn>, mut w: WriteHalf<TcpStream>) {
                     }
                 }
             }
-            if buf.len() >= SEND_BUF_LEN && w.write_all(&buf).await.is_err() {
+            if buf.len() >= SEND_BUF_LEN && tx.send(&[&buf]).await.is_err() {
                 break 'outer;
             } else if buf.len() >= SEND_BUF_LEN {
                 buf.clear();
             }
         }
         if !buf.is_empty() {
-            if w.write_all(&buf).await.is_err() {
+            if tx.send(&[&buf]).await.is_err() {
                 break;
             }
             buf.clear();
         }
     }
-    let _ = w.flush().await;
-    let _ = w.close().await;
+    let _ = tx.w.flush().await;
+    let _ = tx.w.close().await;
     // A dead socket or a Disconnect ends the reader too.
     conn.kill.fire();
 }
@@ -833,7 +849,7 @@ async fn encode_done(
     resp: &Response,
     max_len: usize,
     buf: &mut Vec<u8>,
-    w: &mut WriteHalf<TcpStream>,
+    tx: &mut Sender,
 ) -> std::io::Result<()> {
     let d = conn.digests;
     let sq_flow_disabled = conn.state.borrow().sq_flow_disabled;
@@ -871,9 +887,9 @@ async fn encode_done(
             if n <= COPY_DATA_MAX {
                 buf.extend_from_slice(part);
             } else {
-                w.write_all(buf).await?;
+                // Header and data leave in one sendmsg, the data from its own buffer.
+                tx.send(&[buf, part]).await?;
                 buf.clear();
-                w.write_all(part).await?;
             }
             if d.data {
                 buf.extend_from_slice(&pdu::digest(part).to_le_bytes());

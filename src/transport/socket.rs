@@ -1,0 +1,151 @@
+//! Socket I/O that polls while traffic flows and sleeps when it stops.
+//!
+//! Waking a parked executor costs tens of microseconds on these machines
+//! (../shared/perf-reference.md), more than a whole 4 KiB command. So the
+//! receive side first tries a non-blocking `recv`; when nothing is there it
+//! yields the task queue (the executor polls its io_uring and runs other
+//! tasks) and tries again, for up to `poll_window` after the last data; only
+//! then does it park on an io_uring read. Sends go straight to `send`/
+//! `sendmsg` with MSG_DONTWAIT and fall back to an io_uring write when the
+//! socket buffer is full.
+
+use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use std::io;
+use std::os::unix::io::RawFd;
+use std::time::{Duration, Instant};
+
+/// Where a `RecvBuf` gets its bytes.
+pub trait Recv {
+    fn recv(&mut self, buf: &mut [u8]) -> impl std::future::Future<Output = io::Result<usize>>;
+}
+
+/// Any async reader, as is (tests, and hosts that do not poll).
+pub struct Plain<R>(pub R);
+
+impl<R: AsyncRead + Unpin> Recv for Plain<R> {
+    async fn recv(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.0.read(buf).await
+    }
+}
+
+/// Result of one non-blocking system call.
+enum Try {
+    Done(usize),
+    WouldBlock,
+}
+
+fn nonblocking(r: isize) -> io::Result<Try> {
+    if r >= 0 {
+        return Ok(Try::Done(r as usize));
+    }
+    let e = io::Error::last_os_error();
+    match e.raw_os_error() {
+        Some(libc::EAGAIN) => Ok(Try::WouldBlock),
+        Some(libc::EINTR) => Ok(Try::WouldBlock),
+        _ => Err(e),
+    }
+}
+
+/// The receive half of a TCP connection that polls before it parks.
+pub struct PollingReader<R> {
+    fd: RawFd,
+    half: R,
+    poll_window: Duration,
+    last_data: Instant,
+}
+
+impl<R: AsyncRead + Unpin> PollingReader<R> {
+    /// `fd` must stay open as long as `half` (they are the same socket).
+    pub fn new(fd: RawFd, half: R, poll_window: Duration) -> Self {
+        PollingReader {
+            fd,
+            half,
+            poll_window,
+            last_data: Instant::now(),
+        }
+    }
+}
+
+impl<R: AsyncRead + Unpin> Recv for PollingReader<R> {
+    async fn recv(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        loop {
+            // SAFETY: buf is valid for writes of buf.len() bytes.
+            let r = unsafe {
+                libc::recv(
+                    self.fd,
+                    buf.as_mut_ptr() as *mut libc::c_void,
+                    buf.len(),
+                    libc::MSG_DONTWAIT,
+                )
+            };
+            if let Try::Done(n) = nonblocking(r)? {
+                self.last_data = Instant::now();
+                return Ok(n);
+            }
+            if self.last_data.elapsed() < self.poll_window {
+                glommio::executor().yield_task_queue_now().await;
+                continue;
+            }
+            // Idle: sleep on io_uring until data (or EOF) arrives.
+            let n = self.half.read(buf).await?;
+            self.last_data = Instant::now();
+            return Ok(n);
+        }
+    }
+}
+
+/// Most pieces one `send_all` hands to a single sendmsg; the rest follow by
+/// the fallback path.
+const MAX_PARTS: usize = 8;
+
+/// Send every byte of `parts`, in order, as one vectored write where the
+/// socket buffer takes it; whatever it does not take goes through `w`.
+pub async fn send_all<W: AsyncWrite + Unpin>(
+    fd: RawFd,
+    w: &mut W,
+    parts: &[&[u8]],
+) -> io::Result<()> {
+    let total: usize = parts.iter().map(|p| p.len()).sum();
+    if total == 0 {
+        return Ok(());
+    }
+    let mut iov = [libc::iovec {
+        iov_base: std::ptr::null_mut(),
+        iov_len: 0,
+    }; MAX_PARTS];
+    let mut n = 0;
+    for p in parts.iter().filter(|p| !p.is_empty()).take(MAX_PARTS) {
+        iov[n] = libc::iovec {
+            iov_base: p.as_ptr() as *mut libc::c_void,
+            iov_len: p.len(),
+        };
+        n += 1;
+    }
+    // SAFETY: msghdr is plain data; the iovecs point into live slices.
+    let sent = unsafe {
+        let mut msg: libc::msghdr = std::mem::zeroed();
+        msg.msg_iov = iov.as_mut_ptr();
+        msg.msg_iovlen = n;
+        nonblocking(libc::sendmsg(
+            fd,
+            &msg,
+            libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+        ))?
+    };
+    let mut skip = match sent {
+        Try::Done(n) => n,
+        Try::WouldBlock => 0,
+    };
+    if skip == total {
+        return Ok(());
+    }
+    for p in parts {
+        if skip >= p.len() {
+            skip -= p.len();
+            continue;
+        }
+        w.write_all(&p[skip..]).await?;
+        skip = 0;
+    }
+    Ok(())
+}
