@@ -493,3 +493,87 @@ fn commands_out_of_sequence_get_statuses() {
     p.send(&write_icd(6, 0, &[0u8; 4096], d));
     assert_eq!(p.expect_resp().status, Status::INVALID_OPCODE);
 }
+
+/// xorshift64: deterministic randomness without a dependency.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+}
+
+#[test]
+fn mutated_sessions_never_hurt_the_target() {
+    let t = Target::start(&["--subsystem", NQN, "--namespace", "ram:16M", "--cores", "2"]);
+    let d = Digests::default();
+    let (mut healthy, cntlid) = enabled_admin(t.addr, d);
+    let mut base = icreq(d);
+    base.extend(connect(1, 0, 0xFFFF, d));
+    base.extend(prop_set_cc(2, d));
+    base.extend(identify_ctrl(3, d));
+    let mut io = icreq(d);
+    io.extend(connect(1, 1, cntlid, d));
+    io.extend(write_icd(2, 0, &[5u8; 8192], d));
+    io.extend(read_cmd(3, 0, 2, d));
+    let mut rng = Rng(0x5eed_1234_abcd_0001);
+    for round in 0..400 {
+        if round % 50 == 0 {
+            // Keep the healthy controller alive, and check it on the way.
+            let mut ka = Sqe::default();
+            ka.set_opcode(admin::KEEP_ALIVE).set_cid(100 + round as u16);
+            healthy.send(&capsule(&ka, &[], d));
+            assert!(healthy.expect_resp().status.is_success());
+        }
+        let mut s = if round % 2 == 0 {
+            base.clone()
+        } else {
+            io.clone()
+        };
+        // Flip, overwrite or drop a few bytes, or cut the stream short.
+        for _ in 0..1 + rng.below(4) {
+            let at = rng.below(s.len());
+            match rng.below(4) {
+                0 => s[at] ^= 1 << rng.below(8),
+                1 => s[at] = rng.next() as u8,
+                2 => {
+                    s.remove(at);
+                }
+                _ => s.truncate(at.max(1)),
+            }
+        }
+        let mut p = Peer::open(t.addr, d);
+        p.s.set_read_timeout(Some(Duration::from_millis(40)))
+            .unwrap();
+        let _ = p.s.write_all(&s);
+        // Read whatever comes back until the target closes or goes quiet.
+        let mut sink = [0u8; 65536];
+        while let Ok(n) = p.s.read(&mut sink) {
+            if n == 0 {
+                break;
+            }
+        }
+    }
+    // The target is alive and the untouched connection still works.
+    healthy.send(&identify_ctrl(9, d));
+    loop {
+        match healthy.recv() {
+            Some(Rx::Data(..)) => {}
+            Some(Rx::Resp(c)) => {
+                assert_eq!(c.cid, 9);
+                assert!(c.status.is_success());
+                break;
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    let mut p = Peer::open(t.addr, d);
+    p.send(&admin_session(d));
+    check_admin_replies(&mut p);
+}
