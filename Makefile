@@ -34,3 +34,8 @@ fmt:
 
 clean:
 	$(CARGO) clean
+
+## Latency and throughput matrix on this machine (PERF_TIME=3 for a quick run); see perf/README.md.
+.PHONY: perf
+perf:
+	perf/latency.sh

@@ -7,6 +7,7 @@
 
 pub mod config;
 pub mod host;
+pub mod perf;
 pub mod serve;
 pub mod shard;
 pub mod storage;

@@ -1,6 +1,6 @@
 //! The `nvmf-tpc` command.
 
-use nvmf_tpc::serve;
+use nvmf_tpc::{perf, serve};
 
 fn init_logging(level: &str) {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(level))
@@ -29,7 +29,10 @@ fn main() {
         .subcommand(
             serve::command()
                 .about("Serve namespaces to NVMe/TCP hosts (with no flags: a 1 GiB file under ./nvmf-tpc-data on 127.0.0.1:4420)"),
-        );
+        )
+        .subcommand(perf::command().about(
+            "Load generator for any NVMe/TCP target: IOPS, MiB/s, latency percentiles and histogram, CPU per I/O",
+        ));
     let m = app.get_matches_from(&argv);
     match m.subcommand_name() {
         Some("serve") => {
@@ -51,6 +54,7 @@ fn main() {
                 std::process::exit(1);
             }
         }
+        Some("perf") => std::process::exit(perf::main(&argv[1..])),
         _ => unreachable!("clap requires a subcommand"),
     }
 }

@@ -45,6 +45,15 @@ pub enum CtlMsg {
     Teardown { cntlid: u16 },
     /// The controller's CSTS.RDY changed.
     Ready { cntlid: u16, ready: bool },
+    /// A command failed on an I/O queue: add it to the controller's error log.
+    Error {
+        cntlid: u16,
+        sqid: u16,
+        cid: u16,
+        status: Status,
+        nsid: u32,
+        lba: u64,
+    },
     /// Keep-alive and statistics query.
     Query {
         req: u64,
@@ -253,6 +262,18 @@ impl Shard {
                     }
                 }
             }
+            CtlMsg::Error {
+                cntlid,
+                sqid,
+                cid,
+                status,
+                nsid,
+                lba,
+            } => {
+                if let Some(o) = self.controllers.borrow().get(&cntlid) {
+                    o.ctrl.record_error(sqid, cid, status, nsid, lba);
+                }
+            }
             CtlMsg::Ready { cntlid, ready } => {
                 if let Some(l) = self.io_ctrls.borrow().get(&cntlid) {
                     l.ready.set(ready);
@@ -455,6 +476,29 @@ impl Shard {
         }
         if let Some(owner) = cntlid_owner(cntlid, self.peers) {
             self.post(owner, CtlMsg::DetachIo { cntlid, qid });
+        }
+    }
+
+    /// Log a failed I/O command in its controller's error log (owner core).
+    pub fn record_error(
+        self: &Rc<Self>,
+        cntlid: u16,
+        sqid: u16,
+        sqe: &crate::wire::command::Sqe,
+        status: Status,
+    ) {
+        if let Some(owner) = cntlid_owner(cntlid, self.peers) {
+            self.post(
+                owner,
+                CtlMsg::Error {
+                    cntlid,
+                    sqid,
+                    cid: sqe.cid(),
+                    status,
+                    nsid: sqe.nsid(),
+                    lba: sqe.slba(),
+                },
+            );
         }
     }
 

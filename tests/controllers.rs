@@ -549,3 +549,41 @@ fn sigterm_with_io_in_flight_exits_cleanly() {
     let done = pid_sender.join().unwrap();
     assert!(done > 0);
 }
+
+#[test]
+fn io_errors_reach_the_controller_error_log_from_every_core() {
+    let t = Target::start(&["--subsystem", NQN, "--namespace", "ram:1M", "--cores", "2"]);
+    let addr = t.addr;
+    run(move || async move {
+        let c = Controller::connect(HostConfig::new(addr, NQN))
+            .await
+            .unwrap();
+        c.set_number_of_queues(8).await.unwrap();
+        for qid in 1..=8u16 {
+            let q = c.connect_io_queue(qid).await.unwrap();
+            assert_eq!(
+                status_of(q.read(1, 1 << 20, 1, 4096).await),
+                Status::LBA_OUT_OF_RANGE
+            );
+        }
+        // Messages to the owner core are asynchronous: allow them to land.
+        let deadline = Instant::now() + Duration::from_secs(3);
+        loop {
+            let el = c.get_log_page(lid::ERROR, 0, 0, 64 * 64).await.unwrap();
+            let sqids: std::collections::BTreeSet<u16> = el
+                .chunks(64)
+                .filter(|e| u64le(e, 0) != 0)
+                .map(|e| u16le(e, 8))
+                .collect();
+            if sqids == (1..=8).collect() {
+                let e = &el[..64];
+                assert_eq!(u16le(e, 12) >> 1, Status::LBA_OUT_OF_RANGE.0);
+                assert_eq!(u32le(e, 24), 1, "nsid");
+                assert_eq!(u64le(e, 16), 1 << 20, "lba");
+                break;
+            }
+            assert!(Instant::now() < deadline, "error log has sqids {sqids:?}");
+            glommio::timer::sleep(Duration::from_millis(50)).await;
+        }
+    });
+}

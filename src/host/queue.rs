@@ -38,6 +38,7 @@ use std::os::unix::io::{AsRawFd, RawFd};
 use std::pin::Pin;
 use std::rc::{Rc, Weak};
 use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
 
 /// Size of the reader's receive buffer.
 const RX_BUF_LEN: usize = 64 * 1024;
@@ -71,19 +72,66 @@ async fn sock_write_all(s: &Stream, mut buf: &[u8]) -> io::Result<()> {
     Ok(())
 }
 
+/// Socket reads that poll for `window` after the last data before they
+/// sleep on io_uring (see `HostConfig::idle_poll`).
+struct RecvPoller {
+    fd: RawFd,
+    window: Duration,
+    last_data: Instant,
+}
+
+impl RecvPoller {
+    async fn read(&mut self, s: &Stream, buf: &mut [u8]) -> io::Result<usize> {
+        while !self.window.is_zero() {
+            // SAFETY: buf is valid for writes of buf.len() bytes; the fd is
+            // the stream's, open while `s` is.
+            let r = unsafe {
+                libc::recv(
+                    self.fd,
+                    buf.as_mut_ptr().cast(),
+                    buf.len(),
+                    libc::MSG_DONTWAIT,
+                )
+            };
+            if r >= 0 {
+                self.last_data = Instant::now();
+                return Ok(r as usize);
+            }
+            let e = io::Error::last_os_error();
+            if !matches!(e.raw_os_error(), Some(libc::EAGAIN | libc::EINTR)) {
+                return Err(e);
+            }
+            if self.last_data.elapsed() >= self.window {
+                break;
+            }
+            glommio::executor().yield_task_queue_now().await;
+        }
+        let n = sock_read(s, buf).await?;
+        self.last_data = Instant::now();
+        Ok(n)
+    }
+}
+
 /// Buffered reads from the socket: small PDUs are parsed out of one 64 KiB
 /// buffer, large reads bypass it.
 struct Rx {
     s: Stream,
+    poll: RecvPoller,
     buf: Box<[u8]>,
     head: usize,
     tail: usize,
 }
 
 impl Rx {
-    fn new(s: Stream) -> Rx {
+    fn new(s: Stream, idle_poll: Duration) -> Rx {
+        let fd = s.borrow().as_raw_fd();
         Rx {
             s,
+            poll: RecvPoller {
+                fd,
+                window: idle_poll,
+                last_data: Instant::now(),
+            },
             buf: vec![0u8; RX_BUF_LEN].into_boxed_slice(),
             head: 0,
             tail: 0,
@@ -103,7 +151,7 @@ impl Rx {
         while done < dst.len() {
             let rest = &mut dst[done..];
             if rest.len() >= RX_BUF_LEN / 2 {
-                let n = sock_read(&self.s, rest).await?;
+                let n = self.poll.read(&self.s, rest).await?;
                 if n == 0 {
                     return Err(io::ErrorKind::UnexpectedEof.into());
                 }
@@ -111,7 +159,7 @@ impl Rx {
             } else {
                 self.head = 0;
                 self.tail = 0;
-                let n = sock_read(&self.s, &mut self.buf).await?;
+                let n = self.poll.read(&self.s, &mut self.buf).await?;
                 if n == 0 {
                     return Err(io::ErrorKind::UnexpectedEof.into());
                 }
@@ -972,7 +1020,7 @@ impl Queue {
         tcp.set_nodelay(true).map_err(|e| HostError::Io(e.into()))?;
         let fd = tcp.as_raw_fd();
         let stream: Stream = Rc::new(RefCell::new(tcp));
-        let mut rx = Rx::new(stream.clone());
+        let mut rx = Rx::new(stream.clone(), cfg.idle_poll);
         let ic = initialize(&stream, &mut rx, cfg).await?;
 
         let slots = usize::from(qsize) - 1;

@@ -416,6 +416,41 @@ fn in_flight_bounded_and_completed_out_of_order() {
     });
 }
 
+/// With `idle_poll` the reader polls its socket: PDUs split anywhere, and
+/// pauses longer than the window (then it sleeps on io_uring), arrive whole.
+#[test]
+fn polling_reader_reassembles_split_pdus() {
+    run(|| async {
+        let (l, addr) = listener();
+        let target = glommio::spawn_local(async move {
+            let mut t = Fake::accept(&l, 0, 65536).await;
+            t.connect(1, 1).await;
+            for i in 0..4u32 {
+                let (sqe, _) = t.recv_cmd().await;
+                let len = sqe.sgl().length as usize;
+                let mut b = t.c2h(sqe.cid(), 0, &pattern(len, i as u8), flags::LAST_PDU);
+                b.extend(t.resp(sqe.cid(), Status::SUCCESS, 0, 0));
+                if i % 2 == 0 {
+                    t.send_split(&b).await;
+                } else {
+                    sleep(Duration::from_millis(5)).await;
+                    t.send(&b).await;
+                }
+            }
+        });
+        let mut cfg = HostConfig::new(addr, "nqn.test:sub");
+        cfg.idle_poll = Duration::from_millis(1);
+        let (q, _) = Queue::connect(&cfg, 1, 1).await.unwrap();
+        for i in 0..4u32 {
+            let len = 4096 * (i as usize + 1);
+            let c = q.submit(read_sqe(i), None, len).await.unwrap();
+            assert_eq!(c.data, pattern(len, i as u8));
+        }
+        q.close().await;
+        target.await;
+    });
+}
+
 /// A submit future dropped after sending keeps its CID until the target
 /// completes it; the slot's next command gets a different CID.
 #[test]

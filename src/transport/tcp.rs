@@ -619,15 +619,7 @@ impl Conn {
             }
         };
         match binding {
-            Ok(ctrl) => {
-                let o = admin::execute(&self.shard, &ctrl, sqe, data, self.local).await;
-                if let Outcome::Done(r) = &o {
-                    if !r.status.is_success() {
-                        ctrl.record_error(0, sqe.cid(), r.status, sqe.nsid(), 0);
-                    }
-                }
-                o
-            }
+            Ok(ctrl) => admin::execute(&self.shard, &ctrl, sqe, data, self.local).await,
             Err(subsys) => {
                 let Some(ns) = ns else {
                     return Status::INVALID_NAMESPACE.into();
@@ -710,14 +702,21 @@ impl Conn {
         }
     }
 
-    /// Failed commands are logged (never successful ones: no line per I/O).
+    /// Failed commands are logged (never successful ones: no line per I/O)
+    /// and go to their controller's error log, which may live on another core.
     fn log_failure(&self, sqe: &Sqe, s: Status) {
+        let st = self.state.borrow();
         log::info!(
             "{}: queue {} command {:?} failed: {s}",
             self.peer,
-            self.state.borrow().qid,
+            st.qid,
             sqe
         );
+        match &st.binding {
+            Some(Binding::Admin(ctrl)) => ctrl.record_error(0, sqe.cid(), s, sqe.nsid(), 0),
+            Some(Binding::Io { cntlid, .. }) => self.shard.record_error(*cntlid, st.qid, sqe, s),
+            None => {}
+        }
     }
 
     /// The CID is free again at once; the command still counts against the

@@ -1,0 +1,69 @@
+#!/usr/bin/env bash
+# Latency and throughput of nvmf-tpc on this machine: one target core, one
+# client core, loopback.
+#
+# Starts `nvmf-tpc serve` pinned to CPU 0 with a RAM (nsid 1) and a null
+# (nsid 2) namespace of 1 GiB, drives it with `nvmf-tpc perf` pinned to CPU 1
+# through the standard matrix (4 KiB randread QD1 and QD32, 4 KiB randwrite
+# QD32, 128 KiB sequential read QD8, 4 KiB 70/30 randrw QD32) on each
+# namespace, then measures the target's CPU use with a connected, idle
+# controller. Prints a table and the histograms, and writes
+# perf/results/latency-<date>.md with two SVG plots beside it.
+#
+# Environment: PERF_TIME (seconds per run, default 10; PERF_TIME=3 for a
+# quick look), PERF_WARMUP (1), PERF_IDLE (idle window, 10), TARGET_CPU (0),
+# CLIENT_CPU (1), PERF_NO_BUILD=1 (use target/release/nvmf-tpc as it is),
+# PERF_KEEP_RAW=1 (keep the JSON and logs of every run),
+# TARGET_ARGS (extra `serve` flags, e.g. "--idle-poll 0"), PERF_ARGS (extra
+# `perf` flags, e.g. "--idle-poll 0" for a client that sleeps at once).
+
+# shellcheck source=perf/lib.sh
+source "$(dirname "$0")/lib.sh"
+
+PERF_IDLE=${PERF_IDLE:-10}
+OUT=$RESULTS/latency-$STAMP
+
+build_release
+mkdir -p "$RESULTS"
+# shellcheck disable=SC2086 # TARGET_ARGS is a list of flags
+start_target --cpus "$TARGET_CPU" --subsystem "$NQN" \
+    --namespace ram:1G --namespace null:1G ${TARGET_ARGS:-}
+
+files=()
+for ns in 1 2; do
+    nsname=$([[ $ns == 1 ]] && echo ram || echo null)
+    for entry in "${MATRIX[@]}"; do
+        name=${entry%%|*}
+        flags=${entry#*|}
+        # shellcheck disable=SC2086 # flags is a list of flags
+        run_perf "$nsname-$name" --target "$TARGET_ADDR" --nqn "$NQN" --ns "$ns" \
+            --cpus "$CLIENT_CPU" --target-pid "$TARGET_PID" $flags
+        [[ -f "$WORK/$nsname-$name.json" ]] && files+=("$WORK/$nsname-$name.json")
+    done
+done
+
+log ""
+log "=== idle: one controller with one I/O queue connected, no I/O, ${PERF_IDLE} s"
+if "$BIN" perf --target "$TARGET_ADDR" --nqn "$NQN" --cpus "$CLIENT_CPU" \
+    --idle "$PERF_IDLE" --target-pid "$TARGET_PID" --json "$WORK/idle.json" \
+    2>&1 | tee "$WORK/idle.log"; then
+    files+=("$WORK/idle.json")
+else
+    log "*** idle measurement FAILED"
+    FAILED=$((FAILED + 1))
+fi
+stop_target
+
+if [[ ${#files[@]} -gt 0 ]]; then
+    python3 "$ROOT/perf/report.py" latency --out "$OUT" \
+        --title "nvmf-tpc latency, $(date '+%Y-%m-%d %H:%M'), target CPU $TARGET_CPU, client CPU $CLIENT_CPU, ${PERF_TIME} s per run" \
+        --note "$(machine_note)" --ns 1=RAM --ns 2=null "${files[@]}"
+fi
+if [[ "${PERF_KEEP_RAW:-0}" == 1 ]]; then
+    mkdir -p "$OUT.raw" && cp "$WORK"/*.json "$WORK"/*.log "$OUT.raw/"
+    log "raw JSON and logs: $OUT.raw/"
+fi
+if [[ $FAILED -gt 0 ]]; then
+    log "$FAILED run(s) failed"
+    exit 1
+fi
