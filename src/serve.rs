@@ -497,19 +497,17 @@ pub fn run(cfg: TargetConfig) -> Result<(), String> {
     probe_listeners(&cfg)?;
     let cfg = Arc::new(cfg);
     // RAM disks are created once and shared by every core.
-    let rams: Vec<Vec<Option<Arc<RamDisk>>>> = cfg
-        .subsystems
-        .iter()
-        .map(|s| {
-            s.namespaces
-                .iter()
-                .map(|n| match n.backing {
-                    Backing::Ram(sz) => Some(Arc::new(RamDisk::new(sz))),
-                    _ => None,
-                })
-                .collect()
-        })
-        .collect();
+    let mut rams: Vec<Vec<Option<Arc<RamDisk>>>> = Vec::new();
+    for s in &cfg.subsystems {
+        let mut v = Vec::new();
+        for n in &s.namespaces {
+            v.push(match n.backing {
+                Backing::Ram(sz) => Some(Arc::new(RamDisk::new(sz)?)),
+                _ => None,
+            });
+        }
+        rams.push(v);
+    }
     let rams = Arc::new(rams);
     let mesh = shard::mesh(cfg.cpus.len());
     let (ready_tx, ready_rx) = mpsc::channel::<Result<(), String>>();
@@ -590,6 +588,7 @@ async fn start_shard(
     senders: glommio::channels::channel_mesh::Senders<shard::CtlMsg>,
 ) -> Result<(Rc<Shard>, Vec<TcpListener>), String> {
     let mut namespaces = Vec::new();
+    let mut zeroes = None;
     for (si, s) in cfg.subsystems.iter().enumerate() {
         let mut v = Vec::new();
         for (ni, n) in s.namespaces.iter().enumerate() {
@@ -602,7 +601,13 @@ async fn start_shard(
                     Backend::File(Rc::new(f))
                 }
                 Backing::Ram(_) => Backend::Ram(rams[si][ni].clone().expect("ram disk created")),
-                Backing::Null(_) => Backend::Null,
+                Backing::Null(_) => Backend::Null(
+                    zeroes
+                        .get_or_insert_with(|| {
+                            crate::storage::zero_buffer(cfg.max_io_size as usize)
+                        })
+                        .clone(),
+                ),
             };
             v.push(Rc::new(Namespace::new(n.clone(), backend)));
         }

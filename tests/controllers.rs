@@ -408,6 +408,17 @@ fn io_queues_across_cores_and_teardown() {
         assert_eq!(cs & csts::RDY, 0);
         c.cntlid
     });
+    // The log arrives through a pipe: wait for all 16 connect lines.
+    let needle = format!("controller {cntlid}: I/O queue ");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let connected = |log: &str| {
+        log.lines()
+            .filter(|l| l.contains(&needle) && l.contains("connected on core"))
+            .count()
+    };
+    while connected(&t.log()) < QUEUES as usize && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let cores = cores_of_queues(&t.log(), cntlid);
     assert_eq!(
         cores.len(),
@@ -472,7 +483,11 @@ fn keep_alive_expiry_tears_down_every_queue() {
             .unwrap();
         assert_ne!(c2.cntlid, 0);
     });
-    assert!(t.log().contains("keep alive expired"), "{}", t.log());
+    assert!(
+        t.wait_log("keep alive expired", Duration::from_secs(5)),
+        "{}",
+        t.log()
+    );
 }
 
 #[test]

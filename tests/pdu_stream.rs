@@ -460,7 +460,11 @@ fn malformed_pdus_get_c2h_term_req_and_others_keep_working() {
     p.send(&tr);
     assert!(matches!(p.recv(), Some(Rx::IcResp)));
     p.expect_closed();
-    assert!(t.log().contains("H2CTermReq"), "{}", t.log());
+    assert!(
+        t.wait_log("H2CTermReq", Duration::from_secs(5)),
+        "{}",
+        t.log()
+    );
 }
 
 #[test]

@@ -19,6 +19,8 @@ pub enum DataBuf {
     Dma(DmaBuffer),
     Read(ReadResult),
     Vec(Vec<u8>),
+    /// The first `len` bytes of a shared buffer (the null backing's zeroes).
+    Shared(Rc<DmaBuffer>, usize),
 }
 
 impl DataBuf {
@@ -27,6 +29,7 @@ impl DataBuf {
             DataBuf::Dma(b) => b.as_bytes(),
             DataBuf::Read(r) => r,
             DataBuf::Vec(v) => v,
+            DataBuf::Shared(b, len) => &b.as_bytes()[..*len],
         }
     }
 }
@@ -39,7 +42,15 @@ pub fn dma_buffer(len: usize) -> DmaBuffer {
 pub enum Backend {
     File(Rc<FileBackend>),
     Ram(Arc<RamDisk>),
-    Null,
+    /// Reads are served from one zeroed buffer of the largest transfer size.
+    Null(Rc<DmaBuffer>),
+}
+
+/// A zeroed DMA buffer that null namespaces of one core share for reads.
+pub fn zero_buffer(len: usize) -> Rc<DmaBuffer> {
+    let mut b = dma_buffer(len);
+    b.as_bytes_mut().fill(0);
+    Rc::new(b)
 }
 
 impl Backend {
@@ -52,9 +63,10 @@ impl Backend {
                 r.read(offset, &mut b.as_bytes_mut()[..len]);
                 Ok(DataBuf::Dma(b))
             }
-            Backend::Null => {
+            Backend::Null(z) if len <= z.len() => Ok(DataBuf::Shared(z.clone(), len)),
+            Backend::Null(_) => {
                 let mut b = dma_buffer(len);
-                b.as_bytes_mut()[..len].fill(0);
+                b.as_bytes_mut().fill(0);
                 Ok(DataBuf::Dma(b))
             }
         }
@@ -68,7 +80,7 @@ impl Backend {
                 r.write(offset, buf.as_bytes());
                 Ok(())
             }
-            Backend::Null => Ok(()),
+            Backend::Null(_) => Ok(()),
         }
     }
 
@@ -87,7 +99,7 @@ impl Backend {
                 r.zero(offset, len);
                 Ok(())
             }
-            Backend::Null => Ok(()),
+            Backend::Null(_) => Ok(()),
         }
     }
 
@@ -100,7 +112,7 @@ impl Backend {
                 r.zero(offset, len);
                 Ok(())
             }
-            Backend::Null => Ok(()),
+            Backend::Null(_) => Ok(()),
         }
     }
 
@@ -111,7 +123,12 @@ impl Backend {
         }
     }
 
+    /// Commands on this backing complete without waiting for anything.
+    pub fn is_synchronous(&self) -> bool {
+        matches!(self, Backend::Ram(_) | Backend::Null(_))
+    }
+
     pub fn thin(&self) -> bool {
-        !matches!(self, Backend::Null)
+        !matches!(self, Backend::Null(_))
     }
 }

@@ -1,50 +1,87 @@
 //! A RAM disk shared by every core. Words are atomics with relaxed ordering:
 //! concurrent writes to one block from two queues may interleave (NVMe makes
 //! no promise there either) but there is no data race in the Rust sense.
+//!
+//! The memory is mapped and faulted in at start (on huge pages where the
+//! kernel has them): a page fault on first touch costs more than the I/O.
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
-pub struct RamDisk {
-    words: Box<[AtomicU64]>,
-}
-
 const WORD: usize = 8;
 
+pub struct RamDisk {
+    ptr: *mut AtomicU64,
+    words: usize,
+}
+
+// SAFETY: the mapping is only accessed through atomics; it is unmapped once,
+// in Drop, when no reference is left.
+unsafe impl Send for RamDisk {}
+unsafe impl Sync for RamDisk {}
+
 impl RamDisk {
-    /// `size` must be a multiple of 8. Pages are allocated zeroed and lazily
-    /// by the kernel, so a large RAM disk costs memory only where written.
-    pub fn new(size: u64) -> RamDisk {
-        let n = (size as usize) / WORD;
-        let mut v: Vec<AtomicU64> = Vec::new();
-        // calloc-backed zeroed allocation: AtomicU64 of zero is all-zero bytes.
-        let layout = std::alloc::Layout::array::<AtomicU64>(n).expect("ram disk size");
-        if n > 0 {
-            // SAFETY: the layout is non-zero-sized; zeroed memory is a valid
-            // AtomicU64 array; ownership passes to the Vec with matching layout.
-            unsafe {
-                let p = std::alloc::alloc_zeroed(layout) as *mut AtomicU64;
-                if p.is_null() {
-                    std::alloc::handle_alloc_error(layout);
-                }
-                v = Vec::from_raw_parts(p, n, n);
+    /// `size` must be a multiple of 8.
+    pub fn new(size: u64) -> Result<RamDisk, String> {
+        let len = size as usize;
+        // SAFETY: a fresh anonymous private mapping; checked for failure.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len.max(WORD),
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            return Err(format!(
+                "ram:{size}: cannot map memory: {}",
+                std::io::Error::last_os_error()
+            ));
+        }
+        // SAFETY: advice on our own mapping; failures only cost speed.
+        unsafe {
+            libc::madvise(p, len, libc::MADV_HUGEPAGE);
+        }
+        let disk = RamDisk {
+            ptr: p as *mut AtomicU64,
+            words: len / WORD,
+        };
+        // Fault every page in now (MADV_POPULATE_WRITE where the kernel has it).
+        const MADV_POPULATE_WRITE: i32 = 23;
+        // SAFETY: as above.
+        if unsafe { libc::madvise(p, len, MADV_POPULATE_WRITE) } != 0 {
+            let e = std::io::Error::last_os_error();
+            if e.raw_os_error() != Some(libc::EINVAL) {
+                return Err(format!("ram:{size}: cannot fault in the memory: {e}"));
+            }
+            // Older kernels: touch one word per page.
+            let page = 4096 / WORD;
+            for w in disk.all().iter().step_by(page) {
+                w.store(0, Relaxed);
             }
         }
-        RamDisk {
-            words: v.into_boxed_slice(),
-        }
+        Ok(disk)
+    }
+
+    fn all(&self) -> &[AtomicU64] {
+        // SAFETY: the mapping holds `words` zero-initialised AtomicU64s for
+        // the life of self.
+        unsafe { std::slice::from_raw_parts(self.ptr, self.words) }
     }
 
     pub fn len(&self) -> u64 {
-        (self.words.len() * WORD) as u64
+        (self.words * WORD) as u64
     }
 
     pub fn is_empty(&self) -> bool {
-        self.words.is_empty()
+        self.words == 0
     }
 
     fn range(&self, offset: u64, len: usize) -> &[AtomicU64] {
         let start = offset as usize / WORD;
-        &self.words[start..start + len / WORD]
+        &self.all()[start..start + len / WORD]
     }
 
     /// Offsets and lengths are multiples of the block size (512 or 4096).
@@ -75,13 +112,22 @@ impl RamDisk {
     }
 }
 
+impl Drop for RamDisk {
+    fn drop(&mut self) {
+        // SAFETY: our mapping, unmapped once.
+        unsafe {
+            libc::munmap(self.ptr as *mut libc::c_void, (self.words * WORD).max(WORD));
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn read_write_zero() {
-        let r = RamDisk::new(8192);
+        let r = RamDisk::new(8192).unwrap();
         let data: Vec<u8> = (0..4096).map(|i| i as u8).collect();
         r.write(4096, &data);
         let mut out = vec![0u8; 4096];
