@@ -3,7 +3,7 @@
 CARGO ?= cargo
 BIN := target/release/nvmf-tpc
 
-.PHONY: all build run test unit interop lint fmt clean
+.PHONY: all build run test unit interop lint fmt clean fuzz fuzz-smoke fuzz-tools
 
 all: build
 
@@ -16,7 +16,7 @@ run: build
 
 ## Every test: unit, integration (real target over loopback) and the Linux
 ## kernel host under QEMU (installs qemu, Debian's kernel, nvme-cli, fio).
-test: lint unit interop
+test: lint unit fuzz-smoke interop
 
 unit:
 	$(CARGO) test --release
@@ -24,6 +24,22 @@ unit:
 interop: build
 	tests/interop/run.sh $(BIN)
 	INTEROP_DIGESTS=1 INTEROP_QUIET=1 tests/interop/run.sh $(BIN)
+
+## Coverage-guided fuzzing of the wire decoders (fuzz/). cargo-fuzz needs
+## nightly flags; RUSTC_BOOTSTRAP lets the one stable toolchain here accept them.
+FUZZ_TARGETS := pdu_layout decoders
+FUZZ_SMOKE_SECONDS ?= 20
+FUZZ_SECONDS ?= 600
+FUZZ := RUSTC_BOOTSTRAP=1 $(CARGO) fuzz run -O --sanitizer none
+
+fuzz-tools:
+	command -v cargo-fuzz >/dev/null || $(CARGO) install cargo-fuzz --locked
+
+fuzz-smoke: fuzz-tools
+	for t in $(FUZZ_TARGETS); do $(FUZZ) $$t -- -max_total_time=$(FUZZ_SMOKE_SECONDS) || exit 1; done
+
+fuzz: fuzz-tools
+	for t in $(FUZZ_TARGETS); do $(FUZZ) $$t -- -max_total_time=$(FUZZ_SECONDS) || exit 1; done
 
 lint:
 	$(CARGO) fmt --all -- --check
