@@ -108,6 +108,10 @@ impl Target {
         }
     }
 
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
     pub fn output(&self) -> String {
         format!(
             "--- stdout\n{}--- stderr\n{}",
