@@ -4,6 +4,7 @@
 //! cache (DESIGN.md §9).
 
 use glommio::io::{DmaBuffer, DmaFile, OpenOptions, ReadResult};
+use glommio::GlommioError;
 use std::io;
 use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::os::unix::io::AsRawFd;
@@ -159,6 +160,15 @@ pub fn create_sparse(path: &Path, size: u64) -> Result<(), String> {
         .map_err(|e| format!("{}: {e}", path.display()))
 }
 
+/// glommio wraps I/O errors with context and keeps only their kind; the
+/// status we return depends on the errno (EIO, ENOSPC), so take the original.
+fn os_error<T>(e: GlommioError<T>) -> io::Error {
+    match e {
+        GlommioError::EnhancedIoError { source, .. } => source,
+        other => other.into(),
+    }
+}
+
 pub struct FileBackend {
     file: DmaFile,
     pub is_block: bool,
@@ -181,7 +191,7 @@ impl FileBackend {
     }
 
     pub async fn read(&self, offset: u64, len: usize) -> io::Result<ReadResult> {
-        let r = self.file.read_at_aligned(offset, len).await?;
+        let r = self.file.read_at_aligned(offset, len).await.map_err(os_error)?;
         if r.len() < len {
             // Reading past the end of a file that shrank under us.
             return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "short read"));
@@ -191,18 +201,18 @@ impl FileBackend {
 
     pub async fn write(&self, offset: u64, buf: DmaBuffer, fua: bool) -> io::Result<()> {
         let len = buf.len();
-        let n = self.file.write_at(buf, offset).await?;
+        let n = self.file.write_at(buf, offset).await.map_err(os_error)?;
         if n < len {
             return Err(io::Error::new(io::ErrorKind::WriteZero, "short write"));
         }
         if fua {
-            self.file.fdatasync().await?;
+            self.file.fdatasync().await.map_err(os_error)?;
         }
         Ok(())
     }
 
     pub async fn flush(&self) -> io::Result<()> {
-        self.file.fdatasync().await.map_err(Into::into)
+        self.file.fdatasync().await.map_err(os_error)
     }
 
     fn ioctl_range(&self, req: libc::c_ulong, offset: u64, len: u64) -> io::Result<()> {
@@ -221,7 +231,7 @@ impl FileBackend {
             self.ioctl_range(BLKZEROOUT, offset, len)
         } else {
             // A hole reads as zeroes and costs no space.
-            self.file.deallocate(offset, len).await.map_err(Into::into)
+            self.file.deallocate(offset, len).await.map_err(os_error)
         }
     }
 
@@ -231,7 +241,7 @@ impl FileBackend {
             let _ = self.ioctl_range(BLKDISCARD, offset, len);
             Ok(())
         } else {
-            self.file.deallocate(offset, len).await.map_err(Into::into)
+            self.file.deallocate(offset, len).await.map_err(os_error)
         }
     }
 }
