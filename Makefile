@@ -22,8 +22,7 @@ unit:
 	$(CARGO) test --release
 
 interop: build
-	tests/interop/run.sh $(BIN)
-	INTEROP_DIGESTS=1 INTEROP_QUIET=1 tests/interop/run.sh $(BIN)
+	tests/interop/matrix.py $(BIN)
 
 ## Coverage-guided fuzzing of the wire decoders (fuzz/). cargo-fuzz needs
 ## nightly flags; RUSTC_BOOTSTRAP lets the one stable toolchain here accept them.

@@ -416,13 +416,68 @@ fn resolve_namespace(nqn: &str, nsid: u32, spec: NamespaceSpec) -> Result<Namesp
     })
 }
 
-/// Refuse to start on an address another process holds (glommio's
-/// SO_REUSEPORT bind would otherwise share the port silently).
+/// Refuse to start on an address another process listens on: glommio binds
+/// with SO_REUSEPORT, which would share the port with it silently. A test
+/// bind cannot tell this apart from the TIME-WAIT sockets a killed target
+/// leaves behind (which must not stop a restart), so look for listeners in
+/// /proc/net/tcp{,6} instead.
 fn probe_listeners(cfg: &TargetConfig) -> Result<(), String> {
     for a in &cfg.listen {
-        std::net::TcpListener::bind(a).map_err(|e| format!("cannot listen on {a}: {e}"))?;
+        if let Some(other) = listener_on(a) {
+            return Err(format!(
+                "cannot listen on {a}: another socket already listens on {other}"
+            ));
+        }
     }
     Ok(())
+}
+
+/// A listening TCP socket that would share `a`'s port and address.
+fn listener_on(a: &SocketAddr) -> Option<SocketAddr> {
+    const TCP_LISTEN: &str = "0A";
+    for (table, v6) in [("/proc/net/tcp", false), ("/proc/net/tcp6", true)] {
+        let Ok(text) = std::fs::read_to_string(table) else {
+            continue;
+        };
+        for line in text.lines().skip(1) {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            if f.len() < 4 || f[3] != TCP_LISTEN {
+                continue;
+            }
+            let Some(local) = parse_proc_addr(f[1], v6) else {
+                continue;
+            };
+            let same_ip = local.ip() == a.ip()
+                || local.ip().is_unspecified()
+                || a.ip().is_unspecified()
+                || matches!(local.ip(), std::net::IpAddr::V6(v) if v.to_ipv4_mapped() == Some(match a.ip() {
+                    std::net::IpAddr::V4(x) => x,
+                    _ => std::net::Ipv4Addr::UNSPECIFIED,
+                }));
+            if local.port() == a.port() && same_ip {
+                return Some(local);
+            }
+        }
+    }
+    None
+}
+
+/// "0100007F:1144" (IPv4) or 32 hex digits then ":port" (IPv6), as the
+/// kernel prints them: address words in host (little-endian) order.
+fn parse_proc_addr(s: &str, v6: bool) -> Option<SocketAddr> {
+    let (ip, port) = s.split_once(':')?;
+    let port = u16::from_str_radix(port, 16).ok()?;
+    let word = |i: usize| u32::from_str_radix(ip.get(i * 8..i * 8 + 8)?, 16).ok();
+    let ip = if v6 {
+        let mut b = [0u8; 16];
+        for i in 0..4 {
+            b[i * 4..i * 4 + 4].copy_from_slice(&word(i)?.to_le_bytes());
+        }
+        std::net::IpAddr::from(b)
+    } else {
+        std::net::IpAddr::from(word(0)?.to_le_bytes())
+    };
+    Some(SocketAddr::new(ip, port))
 }
 
 fn human(n: u64) -> String {
@@ -635,4 +690,31 @@ pub fn install_signal_handler() -> Result<(), String> {
         })
         .map_err(|e| e.to_string())?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn proc_net_addresses() {
+        assert_eq!(
+            parse_proc_addr("0100007F:1144", false),
+            Some("127.0.0.1:4420".parse().unwrap())
+        );
+        assert_eq!(
+            parse_proc_addr("00000000000000000000000000000000:1144", true),
+            Some("[::]:4420".parse().unwrap())
+        );
+        assert_eq!(parse_proc_addr("zz:1", false), None);
+    }
+
+    #[test]
+    fn a_live_listener_is_found() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let a = l.local_addr().unwrap();
+        assert_eq!(listener_on(&a), Some(a));
+        drop(l);
+        assert_eq!(listener_on(&a), None);
+    }
 }

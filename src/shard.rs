@@ -128,9 +128,7 @@ pub fn cntlid_owner(cntlid: u16, peers: usize) -> Option<usize> {
     (o < peers).then_some(o)
 }
 
-fn ipo(attr_data: bool, offset: u16) -> u32 {
-    (attr_data as u32) | ((offset as u32) << 16)
-}
+pub use crate::wire::fabrics::invalid_parameter_dw0 as ipo;
 
 impl Shard {
     pub fn new(

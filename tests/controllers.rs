@@ -95,7 +95,7 @@ fn discovery_and_allowed_hosts() {
         match e {
             Err(HostError::Status(s, cqe)) => {
                 assert_eq!(s, Status::CONNECT_INVALID_PARAMETERS);
-                assert_eq!(cqe.dw0, 1 | (256 << 16));
+                assert_eq!(cqe.dw0, 256 | (1 << 16));
             }
             other => panic!("{other:?}"),
         }

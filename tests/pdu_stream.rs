@@ -478,7 +478,7 @@ fn commands_out_of_sequence_get_statuses() {
     p.send(&connect_sized(9, 0, 0xFFFF, 0, d));
     let c = p.expect_resp();
     assert_eq!(c.status, Status::CONNECT_INVALID_PARAMETERS);
-    assert_eq!(c.dw0, 44 << 16);
+    assert_eq!(c.dw0, 44);
     // Before Connect, only Connect.
     p.send(&identify_ctrl(1, d));
     assert_eq!(p.expect_resp().status, Status::COMMAND_SEQUENCE_ERROR);

@@ -191,7 +191,11 @@ impl FileBackend {
     }
 
     pub async fn read(&self, offset: u64, len: usize) -> io::Result<ReadResult> {
-        let r = self.file.read_at_aligned(offset, len).await.map_err(os_error)?;
+        let r = self
+            .file
+            .read_at_aligned(offset, len)
+            .await
+            .map_err(os_error)?;
         if r.len() < len {
             // Reading past the end of a file that shrank under us.
             return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "short read"));

@@ -109,9 +109,17 @@ pub fn controller_info(shard: &Shard, ctrl: &Controller) -> ControllerInfo {
                 ControllerType::Io,
             )
         }
+        // The discovery controller speaks for the whole target: the serial
+        // and model it reports are the first subsystem's (or the defaults).
         SubsysRef::Discovery => (
-            String::new(),
-            String::new(),
+            cfg.subsystems.first().map_or_else(
+                || crate::config::default_serial(crate::wire::fabrics::DISCOVERY_NQN),
+                |s| s.serial.clone(),
+            ),
+            cfg.subsystems.first().map_or_else(
+                || crate::config::DEFAULT_MODEL.to_string(),
+                |s| s.model.clone(),
+            ),
             crate::wire::fabrics::DISCOVERY_NQN.to_string(),
             0,
             ControllerType::Discovery,
@@ -173,6 +181,9 @@ fn identify(shard: &Shard, ctrl: &Controller, sqe: &Sqe) -> Response {
                 .collect();
             Response::data(identify::active_ns_list(&ids, nsid))
         }
+        // I/O command set specific Identify Controller for the NVM set (CSI
+        // 0): all limits zero, meaning none beyond MDTS (NVM Command Set 1.0 §4.1.5.3).
+        cns::CTRL_CSI if sqe.cdw(11) >> 24 == 0 => Response::data(vec![0; identify::IDENTIFY_LEN]),
         cns::NS_DESCRIPTORS => match shard.namespace(si, nsid) {
             Some(ns) => Response::data(identify::ns_descriptors(&ns.info())),
             None => Response::status(Status::INVALID_NAMESPACE),

@@ -3,11 +3,12 @@
 use super::controller::{CcEffect, Controller, SubsysRef};
 use super::Response;
 use crate::shard::{LocalIoCtrl, Shard};
+use crate::target::discovery::ADMIN_MAX_SQ_SIZE as ADMIN_QUEUE_ENTRIES;
 use crate::trigger::Trigger;
 use crate::wire::command::Sqe;
 use crate::wire::fabrics::{
-    connect_offset, ConnectCmd, ConnectData, PropertyCmd, CATTR_DISABLE_SQ_FLOW, CNTLID_DYNAMIC,
-    DISCOVERY_NQN,
+    connect_offset, invalid_parameter_dw0, ConnectCmd, ConnectData, PropertyCmd,
+    CATTR_DISABLE_SQ_FLOW, CNTLID_DYNAMIC, DISCOVERY_NQN,
 };
 use crate::wire::status::Status;
 use std::rc::Rc;
@@ -32,7 +33,7 @@ pub struct Connected {
 
 fn invalid(data: bool, offset: u16) -> Response {
     Response {
-        dw0: (data as u32) | ((offset as u32) << 16),
+        dw0: invalid_parameter_dw0(data, offset),
         ..Response::status(Status::CONNECT_INVALID_PARAMETERS)
     }
 }
@@ -50,7 +51,15 @@ pub async fn connect(
     }
     let d = ConnectData::decode(data).map_err(|b| invalid(true, b.0))?;
     let entries = cmd.sqsize as u32 + 1;
-    if cmd.sqsize == 0 || entries > shard.cfg.queue_depth as u32 {
+    // CAP.MQES bounds I/O queues only; admin queues get what discovery
+    // advertises (ASQSZ) or the I/O depth, whichever is larger (Linux always
+    // asks for 32).
+    let max = if cmd.qid == 0 {
+        (shard.cfg.queue_depth as u32).max(ADMIN_QUEUE_ENTRIES as u32)
+    } else {
+        shard.cfg.queue_depth as u32
+    };
+    if cmd.sqsize == 0 || entries > max {
         return Err(invalid(false, connect_offset::SQSIZE));
     }
     let subsys = if d.subnqn == DISCOVERY_NQN {
@@ -65,7 +74,7 @@ pub async fn connect(
                         d.subnqn
                     );
                     return Err(Response {
-                        dw0: 1 | ((connect_offset::HOSTNQN as u32) << 16),
+                        dw0: invalid_parameter_dw0(true, connect_offset::HOSTNQN),
                         ..Response::status(Status::CONNECT_INVALID_HOST)
                     });
                 }

@@ -27,6 +27,14 @@ pub mod connect_offset {
     pub const HOSTNQN: u16 = 512;
 }
 
+/// Completion DW0 of a Connect that failed with Connect Invalid Parameters
+/// (NVMe-oF 1.1 §3.3, Figure 21): IPO, the byte offset of the bad field, in
+/// bits 15:00; IATTR in bit 16: set when that offset is in the data, clear
+/// when it is in the SQE.
+pub fn invalid_parameter_dw0(in_data: bool, offset: u16) -> u32 {
+    (offset as u32) | ((in_data as u32) << 16)
+}
+
 /// Connect command fields from the SQE.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ConnectCmd {
@@ -222,6 +230,15 @@ mod tests {
         long[224] = 0;
         assert!(decode_nqn(&long, 512).is_err(), "over 223 bytes");
         assert!(ConnectData::decode(&[0u8; 100]).is_err());
+    }
+
+    #[test]
+    fn invalid_parameter_location() {
+        // As Linux reads it: offset in the low half, "in data" above it.
+        let dw0 = invalid_parameter_dw0(true, connect_offset::SUBNQN);
+        assert_eq!(dw0 & 0xFFFF, 256);
+        assert_eq!(dw0 >> 16, 1);
+        assert_eq!(invalid_parameter_dw0(false, connect_offset::SQSIZE), 44);
     }
 
     #[test]

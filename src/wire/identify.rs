@@ -11,6 +11,8 @@ pub mod cns {
     pub const CONTROLLER: u8 = 0x01;
     pub const ACTIVE_NS_LIST: u8 = 0x02;
     pub const NS_DESCRIPTORS: u8 = 0x03;
+    /// I/O command set specific Identify Controller (CSI in CDW11 31:24).
+    pub const CTRL_CSI: u8 = 0x06;
 }
 
 /// Controller type (CNTRLTYPE).

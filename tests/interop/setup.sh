@@ -23,8 +23,9 @@ die() { echo "setup: ERROR: $*" >&2; exit 1; }
 
 # --- 1. Debian packages --------------------------------------------------------
 # qemu-system-x86 pulls seabios and ipxe-qemu (virtio-net option ROM) as hard deps.
+# tshark (with dumpcap) decodes the matrix's packet capture on the host.
 PACKAGES=(qemu-system-x86 nvme-cli fio e2fsprogs busybox-static kmod cpio
-          coreutils gzip iproute2 python3)
+          coreutils gzip iproute2 python3 tshark)
 
 missing=()
 for p in "${PACKAGES[@]}"; do

@@ -1,0 +1,895 @@
+#!/usr/bin/env python3
+"""Interop matrix: the Linux kernel's NVMe/TCP host (Debian 12's stock 6.1
+kernel under QEMU/TCG, with nvme-cli, fio and e2fsprogs) against nvmf-tpc.
+
+    tests/interop/matrix.py [path/to/nvmf-tpc]      # default target/release/nvmf-tpc
+    tests/interop/matrix.py --list                  # the cells
+    tests/interop/matrix.py --cells data,ext4 ...   # some cells only
+
+Each cell is a pass/fail check. One VM boot runs the cells one after the
+other (guest-matrix.sh); each cell connects, checks, and disconnects, so
+they stay independent. The targets all start up front, on their own ports
+on 127.0.0.1 (the guest's 10.0.2.2). A control channel on 127.0.0.1 lets a
+cell ask this script to kill or restart a target. A cell that hangs makes
+the guest power off; the cells after it then run in a new VM.
+
+Environment: INTEROP_CACHE (setup.sh's cache), INTEROP_QUIET=1 (do not
+stream the guest console), INTEROP_CELLS (like --cells), INTEROP_KEEP=1
+(keep the data files, and the capture of a passing run), INTEROP_LIMITS
+("cell=seconds,...": other time limits, for debugging).
+
+Exits 0 only if every cell passed. Logs stay in /tmp/nvmf-tpc-matrix.*/.
+"""
+
+import argparse
+import os
+import re
+import shutil
+import signal
+import socket
+import socketserver
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter, defaultdict
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(os.path.dirname(HERE))
+CACHE = os.environ.get("INTEROP_CACHE", "/var/cache/nvmf-tpc-interop")
+PREFIX = "nqn.2026-11.io.nvmf-tpc"
+NQN = {
+    "main": f"{PREFIX}:interop",
+    "ns512": f"{PREFIX}:ns512",
+    "null": f"{PREFIX}:null",
+    "file": f"{PREFIX}:file",
+    "file512": f"{PREFIX}:file512",
+    "multi": f"{PREFIX}:multi",
+    "denied": f"{PREFIX}:denied",
+    "qd": f"{PREFIX}:qd",
+    "restart": f"{PREFIX}:restart",
+    "pcap": f"{PREFIX}:pcap",
+}
+# The only host --allow-host admits on the "denied" subsystem (not the guest).
+OTHER_HOST = "nqn.2014-08.org.nvmexpress:uuid:00000000-0000-4000-8000-000000000001"
+MiB = 1 << 20
+FILES = {  # data files on the host's disk (sparse), bytes
+    "file.img": 256 * MiB,
+    "file512.img": 64 * MiB,
+    "multi.img": 128 * MiB,
+    "restart.img": 256 * MiB,
+}
+
+# name, time limit in the guest (s), targets it uses, what it checks.
+# Order matters only for speed and for restart_late before restart (the
+# immediate restart may leave the port unusable for a while).
+CELLS = [
+    ("discover", 30, ["main"], "nvme discover: an entry per allowed subsystem and listener, fields"),
+    ("discover_keepalive", 60, ["main"], "persistent discovery controller, KATO 5 s, idle 16 s"),
+    ("discovery_id", 30, ["main"], "id-ctrl of a discovery controller: sn, mn, fr set"),
+    ("host_denied", 30, ["main"], "--allow-host another host: connect refused, not discovered"),
+    ("bad_subnqn", 30, ["main"], "connect to an unknown NQN: Linux names the field"),
+    ("queues_default", 60, ["main"], "nvme connect, default queue count (1 per CPU)"),
+    ("queues_1", 60, ["main"], "--nr-io-queues=1"),
+    ("queues_8", 90, ["main"], "8 I/O queues (4 default + 4 write) on a --cores 2 target"),
+    ("qsize_16", 60, ["main"], "--queue-size=16"),
+    ("qsize_128", 60, ["main"], "--queue-size=128 (the target's default depth)"),
+    ("qsize_clamp", 90, ["main", "qd64"], "--queue-size above --queue-depth: clamped"),
+    ("qdepth_16", 40, ["qd16"], "target --queue-depth 16: Linux can connect"),
+    ("identify", 40, ["main"], "id-ctrl, id-ns, ns-descs, list, list-subsys values"),
+    ("logs", 40, ["main"], "error, SMART, changed-ns, firmware, effects log pages"),
+    ("features", 40, ["main"], "get-feature 1 2 4 5 6 7 0xb 0xf, 0x81 -c 1 = hostid"),
+    ("feature_hostid_exhid0", 30, ["main"], "get-feature 0x81 without EXHID fails cleanly"),
+    ("data", 90, ["main"], "O_DIRECT patterns, unaligned to MDTS, 1 block..4 MiB"),
+    ("data_digest", 90, ["main"], "the same with header and data digests"),
+    ("oncs", 60, ["main"], "flush, compare, deallocate, write zeroes"),
+    ("fio_rand", 150, ["main"], "fio randwrite 4k-128k iodepth 16 verify crc32c"),
+    ("fio_seq", 150, ["main"], "fio sequential 1 MiB writes verify crc32c"),
+    ("fio_rand_digest", 150, ["main"], "fio randwrite verify, header and data digests"),
+    ("ext4", 150, ["main"], "mkfs.ext4 (discard), files, remount, sums, e2fsck"),
+    ("ext4_digest", 150, ["main"], "the same with header and data digests"),
+    ("ns_512", 180, ["main"], "512-byte blocks, RAM and file: data, fio"),
+    ("ns_null", 60, ["main"], "null:1G: writes dropped, reads zero"),
+    ("ns_file", 150, ["main"], "256 MiB file: data, fio, survives reconnect"),
+    ("ns_multi", 150, ["main"], "one subsystem, ram + null + file namespaces"),
+    ("keepalive", 60, ["main"], "KATO 5 s, idle 16 s: live, no reset"),
+    ("restart_late", 200, ["restart"], "SIGKILL under I/O, start after 62 s: reconnect"),
+    ("restart", 150, ["restart"], "SIGKILL under I/O, restart at once on the port"),
+    ("pcap", 90, ["pcap"], "session captured on lo, decoded by tshark"),
+    ("kernel_log", 20, [], "no BUG, WARNING, Oops or hung task in the guest"),
+]
+HOST_CELLS = [("targets", ["main", "qd64", "qd16", "pcap", "restart"],
+               "targets alive at the end, no panic in their logs")]
+MAX_BOOTS = 5
+QUIET = os.environ.get("INTEROP_QUIET") == "1"
+
+_print_lock = threading.Lock()
+
+
+def log(msg):
+    with _print_lock:
+        print(f"interop: {msg}", flush=True)
+
+
+def die(msg):
+    print(f"interop: ERROR: {msg}", file=sys.stderr, flush=True)
+    sys.exit(1)
+
+
+def fs_type(path):
+    return subprocess.run(["stat", "-f", "-c", "%T", path], capture_output=True,
+                          text=True).stdout.strip()
+
+
+def used_ports():
+    """Local TCP ports in use in any state (TIME-WAIT included: a target
+    could not start on a port its killed predecessor left sockets on)."""
+    out = subprocess.run(["ss", "-Htan"], capture_output=True, text=True).stdout
+    ports = set()
+    for line in out.splitlines():
+        cols = line.split()
+        if len(cols) >= 4:
+            ports.add(cols[3].rsplit(":", 1)[-1])
+    return ports
+
+
+def pick_ports(n):
+    busy = used_ports()
+    ports = [p for p in range(4420, 4700) if str(p) not in busy][:n]
+    if len(ports) < n:
+        die("not enough free ports in 4420..4699")
+    return ports
+
+
+def port_sockets(port):
+    """"2 TIME-WAIT, 1 ESTAB": the sockets on local port `port`."""
+    out = subprocess.run(["ss", "-Htan", f"sport = :{port}"], capture_output=True, text=True).stdout
+    c = Counter(line.split()[0] for line in out.splitlines() if line.strip())
+    return ", ".join(f"{n} {st}" for st, n in sorted(c.items())) or "none"
+
+
+def listeners():
+    """{port: set(pids)} of TCP listeners."""
+    out = subprocess.run(["ss", "-Hltnp"], capture_output=True, text=True).stdout
+    res = defaultdict(set)
+    for line in out.splitlines():
+        cols = line.split()
+        if len(cols) < 4:
+            continue
+        port = cols[3].rsplit(":", 1)[-1]
+        for pid in re.findall(r"pid=(\d+)", line):
+            res[port].add(int(pid))
+    return res
+
+
+class Target:
+    """One target process, restartable (the control channel kills and starts
+    it again with the same command line and appends to the same log)."""
+
+    def __init__(self, name, binary, ports, args, logpath):
+        self.name, self.binary, self.ports, self.args = name, binary, ports, args
+        self.logpath = logpath
+        self.proc = None
+        self.lock = threading.Lock()
+        self.starts = 0
+
+    def cmdline(self):
+        return [self.binary, "serve"] + self.args
+
+    def alive(self):
+        return self.proc is not None and self.proc.poll() is None
+
+    def _note(self, text):
+        with open(self.logpath, "ab") as f:
+            f.write(f"==== matrix {time.strftime('%H:%M:%S')}: {text} ====\n".encode())
+
+    def log_size(self):
+        try:
+            return os.path.getsize(self.logpath)
+        except OSError:
+            return 0
+
+    def _start_once(self, limit=20.0):
+        self.starts += 1
+        self._note(f"starting {self.name} (start {self.starts}): {' '.join(self.cmdline())}")
+        off = self.log_size()
+        with open(self.logpath, "ab") as f:
+            self.proc = subprocess.Popen(self.cmdline(), stdin=subprocess.DEVNULL, stdout=f,
+                                         stderr=subprocess.STDOUT)
+        t0 = time.time()
+        while time.time() - t0 < limit:
+            if self.proc.poll() is not None:
+                with open(self.logpath, "rb") as f:
+                    f.seek(off)
+                    tail = f.read().decode(errors="replace").strip().splitlines()[-3:]
+                return False, f"exited {self.proc.returncode}: {' | '.join(tail)}"
+            ls = listeners()
+            if all(self.proc.pid in ls.get(str(p), ()) for p in self.ports):
+                return True, f"listening after {time.time() - t0:.1f}s"
+            time.sleep(0.1)
+        return False, f"not listening on {self.ports} after {limit:.0f}s"
+
+    def start(self, retry_for=0.0):
+        """Starts it unless it runs; retries for retry_for seconds."""
+        with self.lock:
+            if self.alive():
+                return True, "already running"
+            deadline = time.time() + retry_for
+            while True:
+                ok, msg = self._start_once()
+                if ok or time.time() >= deadline:
+                    return ok, msg
+                time.sleep(1.0)
+
+    def kill(self):
+        with self.lock:
+            if not self.alive():
+                return "not running"
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait()
+            self._note(f"{self.name} killed with SIGKILL")
+            return "killed"
+
+    def stop(self):
+        with self.lock:
+            if not self.alive():
+                return
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+class Control(socketserver.ThreadingMixIn, socketserver.TCPServer):
+    """The guest's control channel: one command line in, one reply line out."""
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def __init__(self, port, targets, logpath, on_mark):
+        self.targets = targets
+        self.logpath = logpath
+        self.on_mark = on_mark
+        super().__init__(("127.0.0.1", port), ControlHandler)
+
+    def execute(self, line):
+        words = line.split()
+        if not words:
+            return "error: empty command"
+        cmd, args = words[0], words[1:]
+        if cmd == "ping":
+            return "ok pong"
+        if cmd == "mark" and len(args) == 2 and args[0] in ("begin", "end"):
+            # A cell begins or ends: cut the target logs here.
+            self.on_mark(args[0], args[1])
+            return "ok"
+        if not args or args[0] not in self.targets:
+            return f"error: no target {args[0] if args else '(none)'}"
+        t = self.targets[args[0]]
+        if cmd == "kill":
+            return f"ok {t.kill()}"
+        if cmd == "start":
+            wait = float(args[1]) if len(args) > 1 else 5.0
+            ok, msg = t.start(retry_for=wait)
+            if not ok:
+                msg += f" (sockets on port {t.ports[0]}: {port_sockets(t.ports[0])})"
+            return f"{'ok' if ok else 'fail'} {t.name}: {msg}"
+        if cmd == "restart":
+            # SIGKILL, then at once the same command line on the same port
+            # (retrying for 5 s while it exits).
+            t0 = time.time()
+            t.kill()
+            before = port_sockets(t.ports[0])
+            ok, msg = t.start(retry_for=5.0)
+            if not ok:
+                msg += (f" (sockets on port {t.ports[0]} right after the kill: {before}; "
+                        f"after the last attempt: {port_sockets(t.ports[0])})")
+            return f"{'ok' if ok else 'fail'} {t.name} restarted in {time.time() - t0:.1f}s: {msg}"
+        return f"error: unknown command {cmd}"
+
+
+class ControlHandler(socketserver.StreamRequestHandler):
+    def handle(self):
+        self.request.settimeout(30)
+        try:
+            line = self.rfile.readline(1024).decode(errors="replace").strip()
+        except OSError:
+            return
+        reply = self.server.execute(line)
+        with open(self.server.logpath, "a") as f:
+            f.write(f"{time.strftime('%H:%M:%S')} {line} -> {reply}\n")
+        if not line.startswith("mark "):
+            log(f"control: {line} -> {reply}")
+        try:
+            self.wfile.write((reply + "\n").encode())
+        except OSError:
+            pass
+
+
+class CellResult:
+    def __init__(self, name, what, targets):
+        self.name, self.what, self.targets = name, what, targets
+        self.status = "NOT RUN"
+        self.secs = None
+        self.vm = None
+        self.lines = []          # the guest console during the cell
+        self.log_from = {}       # target -> log offset at the start
+        self.log_to = {}
+        self.notes = []          # host-side findings (e.g. the capture's)
+        self.marked = False      # log offsets came from the control channel
+
+
+def analyze_pcap(pcap, port, dumpcap_log):
+    """Decodes the capture with tshark's NVMe/TCP dissector. Returns
+    (ok, report lines)."""
+    rep, ok = [], True
+    try:
+        with open(dumpcap_log) as f:
+            m = re.search(r"received/dropped on interface [^:]*: (\d+)/(\d+)", f.read())
+        if m and int(m.group(2)):
+            ok = False
+            rep.append(f"the capture is incomplete: dumpcap dropped {m.group(2)} of {m.group(1)} packets")
+    except OSError:
+        pass
+    # Loopback can drop a segment under load; TCP retransmits it later, so
+    # the capture holds it out of order: let tshark reassemble that too.
+    base = ["tshark", "-n", "-r", pcap, "-d", f"tcp.port=={port},nvme-tcp",
+            "-o", "tcp.reassemble_out_of_order:TRUE",
+            "-o", "nvme-tcp.check_hdgst:TRUE", "-o", "nvme-tcp.check_ddgst:TRUE"]
+    fields = ["tcp.stream", "tcp.srcport", "tcp.len", "tcp.seq",
+              "nvme-tcp.type", "nvme-tcp.plen", "nvme-tcp.hdgst.status", "nvme-tcp.ddgst.status",
+              "nvme-tcp.icreq.digest", "nvme-tcp.icresp.digest", "_ws.malformed",
+              "_ws.expert.severity", "frame.number"]
+    cmd = base + ["-T", "fields", "-E", "occurrence=a", "-E", "aggregator=,"]
+    for f in fields:
+        cmd += ["-e", f]
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    if r.returncode != 0:
+        return False, [f"tshark exited {r.returncode}: {r.stderr.strip()[-500:]}"]
+    tcp_bytes, pdu_bytes = Counter(), Counter()   # per (stream, sender)
+    types = Counter()
+    streams = defaultdict(lambda: {"types": [], "icreq": None, "icresp": None,
+                                   "hd": Counter(), "dd": Counter()})
+    malformed, errors = [], []
+    npdu = 0
+    for line in r.stdout.splitlines():
+        f = line.split("\t")
+        if len(f) < len(fields):
+            f += [""] * (len(fields) - len(f))
+        st, sport, tlen, seq, ty, plen, hd, dd, icq, ics, mal, sev, frame = f
+        key = (st, sport)
+        # Bytes sent = the highest relative sequence number reached (a
+        # retransmitted segment counts once).
+        if tlen and int(tlen) > 0:
+            tcp_bytes[key] = max(tcp_bytes[key], int(seq) + int(tlen) - 1)
+        s = streams[st]
+        for t in ty.split(",") if ty else []:
+            types[t] += 1
+            s["types"].append(t)
+        for p in plen.split(",") if plen else []:
+            pdu_bytes[key] += int(p)
+            npdu += 1
+        for v in hd.split(",") if hd else []:
+            s["hd"][v] += 1
+        for v in dd.split(",") if dd else []:
+            s["dd"][v] += 1
+        if icq:
+            s["icreq"] = icq
+        if ics:
+            s["icresp"] = ics
+        if mal:
+            malformed.append(frame)
+        if sev and any(int(x) >= 0x00800000 for x in sev.split(",")):
+            errors.append(frame)
+    names = {"0": "ICReq", "1": "ICResp", "2": "H2CTermReq", "3": "C2HTermReq",
+             "4": "CapsuleCmd", "5": "CapsuleResp", "6": "H2CData", "7": "C2HData", "9": "R2T"}
+    rep.append(f"{len(streams)} TCP connections, {npdu} NVMe/TCP PDUs: " +
+               ", ".join(f"{names.get(t, t)} {n}" for t, n in sorted(types.items(), key=lambda x: int(x[0]))))
+    if malformed:
+        ok = False
+        rep.append(f"malformed packets in frames {', '.join(malformed[:20])}")
+    if errors:
+        ok = False
+        rep.append(f"expert errors in frames {', '.join(errors[:20])}")
+    # Every byte of every connection belongs to a decoded PDU.
+    for key in sorted(set(tcp_bytes) | set(pdu_bytes)):
+        if tcp_bytes[key] != pdu_bytes[key]:
+            ok = False
+            rep.append(f"stream {key[0]} from port {key[1]}: {tcp_bytes[key]} TCP payload bytes, "
+                       f"{pdu_bytes[key]} in decoded PDUs")
+    if not errors and not malformed and all(tcp_bytes[k] == pdu_bytes[k] for k in tcp_bytes):
+        rep.append("every TCP payload byte is in a decoded PDU; no malformed packet, no expert error")
+    r4 = subprocess.run(base + ["-Y", "tcp.analysis.retransmission || tcp.analysis.lost_segment "
+                                "|| tcp.analysis.out_of_order", "-T", "fields", "-e", "frame.number"],
+                        capture_output=True, text=True)
+    nre = len([ln for ln in r4.stdout.splitlines() if ln.strip()])
+    if nre:
+        rep.append(f"{nre} TCP segments lost on lo and retransmitted or out of order (reassembled)")
+    # Expert warnings from the NVMe dissectors (TCP's own, e.g. zero window, are fine).
+    ex = subprocess.run(base + ["-q", "-z", "expert,warn"], capture_output=True, text=True).stdout
+    nvme_warn = [ln.strip() for ln in ex.splitlines() if re.search(r"\bNVMe", ln)]
+    if nvme_warn:
+        ok = False
+        rep.append("NVMe expert warnings: " + " | ".join(nvme_warn[:10]))
+    # Each connection starts with ICReq then ICResp; some negotiate digests.
+    digest_streams = 0
+    for st, s in sorted(streams.items(), key=lambda x: int(x[0])):
+        if s["types"][:2] != ["0", "1"]:
+            ok = False
+            rep.append(f"stream {st} does not start with ICReq, ICResp: {s['types'][:4]}")
+        if s["icreq"] == "3" and s["icresp"] == "3":
+            digest_streams += 1
+            if s["hd"].get("1", 0) == 0 or s["dd"].get("1", 0) == 0:
+                ok = False
+                rep.append(f"stream {st}: digests negotiated but none verified ({dict(s['hd'])}, {dict(s['dd'])})")
+        for kind in ("hd", "dd"):
+            bad = s[kind].get("0", 0)
+            if bad:
+                ok = False
+                rep.append(f"stream {st}: {bad} bad {'header' if kind == 'hd' else 'data'} digests")
+    if len(streams) < 6:
+        ok = False
+        rep.append(f"only {len(streams)} connections captured, want 6 "
+                   "(2 discovery, 2 x admin + I/O)")
+    # Keep Alive on the idle persistent discovery controller: sent and answered.
+    r3 = subprocess.run(base + ["-Y", "nvme-tcp.cmd.qid == 0 && (nvme.cmd.opc == 0x18 || nvme.cqe.status)",
+                                "-T", "fields", "-e", "frame.number", "-e", "nvme.cmd.opc",
+                                "-e", "nvme.cqe.status", "-e", "nvme.cmd_pkt"],
+                        capture_output=True, text=True)
+    ka, answered = set(), {}
+    for ln in r3.stdout.splitlines():
+        fr, opc, status, cmd_pkt = (ln.split("\t") + ["", "", "", ""])[:4]
+        if opc == "0x18":
+            ka.add(fr)
+        elif cmd_pkt:
+            answered[cmd_pkt] = status
+    ka_ok = [f for f in ka if answered.get(f) in ("0x0000", "0")]
+    if len(ka) < 3 or len(ka_ok) != len(ka):
+        ok = False
+        rep.append(f"Keep Alive: {len(ka)} commands, {len(ka_ok)} answered with success (want >= 3, all)")
+    else:
+        rep.append(f"Keep Alive: {len(ka)} commands on the idle discovery controller, all answered with success")
+    if digest_streams < 2:
+        ok = False
+        rep.append(f"{digest_streams} connections with header and data digests, want 2")
+    else:
+        rep.append(f"{digest_streams} connections with header and data digests, all digests good")
+    # Commands that failed, for the record (the host's probes of optional features).
+    r2 = subprocess.run(base + ["-Y", "nvme.cqe.status != 0", "-T", "fields", "-e", "tcp.stream",
+                                "-e", "nvme.cqe.status", "-e", "nvme.cmd_pkt"],
+                        capture_output=True, text=True)
+    failed = [ln for ln in r2.stdout.splitlines() if ln.strip()]
+    if failed:
+        rep.append(f"{len(failed)} completions with an error status (stream, status, command frame): "
+                   + "; ".join(" ".join(ln.split("\t")) for ln in failed[:8]))
+    return ok, rep
+
+
+class Matrix:
+    def __init__(self, binary, cells):
+        self.src_binary = binary
+        self.cells = cells
+        self.work = tempfile.mkdtemp(prefix="nvmf-tpc-matrix.", dir="/tmp")
+        self.targets = {}
+        self.results = {}
+        self.control = None
+        self.dumpcap = None
+        self.qemu = None
+        self.data_dir = None
+        self.boots = []
+
+    # --- setup -------------------------------------------------------------
+    def setup(self):
+        subprocess.run([os.path.join(HERE, "setup.sh")], check=True)
+        env = {}
+        with open(os.path.join(CACHE, "current.env")) as f:
+            for line in f:
+                k, _, v = line.strip().partition("=")
+                env[k] = v.strip("'")
+        self.kernel, self.initrd_base, self.kver = env["KERNEL"], env["INITRD_BASE"], env["KVER"]
+        # A private copy: the original may be rebuilt during the run, and the
+        # restart cells start the binary again.
+        self.binary = os.path.join(self.work, "nvmf-tpc")
+        shutil.copy2(self.src_binary, self.binary)
+        # Data files on a disk file system (the target opens them O_DIRECT).
+        if fs_type(self.work) in ("tmpfs", "ramfs"):
+            self.data_dir = tempfile.mkdtemp(prefix="nvmf-tpc-matrix-data.", dir="/var/tmp")
+        else:
+            self.data_dir = os.path.join(self.work, "data")
+            os.mkdir(self.data_dir)
+        for name, size in FILES.items():
+            subprocess.run(["truncate", "-s", str(size), os.path.join(self.data_dir, name)], check=True)
+        log(f"data files in {self.data_dir} ({fs_type(self.data_dir)})")
+
+    def start_targets(self):
+        p = pick_ports(7)
+        self.ports = dict(main=p[0], main2=p[1], qd64=p[2], qd16=p[3], restart=p[4], pcap=p[5], ctl=p[6])
+        d = self.data_dir
+        lst = lambda port: ["--listen", f"127.0.0.1:{port}"]
+        specs = {
+            "main": ([p[0], p[1]], lst(p[0]) + lst(p[1]) + [
+                "--cores", "2",
+                "--subsystem", NQN["main"], "--namespace", "ram:512M",
+                "--subsystem", NQN["ns512"], "--namespace", "ram:64M,bs=512",
+                "--subsystem", NQN["null"], "--namespace", "null:1G",
+                "--subsystem", NQN["file"], "--namespace", f"{d}/file.img",
+                "--subsystem", NQN["file512"], "--namespace", f"{d}/file512.img,bs=512",
+                "--subsystem", NQN["multi"], "--namespace", "ram:64M", "--namespace", "null:64M",
+                "--namespace", f"{d}/multi.img",
+                "--subsystem", NQN["denied"], "--namespace", "ram:16M", "--allow-host", OTHER_HOST]),
+            "qd64": ([p[2]], lst(p[2]) + ["--cores", "1", "--queue-depth", "64",
+                                          "--subsystem", NQN["qd"], "--namespace", "ram:64M"]),
+            "qd16": ([p[3]], lst(p[3]) + ["--cores", "1", "--queue-depth", "16",
+                                          "--subsystem", NQN["qd"], "--namespace", "ram:64M"]),
+            "restart": ([p[4]], lst(p[4]) + ["--cores", "2", "--subsystem", NQN["restart"],
+                                             "--namespace", f"{d}/restart.img"]),
+            "pcap": ([p[5]], lst(p[5]) + ["--cores", "2", "--subsystem", NQN["pcap"],
+                                          "--namespace", "ram:64M"]),
+        }
+        for name, (ports, args) in specs.items():
+            t = Target(name, self.binary, ports, args, os.path.join(self.work, f"target-{name}.log"))
+            self.targets[name] = t
+            ok, msg = t.start()
+            log(f"target {name} on {','.join(map(str, ports))}: {msg}")
+            if not ok:
+                with open(t.logpath) as f:
+                    sys.stdout.write(f.read()[-3000:])
+                die(f"target {name} did not start")
+        self.control = Control(self.ports["ctl"], self.targets, os.path.join(self.work, "control.log"),
+                               self.on_mark)
+        threading.Thread(target=self.control.serve_forever, daemon=True).start()
+        log(f"control channel on 127.0.0.1:{self.ports['ctl']}")
+
+    def on_mark(self, kind, name):
+        """The guest's "mark begin|end CELL" (sent before CELL-BEGIN is printed
+        and before CELL-END is): cuts the target logs exactly, whereas the
+        console can lag seconds behind when the kernel logs a lot."""
+        r = self.results.get(name)
+        if r is None:
+            return
+        if kind == "begin":
+            r.log_from = {k: t.log_size() for k, t in self.targets.items()}
+            r.marked = True
+        for k in r.targets:
+            self.targets[k]._note(f"cell {name} {'begins' if kind == 'begin' else 'ends'}")
+        if kind == "end":
+            r.log_to = {k: t.log_size() for k, t in self.targets.items()}
+
+    def start_capture(self):
+        self.pcap = os.path.join(self.work, "pcap.pcapng")
+        errlog = open(os.path.join(self.work, "dumpcap.log"), "w")
+        self.dumpcap = subprocess.Popen(
+            ["dumpcap", "-q", "-i", "lo", "-B", "64", "-f", f"tcp port {self.ports['pcap']}",
+             "-w", self.pcap],
+            stdin=subprocess.DEVNULL, stdout=errlog, stderr=errlog)
+        for _ in range(100):
+            if self.dumpcap.poll() is not None:
+                break
+            with open(errlog.name) as f:
+                if "Capturing on" in f.read():
+                    log(f"capturing tcp port {self.ports['pcap']} on lo into {self.pcap}")
+                    return
+            time.sleep(0.1)
+        log(f"WARNING: dumpcap did not start: {open(errlog.name).read().strip()}")
+
+    def stop_capture(self):
+        if self.dumpcap and self.dumpcap.poll() is None:
+            self.dumpcap.terminate()
+            try:
+                self.dumpcap.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.dumpcap.kill()
+
+    # --- the VM --------------------------------------------------------------
+    def initrd(self, cells, n):
+        ov = os.path.join(self.work, "overlay")
+        shutil.rmtree(ov, ignore_errors=True)
+        os.makedirs(os.path.join(ov, "etc"))
+        shutil.copy(os.path.join(HERE, "init.sh"), os.path.join(ov, "init"))
+        shutil.copy(os.path.join(HERE, "guest-matrix.sh"), os.path.join(ov, "test.sh"))
+        os.chmod(os.path.join(ov, "init"), 0o755)
+        os.chmod(os.path.join(ov, "test.sh"), 0o755)
+        allowed = " ".join(NQN[k] for k in ("main", "ns512", "null", "file", "file512", "multi"))
+        env = {
+            "MODE": "matrix", "TARGET": "10.0.2.2", "CTL_PORT": self.ports["ctl"],
+            "MAIN_PORT": self.ports["main"], "MAIN_PORT2": self.ports["main2"],
+            "QD64_PORT": self.ports["qd64"], "QD16_PORT": self.ports["qd16"],
+            "RESTART_PORT": self.ports["restart"], "PCAP_PORT": self.ports["pcap"],
+            "NQN_PREFIX": PREFIX, "NQN_MAIN": NQN["main"], "NQN_512": NQN["ns512"],
+            "NQN_NULL": NQN["null"], "NQN_FILE": NQN["file"], "NQN_FILE512": NQN["file512"],
+            "NQN_MULTI": NQN["multi"], "NQN_DENIED": NQN["denied"], "NQN_QD": NQN["qd"],
+            "NQN_RESTART": NQN["restart"], "NQN_PCAP": NQN["pcap"],
+            "ALLOWED_NQNS": allowed, "MAIN_NS_BYTES": 512 * MiB, "MAX_IO_BYTES": 128 * 1024,
+            "FILE_NS_BYTES": FILES["file.img"], "MULTI_FILE_BYTES": FILES["multi.img"],
+            "CELLS": " ".join(f"{c}:{self.limit[c]}" for c in cells),
+        }
+        with open(os.path.join(ov, "etc", "interop.env"), "w") as f:
+            for k, v in env.items():
+                f.write(f"{k}='{v}'\n")
+        img = os.path.join(self.work, "initrd.img")
+        with open(img, "wb") as out:
+            with open(self.initrd_base, "rb") as b:
+                shutil.copyfileobj(b, out)
+            out.flush()
+            p1 = subprocess.Popen("find . -mindepth 1 | cpio -o -H newc --quiet -R 0:0 | gzip -1",
+                                  shell=True, cwd=ov, stdout=out)
+            if p1.wait() != 0:
+                die("packing the initramfs overlay failed")
+        return img
+
+    def boot(self, cells, n):
+        """Boots one VM running `cells`; returns (cells started, console tail)."""
+        img = self.initrd(cells, n)
+        serial = os.path.join(self.work, f"serial-{n}.log")
+        open(serial, "w").close()
+        limit = sum(self.limit[c] for c in cells) + 120
+        # TCG (KVM does not boot a stock kernel here). 4 vCPUs of which 2 come
+        # up (maxcpus=2): queues_8 brings the other two online. User-mode
+        # network: 10.0.2.2 is this machine's 127.0.0.1; the guest has no
+        # default route, so it can reach nothing else.
+        cmd = ["timeout", "--kill-after=10", str(limit), "qemu-system-x86_64",
+               "-nodefaults", "-no-user-config", "-display", "none", "-monitor", "none", "-no-reboot",
+               "-machine", "pc", "-accel", "tcg,thread=multi", "-cpu", "max", "-smp", "4", "-m", "1024",
+               "-kernel", self.kernel, "-initrd", img,
+               "-append", "console=ttyS0 panic=-1 quiet maxcpus=2",
+               "-serial", f"file:{serial}",
+               "-netdev", "user,id=n0,ipv6=off", "-device", "virtio-net-pci,netdev=n0,romfile="]
+        log(f"boot {n}: {len(cells)} cells, {self.kver} under QEMU/TCG (limit {limit}s)")
+        t0 = time.time()
+        with open(os.path.join(self.work, f"qemu-{n}.log"), "w") as ql:
+            self.qemu = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=ql, stderr=subprocess.STDOUT)
+        started = []
+        cur = None
+        cur_t0 = t0          # host time the current cell (or the boot) began
+        killed = ""
+        pos = 0
+        partial = b""
+        all_lines = []
+        begin_re = re.compile(r"CELL-BEGIN (\S+)")
+        end_re = re.compile(r"CELL-END (\S+) (PASS|FAIL|TIMEOUT) ([0-9.]+)")
+        while True:
+            running = self.qemu.poll() is None
+            with open(serial, "rb") as f:
+                f.seek(pos)
+                data = f.read()
+            pos += len(data)
+            chunks = (partial + data).split(b"\n")
+            partial = chunks.pop()
+            for raw in chunks:
+                line = raw.decode(errors="replace").rstrip("\r")
+                all_lines.append(line)
+                if not QUIET:
+                    with _print_lock:
+                        print(line, flush=True)
+                m = begin_re.search(line)
+                if m and m.group(1) in self.results:
+                    cur = self.results[m.group(1)]
+                    cur.vm = n
+                    cur.status = "RUNNING"
+                    cur_t0 = time.time()
+                    if not cur.marked:
+                        cur.log_from = {k: t.log_size() for k, t in self.targets.items()}
+                    started.append(cur.name)
+                    continue
+                m = end_re.search(line)
+                if m and m.group(1) in self.results:
+                    r = self.results[m.group(1)]
+                    r.status, r.secs = m.group(2), float(m.group(3))
+                    if not r.log_to:
+                        r.log_to = {k: t.log_size() for k, t in self.targets.items()}
+                    if r is cur:
+                        cur.lines.append(line)
+                    cur = None
+                    cur_t0 = time.time()
+                    continue
+                if cur is not None:
+                    cur.lines.append(line)
+            if not running:
+                if partial:
+                    all_lines.append(partial.decode(errors="replace"))
+                break
+            # The host's own watchdog, for a guest whose watchdog cannot act
+            # (a hung kernel): a cell's limit plus a margin (the console may
+            # lag), 150 s for the boot, 90 s between cells.
+            allowed = (self.limit[cur.name] + 60) if cur else (150 if not started else 90)
+            if not killed and time.time() - cur_t0 > allowed:
+                killed = (f"the host stopped the VM: no progress for {allowed}s "
+                          f"({'in ' + cur.name if cur else 'outside a cell'})")
+                log(killed)
+                self.qemu.terminate()
+            time.sleep(0.2)
+        rc = self.qemu.returncode
+        self.qemu = None
+        secs = time.time() - t0
+        boot_s = next((m.group(1) for m in (re.search(r"GUEST: init at ([0-9.]+)s", l) for l in all_lines) if m), "?")
+        self.boots.append((n, len(cells), secs, boot_s, rc))
+        log(f"boot {n}: VM ran {secs:.0f}s (qemu exit {rc}; /init at {boot_s}s of guest uptime)")
+        if cur is not None and cur.status == "RUNNING":
+            cur.status = "FAIL"
+            cur.log_to = {k: t.log_size() for k, t in self.targets.items()}
+            reason = "the VM ended during the cell" if rc == 0 else f"the VM ended during the cell (qemu exit {rc})"
+            cur.notes.append(killed or reason)
+        return started, all_lines
+
+    # --- the run -----------------------------------------------------------------
+    def run(self):
+        t0 = time.time()
+        self.limit = {name: secs for name, secs, _, _ in CELLS}
+        # INTEROP_LIMITS="cell=seconds,...": other time limits (for debugging).
+        for kv in re.split(r"[,\s]+", os.environ.get("INTEROP_LIMITS", "").strip()):
+            if "=" in kv:
+                k, v = kv.split("=", 1)
+                if k not in self.limit:
+                    die(f"INTEROP_LIMITS: unknown cell {k}")
+                self.limit[k] = int(v)
+        for name, secs, tg, what in CELLS:
+            if name in self.cells:
+                self.results[name] = CellResult(name, what, tg)
+        self.setup()
+        self.start_targets()
+        if "pcap" in self.results:
+            self.start_capture()
+        pending = [c for c in self.cells if c in self.results]
+        n = 0
+        while pending and n < MAX_BOOTS:
+            n += 1
+            started, lines = self.boot(pending, n)
+            if not started:
+                for c in pending:
+                    r = self.results[c]
+                    r.status = "FAIL"
+                    r.notes.append(f"boot {n} ran no cell; console tail:\n" + "\n".join(lines[-40:]))
+                pending = []
+                break
+            pending = [c for c in pending if self.results[c].status == "NOT RUN"]
+            if pending:
+                log(f"boot {n} ended early; {len(pending)} cells left: {' '.join(pending)}")
+        for c in pending:
+            self.results[c].notes.append(f"not run: {MAX_BOOTS} boots used")
+            self.results[c].status = "FAIL"
+        self.stop_capture()
+        if "pcap" in self.results:
+            r = self.results["pcap"]
+            ts = time.time()
+            ok, rep = analyze_pcap(self.pcap, self.ports["pcap"],
+                                   os.path.join(self.work, "dumpcap.log"))
+            r.notes += ["tshark: " + x for x in rep]
+            for x in rep:
+                log(f"pcap: {x}")
+            if r.status == "PASS" and not ok:
+                r.status = "FAIL"
+            if r.secs is not None:
+                r.secs += time.time() - ts
+        self.host_cells()
+        self.report(time.time() - t0)
+        return all(r.status == "PASS" for r in self.results.values())
+
+    def host_cells(self):
+        for name, tg, what in HOST_CELLS:
+            r = CellResult(name, what, tg)
+            ts = time.time()
+            r.log_from = {k: 0 for k in self.targets}
+            problems = []
+            for k in tg:
+                t = self.targets[k]
+                # The restart cells judge the restarted target themselves.
+                if k != "restart" and not t.alive():
+                    problems.append(f"target {k} is not running (exit {t.proc.returncode})")
+                with open(t.logpath, errors="replace") as f:
+                    text = f.read()
+                if "panicked" in text:
+                    problems.append(f"target {k} panicked: " +
+                                    next(l for l in text.splitlines() if "panicked" in l))
+            r.notes += problems
+            r.status = "FAIL" if problems else "PASS"
+            r.secs = time.time() - ts
+            r.log_to = {k: t.log_size() for k, t in self.targets.items()}
+            self.results[name] = r
+
+    def target_slice(self, r, k, nlines=60):
+        t = self.targets[k]
+        a, b = r.log_from.get(k, 0), r.log_to.get(k, t.log_size())
+        with open(t.logpath, "rb") as f:
+            f.seek(a)
+            text = f.read(max(0, b - a)).decode(errors="replace")
+        lines = text.splitlines()
+        return lines[-nlines:], len(lines)
+
+    def report(self, total):
+        failed = [r for r in self.results.values() if r.status != "PASS"]
+        for r in failed:
+            print()
+            print(f"===== FAIL: {r.name} ({r.what}) =====")
+            for note in r.notes:
+                print(f"  {note}")
+            if r.lines:
+                print(f"----- guest console during {r.name} (boot {r.vm}, last 80 lines) -----")
+                print("\n".join(r.lines[-80:]))
+            for k in r.targets:
+                lines, n = self.target_slice(r, k)
+                print(f"----- target {k} log during {r.name} ({n} lines, last {len(lines)}): "
+                      f"{self.targets[k].logpath} -----")
+                print("\n".join(lines))
+        print()
+        print(f"{'cell':<24}{'result':<9}{'seconds':>8}  what")
+        print("-" * 100)
+        for name in [c for c, *_ in CELLS] + [c for c, *_ in HOST_CELLS]:
+            r = self.results.get(name)
+            if r is None:
+                continue
+            secs = f"{r.secs:.1f}" if r.secs is not None else "-"
+            print(f"{r.name:<24}{r.status:<9}{secs:>8}  {r.what}")
+        print("-" * 100)
+        boots = ", ".join(f"boot {n}: {c} cells in {s:.0f}s" for n, c, s, _, _ in self.boots)
+        npass = sum(r.status == "PASS" for r in self.results.values())
+        print(f"{npass}/{len(self.results)} cells passed in {total:.0f}s ({boots}); logs in {self.work}")
+
+    def cleanup(self):
+        if self.qemu and self.qemu.poll() is None:
+            self.qemu.terminate()
+            try:
+                self.qemu.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.qemu.kill()
+        self.stop_capture()
+        if self.control:
+            self.control.shutdown()
+            self.control.server_close()
+        for t in self.targets.values():
+            t.stop()
+        for f in ("initrd.img",):
+            p = os.path.join(self.work, f)
+            if os.path.exists(p):
+                os.remove(p)
+        shutil.rmtree(os.path.join(self.work, "overlay"), ignore_errors=True)
+        if os.path.exists(os.path.join(self.work, "nvmf-tpc")):
+            os.remove(os.path.join(self.work, "nvmf-tpc"))
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("binary", nargs="?", default=os.path.join(REPO, "target/release/nvmf-tpc"))
+    ap.add_argument("--cells", default=os.environ.get("INTEROP_CELLS", ""),
+                    help="comma-separated cells to run (default: all)")
+    ap.add_argument("--list", action="store_true", help="list the cells and exit")
+    a = ap.parse_args()
+    if a.list:
+        for name, secs, tg, what in CELLS:
+            print(f"{name:<24}{','.join(tg) or '-':<14}{what}")
+        for name, tg, what in HOST_CELLS:
+            print(f"{name:<24}{'(host)':<14}{what}")
+        return 0
+    names = [c for c, *_ in CELLS]
+    cells = names
+    if a.cells:
+        cells = [c for c in re.split(r"[,\s]+", a.cells) if c]
+        bad = [c for c in cells if c not in names]
+        if bad:
+            die(f"unknown cells: {' '.join(bad)} (see --list)")
+        cells = [c for c in names if c in cells]
+    if os.geteuid() != 0:
+        die("must run as root (setup.sh installs packages; dumpcap captures on lo)")
+    if not os.access(a.binary, os.X_OK):
+        die(f"no target binary at {a.binary} (cargo build --release first, or pass its path)")
+    m = Matrix(os.path.abspath(a.binary), cells)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    ok = False
+    try:
+        ok = m.run()
+    except KeyboardInterrupt:
+        print("interop: interrupted", file=sys.stderr)
+    finally:
+        m.cleanup()
+        if os.environ.get("INTEROP_KEEP") != "1":
+            if m.data_dir:
+                shutil.rmtree(m.data_dir, ignore_errors=True)
+            if ok and os.path.exists(os.path.join(m.work, "pcap.pcapng")):
+                os.remove(os.path.join(m.work, "pcap.pcapng"))
+    print(f"interop: {'PASS' if ok else 'FAIL'} (logs in {m.work})")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
