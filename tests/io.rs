@@ -136,6 +136,28 @@ fn data_paths_without_sq_flow_control() {
 }
 
 #[test]
+fn host_pdu_data_alignment_is_honoured() {
+    // HPDA 7: the host wants C2HData payloads at 32-byte offsets.
+    let t = Target::start(&["--subsystem", NQN, "--namespace", "ram:16M"]);
+    let addr = t.addr;
+    run(move || async move {
+        let mut cfg = HostConfig::new(addr, NQN);
+        cfg.hpda = 7;
+        cfg.digests = Digests {
+            header: true,
+            data: true,
+        };
+        let c = Controller::connect(cfg).await.unwrap();
+        let q = c.connect_io_queue(1).await.unwrap();
+        for blocks in [1u32, 3, 32] {
+            round_trip(&q, 1, 4096, 5, blocks, blocks as u64).await;
+        }
+        // Admin data (Identify) comes through C2HData too.
+        assert_eq!(c.identify(1, 0).await.unwrap().len(), 4096);
+    });
+}
+
+#[test]
 fn commands_flush_zeroes_deallocate_compare() {
     let dir = scratch_dir("cmds");
     let file = dir.join("ns.img");

@@ -260,6 +260,8 @@ pub(crate) struct Conn {
     maxh2cdata: u32,
     /// Alignment of data in the PDUs we send, from ICResp CPDA.
     cpda_align: usize,
+    /// Alignment we asked of the controller's data PDUs (ICReq HPDA).
+    hpda_align: usize,
     fd: RawFd,
     stream: Stream,
     in_capsule_limit: Cell<usize>,
@@ -734,6 +736,16 @@ impl Conn {
 
     async fn on_c2h_data(&self, l: &pdu::Layout, hdr: &[u8], rx: &mut Rx) -> Result<(), ReadStop> {
         let dh = DataHeader::decode(hdr);
+        if l.pdo % self.hpda_align != 0 {
+            return Err(fatal(
+                fes::INVALID_HEADER_FIELD,
+                field::PDO,
+                format!(
+                    "C2HData PDO {} ignores HPDA alignment {}",
+                    l.pdo, self.hpda_align
+                ),
+            ));
+        }
         let f = l.header.flags;
         let len = l.data_len;
         let off = dh.offset as usize;
@@ -1031,6 +1043,7 @@ impl Queue {
             digests: ic.digests,
             maxh2cdata: ic.maxh2cdata,
             cpda_align: (usize::from(ic.cpda) + 1) * 4,
+            hpda_align: (usize::from(cfg.hpda) + 1) * 4,
             fd,
             stream,
             in_capsule_limit: Cell::new(if qid == 0 { ADMIN_IN_CAPSULE } else { 0 }),
