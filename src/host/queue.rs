@@ -736,7 +736,7 @@ impl Conn {
 
     async fn on_c2h_data(&self, l: &pdu::Layout, hdr: &[u8], rx: &mut Rx) -> Result<(), ReadStop> {
         let dh = DataHeader::decode(hdr);
-        if l.pdo % self.hpda_align != 0 {
+        if !l.pdo.is_multiple_of(self.hpda_align) {
             return Err(fatal(
                 fes::INVALID_HEADER_FIELD,
                 field::PDO,
