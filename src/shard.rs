@@ -79,8 +79,27 @@ pub struct AttachInfo {
 pub struct LocalIoCtrl {
     pub cntlid: u16,
     pub ready: Cell<bool>,
-    pub last_activity: Cell<Instant>,
+    /// Commands seen on these queues; counting is cheaper than reading the
+    /// clock per command. Keep-alive queries turn it into an idle time.
+    pub commands: Cell<u64>,
+    /// `commands` at the last query, and when it last changed as far as
+    /// queries could tell.
+    seen: Cell<(u64, Instant)>,
     pub queues: RefCell<Vec<(u16, Rc<Trigger>)>>,
+}
+
+impl LocalIoCtrl {
+    /// Time since the last command here, as precise as the queries are
+    /// frequent: a count that moved since the previous query means "now".
+    fn idle(&self) -> Duration {
+        let now = Instant::now();
+        let (count, since) = self.seen.get();
+        if self.commands.get() != count {
+            self.seen.set((self.commands.get(), now));
+            return Duration::ZERO;
+        }
+        now - since
+    }
 }
 
 /// Controllers owned here, with the trigger that closes their admin queue.
@@ -287,7 +306,7 @@ impl Shard {
                     .io_ctrls
                     .borrow()
                     .get(&cntlid)
-                    .map(|l| l.last_activity.get().elapsed().as_millis() as u64);
+                    .map(|l| l.idle().as_millis() as u64);
                 let stats = self.stats.borrow().get(subsys).copied().unwrap_or_default();
                 self.send(
                     from,
@@ -451,7 +470,8 @@ impl Shard {
                 Rc::new(LocalIoCtrl {
                     cntlid,
                     ready: Cell::new(info.ready),
-                    last_activity: Cell::new(Instant::now()),
+                    commands: Cell::new(0),
+                    seen: Cell::new((0, Instant::now())),
                     queues: RefCell::new(Vec::new()),
                 })
             })

@@ -94,58 +94,73 @@ impl<R: AsyncRead + Unpin> Recv for PollingReader<R> {
     }
 }
 
-/// Most pieces one `send_all` hands to a single sendmsg; the rest follow by
-/// the fallback path.
-const MAX_PARTS: usize = 8;
+/// Most pieces one sendmsg carries; longer lists take several calls.
+const MAX_IOV: usize = 64;
 
-/// Send every byte of `parts`, in order, as one vectored write where the
-/// socket buffer takes it; whatever it does not take goes through `w`.
+/// Send every byte of `parts`, in order: vectored, non-blocking sendmsg
+/// calls while the socket buffer takes them; when it is full, the current
+/// piece goes through `w` (io_uring), then non-blocking sends resume.
 pub async fn send_all<W: AsyncWrite + Unpin>(
     fd: RawFd,
     w: &mut W,
     parts: &[&[u8]],
 ) -> io::Result<()> {
-    let total: usize = parts.iter().map(|p| p.len()).sum();
-    if total == 0 {
-        return Ok(());
-    }
-    let mut iov = [libc::iovec {
-        iov_base: std::ptr::null_mut(),
-        iov_len: 0,
-    }; MAX_PARTS];
-    let mut n = 0;
-    for p in parts.iter().filter(|p| !p.is_empty()).take(MAX_PARTS) {
-        iov[n] = libc::iovec {
-            iov_base: p.as_ptr() as *mut libc::c_void,
-            iov_len: p.len(),
-        };
-        n += 1;
-    }
-    // SAFETY: msghdr is plain data; the iovecs point into live slices.
-    let sent = unsafe {
-        let mut msg: libc::msghdr = std::mem::zeroed();
-        msg.msg_iov = iov.as_mut_ptr();
-        msg.msg_iovlen = n;
-        nonblocking(libc::sendmsg(
-            fd,
-            &msg,
-            libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
-        ))?
-    };
-    let mut skip = match sent {
-        Try::Done(n) => n,
-        Try::WouldBlock => 0,
-    };
-    if skip == total {
-        return Ok(());
-    }
-    for p in parts {
-        if skip >= p.len() {
-            skip -= p.len();
+    let (mut i, mut off) = (0usize, 0usize);
+    while i < parts.len() {
+        if off == parts[i].len() {
+            i += 1;
+            off = 0;
             continue;
         }
-        w.write_all(&p[skip..]).await?;
-        skip = 0;
+        let mut iov = [libc::iovec {
+            iov_base: std::ptr::null_mut(),
+            iov_len: 0,
+        }; MAX_IOV];
+        let mut n = 0;
+        let (mut j, mut o) = (i, off);
+        while j < parts.len() && n < MAX_IOV {
+            let p = &parts[j][o..];
+            if !p.is_empty() {
+                iov[n] = libc::iovec {
+                    iov_base: p.as_ptr() as *mut libc::c_void,
+                    iov_len: p.len(),
+                };
+                n += 1;
+            }
+            j += 1;
+            o = 0;
+        }
+        // SAFETY: msghdr is plain data; the iovecs point into live slices.
+        let sent = unsafe {
+            let mut msg: libc::msghdr = std::mem::zeroed();
+            msg.msg_iov = iov.as_mut_ptr();
+            msg.msg_iovlen = n;
+            nonblocking(libc::sendmsg(
+                fd,
+                &msg,
+                libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+            ))?
+        };
+        match sent {
+            Try::Done(mut k) => {
+                while k > 0 {
+                    let rem = parts[i].len() - off;
+                    if k >= rem {
+                        k -= rem;
+                        i += 1;
+                        off = 0;
+                    } else {
+                        off += k;
+                        k = 0;
+                    }
+                }
+            }
+            Try::WouldBlock => {
+                w.write_all(&parts[i][off..]).await?;
+                i += 1;
+                off = 0;
+            }
+        }
     }
     Ok(())
 }

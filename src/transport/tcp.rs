@@ -34,9 +34,6 @@ use std::rc::Rc;
 use std::task::{Context, Waker};
 use std::time::{Duration, Instant};
 
-/// Data payloads smaller than this are copied into the send buffer (one
-/// write for many PDUs); larger ones are written from their own buffer.
-const COPY_DATA_MAX: usize = 32 * 1024;
 /// Send buffer capacity before it is flushed mid-batch.
 const SEND_BUF_LEN: usize = 256 * 1024;
 /// How long a closing queue waits for its in-flight commands.
@@ -110,8 +107,10 @@ pub struct Conn {
     sqhd: Cell<u16>,
     r2t: RefCell<Vec<Option<H2cXfer>>>,
     kill: Rc<Trigger>,
-    /// When the PDU being read began to arrive (None between PDUs).
-    pdu_started: Cell<Option<Instant>>,
+    /// A PDU has begun to arrive and is not complete yet.
+    pdu_open: Cell<bool>,
+    /// PDUs read so far: the watchdog sees progress without a clock read per PDU.
+    pdus: Cell<u64>,
 }
 
 type Reader = RecvBuf<PollingReader<ReadHalf<TcpStream>>>;
@@ -195,7 +194,8 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream, kill: Rc<Trigger>) {
         sqhd: Cell::new(0),
         r2t: RefCell::new(Vec::new()),
         kill: kill.clone(),
-        pdu_started: Cell::new(None),
+        pdu_open: Cell::new(false),
+        pdus: Cell::new(0),
     });
     let writer = glommio::spawn_local(writer(conn.clone(), Sender { fd, w }));
     let _watchdog = glommio::spawn_local(watchdog(conn.clone()));
@@ -285,9 +285,10 @@ impl Conn {
         if !rb.fill(1).await? {
             return Err(Stop::Eof);
         }
-        self.pdu_started.set(Some(Instant::now()));
+        self.pdu_open.set(true);
         let r = self.read_pdu_body(rb).await;
-        self.pdu_started.set(None);
+        self.pdu_open.set(false);
+        self.pdus.set(self.pdus.get() + 1);
         r
     }
 
@@ -493,7 +494,7 @@ impl Conn {
                 admin::prepare(ctrl, sqe, max_io).map(|x| (x, None))
             }
             Some(Binding::Io { subsys, local, .. }) => {
-                local.last_activity.set(Instant::now());
+                local.commands.set(local.commands.get() + 1);
                 if !local.ready.get() {
                     return Err(Status::NAMESPACE_NOT_READY);
                 }
@@ -783,6 +784,7 @@ impl Conn {
 /// and stopped sending mid-way.
 async fn watchdog(conn: Rc<Conn>) {
     let born = Instant::now();
+    let mut stuck_since: Option<(u64, Instant)> = None;
     loop {
         glommio::timer::sleep(WATCHDOG_TICK).await;
         if conn.state.borrow().binding.is_none() && born.elapsed() > conn.shard.connect_timeout() {
@@ -793,56 +795,83 @@ async fn watchdog(conn: Rc<Conn>) {
             conn.kill.fire();
             return;
         }
-        if let Some(t) = conn.pdu_started.get() {
-            if t.elapsed() > PDU_TIMEOUT {
-                log::warn!(
-                    "{}: partial PDU for over {} s; closing",
-                    conn.peer,
-                    PDU_TIMEOUT.as_secs()
-                );
-                conn.kill.fire();
-                return;
+        // A PDU open with no PDU completed since the last look: stuck since then.
+        let now = (conn.pdu_open.get(), conn.pdus.get());
+        stuck_since = match (now, stuck_since) {
+            ((true, n), Some((m, t))) if n == m => {
+                if t.elapsed() > PDU_TIMEOUT {
+                    log::warn!(
+                        "{}: partial PDU for over {} s; closing",
+                        conn.peer,
+                        PDU_TIMEOUT.as_secs()
+                    );
+                    conn.kill.fire();
+                    return;
+                }
+                Some((m, t))
             }
-        }
+            ((true, n), _) => Some((n, Instant::now())),
+            ((false, _), _) => None,
+        };
     }
 }
 
-/// The send side: drains the outbox in batches into as few writes as it can.
+/// A piece of a batch on the wire: bytes of the header buffer, or data of
+/// one completion of the batch (sent from its own buffer, not copied).
+enum Seg {
+    Hdr(std::ops::Range<usize>),
+    Data(usize, std::ops::Range<usize>),
+}
+
+/// The send side: drains the outbox in batches; each batch leaves in as few
+/// vectored sends as the socket takes.
 async fn writer(conn: Rc<Conn>, mut tx: Sender) {
     let mut batch = Vec::new();
     let mut buf: Vec<u8> = Vec::with_capacity(SEND_BUF_LEN);
+    let mut segs: Vec<Seg> = Vec::new();
     let mut closing = false;
-    'outer: while !closing && conn.out.next_batch(&mut batch).await {
-        for item in batch.drain(..) {
+    while !closing && conn.out.next_batch(&mut batch).await {
+        let mut mark = 0;
+        for (i, item) in batch.iter().enumerate() {
             match item {
-                Out::R2T(dh) => pdu::encode_r2t(dh, conn.digests, &mut buf),
+                Out::R2T(dh) => pdu::encode_r2t(*dh, conn.digests, &mut buf),
                 Out::Term(e, hdr) => {
-                    pdu::encode_term_req(pdu_type::C2H_TERM_REQ, e, &hdr, &mut buf);
+                    pdu::encode_term_req(pdu_type::C2H_TERM_REQ, *e, hdr, &mut buf);
                     closing = true;
                 }
                 Out::Done { cid, resp, max_len } => {
                     closing |= resp.close_after;
                     conn.outstanding
                         .set(conn.outstanding.get().saturating_sub(1));
-                    if encode_done(&conn, cid, &resp, max_len, &mut buf, &mut tx)
-                        .await
-                        .is_err()
-                    {
-                        break 'outer;
-                    }
+                    encode_done(
+                        &conn, *cid, resp, *max_len, i, &mut buf, &mut segs, &mut mark,
+                    );
                 }
             }
-            if buf.len() >= SEND_BUF_LEN && tx.send(&[&buf]).await.is_err() {
-                break 'outer;
-            } else if buf.len() >= SEND_BUF_LEN {
-                buf.clear();
-            }
         }
-        if !buf.is_empty() {
-            if tx.send(&[&buf]).await.is_err() {
-                break;
-            }
-            buf.clear();
+        if buf.len() > mark {
+            segs.push(Seg::Hdr(mark..buf.len()));
+        }
+        let parts: Vec<&[u8]> = segs
+            .iter()
+            .map(|s| match s {
+                Seg::Hdr(r) => &buf[r.clone()],
+                Seg::Data(i, r) => match &batch[*i] {
+                    Out::Done {
+                        resp: Response { data: Some(d), .. },
+                        ..
+                    } => &d.as_slice()[r.clone()],
+                    _ => &[][..],
+                },
+            })
+            .collect();
+        let sent = tx.send(&parts).await;
+        drop(parts);
+        batch.clear();
+        buf.clear();
+        segs.clear();
+        if sent.is_err() {
+            break;
         }
     }
     let _ = tx.w.flush().await;
@@ -852,15 +881,18 @@ async fn writer(conn: Rc<Conn>, mut tx: Sender) {
 }
 
 /// A completion: C2HData PDUs for its data, then the CapsuleResp unless the
-/// last C2HData carried SUCCESS.
-async fn encode_done(
+/// last C2HData carried SUCCESS. Headers go to `buf`; data is referenced.
+#[allow(clippy::too_many_arguments)]
+fn encode_done(
     conn: &Conn,
     cid: u16,
     resp: &Response,
     max_len: usize,
+    item: usize,
     buf: &mut Vec<u8>,
-    tx: &mut Sender,
-) -> std::io::Result<()> {
+    segs: &mut Vec<Seg>,
+    mark: &mut usize,
+) {
     let d = conn.digests;
     let sq_flow_disabled = conn.state.borrow().sq_flow_disabled;
     let mut skip_resp = false;
@@ -894,13 +926,9 @@ async fn encode_done(
                 conn.pda,
                 buf,
             );
-            if n <= COPY_DATA_MAX {
-                buf.extend_from_slice(part);
-            } else {
-                // Header and data leave in one sendmsg, the data from its own buffer.
-                tx.send(&[buf, part]).await?;
-                buf.clear();
-            }
+            segs.push(Seg::Hdr(*mark..buf.len()));
+            segs.push(Seg::Data(item, off..off + n));
+            *mark = buf.len();
             if d.data {
                 buf.extend_from_slice(&pdu::digest(part).to_le_bytes());
             }
@@ -910,5 +938,4 @@ async fn encode_done(
     if !skip_resp {
         pdu::encode_capsule_resp(&conn.cqe(cid, resp), d, buf);
     }
-    Ok(())
 }
