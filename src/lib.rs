@@ -6,6 +6,7 @@
 //! (an initiator used by tests and the perf tool).
 
 pub mod config;
+pub mod cpus;
 pub mod host;
 pub mod perf;
 pub mod serve;

@@ -2,6 +2,7 @@
 //! executor per CPU, print what is served, stop cleanly on SIGINT/SIGTERM.
 
 use crate::config::*;
+use crate::cpus::{allowed_cpus, parse_cpu_list};
 use crate::shard::{self, Shard, STOP};
 use crate::storage::{file, Backend, FileBackend, RamDisk};
 use crate::target::Namespace;
@@ -85,44 +86,6 @@ pub fn parse_config(argv: &[String]) -> Result<TargetConfig, String> {
 /// The command-line definition, for `--help` from main.
 pub fn command() -> clap::Command {
     ServeArgs::augment_args(clap::Command::new("serve"))
-}
-
-fn parse_cpu_list(s: &str) -> Result<Vec<usize>, String> {
-    let mut out = Vec::new();
-    for part in s.split(',').filter(|p| !p.is_empty()) {
-        let bad = || format!("bad CPU list '{s}' (example: 0-3,6)");
-        match part.split_once('-') {
-            Some((a, b)) => {
-                let (a, b): (usize, usize) =
-                    (a.parse().map_err(|_| bad())?, b.parse().map_err(|_| bad())?);
-                if a > b {
-                    return Err(bad());
-                }
-                out.extend(a..=b);
-            }
-            None => out.push(part.parse().map_err(|_| bad())?),
-        }
-    }
-    out.sort_unstable();
-    out.dedup();
-    if out.is_empty() {
-        return Err(format!("empty CPU list '{s}'"));
-    }
-    Ok(out)
-}
-
-/// CPUs this process may run on.
-fn allowed_cpus() -> Vec<usize> {
-    // SAFETY: cpu_set_t is plain data; sched_getaffinity fills it.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) != 0 {
-            return vec![0];
-        }
-        (0..libc::CPU_SETSIZE as usize)
-            .filter(|&c| libc::CPU_ISSET(c, &set))
-            .collect()
-    }
 }
 
 fn parse_listen(s: &str) -> Result<SocketAddr, String> {

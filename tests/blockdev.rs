@@ -43,16 +43,9 @@ impl Drop for Loop {
     }
 }
 
-fn scratch(name: &str) -> PathBuf {
-    let d = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
 #[test]
 fn block_device_namespace() {
-    let dir = scratch("blk");
+    let dir = scratch_dir("blk");
     let img = dir.join("blk.img");
     std::fs::File::create(&img)
         .unwrap()
@@ -100,7 +93,7 @@ fn block_device_namespace() {
 
 #[test]
 fn enospc_becomes_a_status_and_the_target_keeps_serving() {
-    let dir = scratch("enospc");
+    let dir = scratch_dir("enospc");
     let fs_img = dir.join("fs.img");
     std::fs::File::create(&fs_img)
         .unwrap()

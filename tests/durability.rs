@@ -18,17 +18,9 @@ fn block(lba: u64, round: u64) -> Vec<u8> {
     b
 }
 
-fn scratch(name: &str) -> std::path::PathBuf {
-    let d = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
-        .join(format!("{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
 #[test]
 fn sigkill_loses_no_acknowledged_write() {
-    let dir = scratch("crash");
+    let dir = scratch_dir("crash");
     let file = dir.join("crash.img");
     std::fs::File::create(&file)
         .unwrap()

@@ -218,15 +218,6 @@ fn commands_flush_zeroes_deallocate_compare() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
-pub fn scratch_dir(name: &str) -> std::path::PathBuf {
-    // Under target/: a disk file system with O_DIRECT (not tmpfs).
-    let d = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
-        .join(format!("{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
 #[test]
 fn error_statuses() {
     let t = Target::start(&["--subsystem", NQN, "--namespace", "ram:1M"]);

@@ -10,6 +10,15 @@ use std::time::{Duration, Instant};
 
 pub const NQN: &str = "nqn.2026-11.io.nvmf-tpc:test";
 
+/// A fresh directory under target/ (a disk file system with O_DIRECT, not tmpfs).
+pub fn scratch_dir(name: &str) -> std::path::PathBuf {
+    let d = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
 /// A free TCP port on 127.0.0.1 (bound once, then released).
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
