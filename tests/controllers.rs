@@ -13,13 +13,6 @@ use nvmf_tpc::wire::status::Status;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-fn status_of<T: std::fmt::Debug>(r: Result<T, HostError>) -> Status {
-    match r {
-        Err(e) => e.status().unwrap_or_else(|| panic!("not a status: {e:?}")),
-        Ok(v) => panic!("expected an error status, got {v:?}"),
-    }
-}
-
 fn u16le(b: &[u8], at: usize) -> u16 {
     u16::from_le_bytes(b[at..at + 2].try_into().unwrap())
 }

@@ -5,7 +5,7 @@
 
 mod common;
 use common::*;
-use nvmf_tpc::host::{Controller, HostConfig, HostError, IoQueue};
+use nvmf_tpc::host::{Controller, HostConfig, IoQueue};
 use nvmf_tpc::wire::command::{io, sgl, SglDescriptor, Sqe};
 use nvmf_tpc::wire::pdu::Digests;
 use nvmf_tpc::wire::status::Status;
@@ -23,13 +23,6 @@ fn pattern(len: usize, seed: u64) -> Vec<u8> {
             x as u8
         })
         .collect()
-}
-
-fn status_of<T: std::fmt::Debug>(r: Result<T, HostError>) -> Status {
-    match r {
-        Err(e) => e.status().unwrap_or_else(|| panic!("not a status: {e:?}")),
-        Ok(v) => panic!("expected an error status, got {v:?}"),
-    }
 }
 
 async fn open(addr: SocketAddr, digests: Digests, sqflow_off: bool) -> (Controller, IoQueue) {

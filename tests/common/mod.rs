@@ -10,6 +10,16 @@ use std::time::{Duration, Instant};
 
 pub const NQN: &str = "nqn.2026-11.io.nvmf-tpc:test";
 
+/// The NVMe status of a command that must fail with one.
+pub fn status_of<T: std::fmt::Debug>(
+    r: Result<T, nvmf_tpc::host::HostError>,
+) -> nvmf_tpc::wire::status::Status {
+    match r {
+        Err(e) => e.status().unwrap_or_else(|| panic!("not a status: {e:?}")),
+        Ok(v) => panic!("expected an error status, got {v:?}"),
+    }
+}
+
 /// A fresh directory under target/ (a disk file system with O_DIRECT, not tmpfs).
 pub fn scratch_dir(name: &str) -> std::path::PathBuf {
     let d = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
