@@ -48,7 +48,8 @@ impl AsyncRead for Replay {
 
 /// Parses one PDU from `rb`; its data lands in `data`. Returns the data length.
 async fn parse_one<R: Recv>(rb: &mut RecvBuf<R>, d: Digests, data: &mut [u8]) -> io::Result<usize> {
-    assert!(rb.fill(CH_LEN).await?);
+    assert!(rb.next_pdu().await?);
+    rb.fill(CH_LEN).await?;
     let ch = CommonHeader::decode(rb.take(CH_LEN));
     let l = layout(ch, Direction::HostToController, d, 1 << 20).expect("valid PDU");
     let mut hdr = [0u8; MAX_HEADER_LEN + DIGEST_LEN];

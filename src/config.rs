@@ -33,13 +33,18 @@ pub const MAX_IN_CAPSULE_DATA: u32 = 128 * 1024;
 /// The admin queue always accepts 8 KiB in-capsule (NVMe/TCP 1.0 §3.3: admin
 /// capsules are at least 8 KiB so that Connect data fits).
 pub const ADMIN_IN_CAPSULE_DATA: u32 = 8192;
-/// I/O queues per controller.
-pub const MAX_IO_QUEUES: u16 = 128;
+/// I/O queues per controller (`--max-io-queues`), as Linux nvmet's default.
+pub const DEFAULT_IO_QUEUES: u16 = 128;
+pub const MAX_IO_QUEUES: u16 = 1024;
 /// Namespaces per subsystem.
 pub const MAX_NAMESPACES: usize = 1024;
 pub const MAX_SUBSYSTEMS: usize = 256;
-/// Connections (queues) one core accepts at once.
-pub const MAX_CONNECTIONS_PER_CORE: usize = 4096;
+/// Connections (queues) one core accepts at once (`--max-connections`).
+pub const DEFAULT_CONNECTIONS_PER_CORE: u32 = 4096;
+pub const MAX_CONNECTIONS_PER_CORE: u32 = 65536;
+/// Controllers one core owns at once (`--max-controllers`).
+pub const DEFAULT_CONTROLLERS_PER_CORE: u32 = 1024;
+pub const MAX_CONTROLLERS_PER_CORE: u32 = 16384;
 /// DMA memory per executor (registered with its io_uring).
 pub const DEFAULT_DMA_MEMORY: usize = 64 << 20;
 /// Keep alive granularity we report (KAS, 100 ms units).
@@ -47,8 +52,9 @@ pub const KEEP_ALIVE_GRANULARITY_100MS: u16 = 1;
 /// Discovery controllers created with KATO 0 still expire (as Linux nvmet does),
 /// so a host that vanishes does not leave them behind forever.
 pub const DISCOVERY_DEFAULT_KATO_MS: u32 = 120_000;
-/// Time a new connection has to send ICReq and Connect.
-pub const CONNECT_TIMEOUT_MS: u64 = 10_000;
+/// Bounds of `--connect-timeout` and `--pdu-timeout`.
+pub const MIN_SETUP_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(100);
+pub const MAX_SETUP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3600);
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Backing {
@@ -71,13 +77,30 @@ pub struct NamespaceConfig {
     pub nguid: [u8; 16],
     pub uuid: [u8; 16],
     pub eui64: [u8; 8],
+    /// LBA ranges (inclusive) whose reads and writes fail with a media error.
+    pub bad_blocks: Vec<(u64, u64)>,
 }
 
 impl NamespaceConfig {
     pub fn blocks(&self) -> u64 {
         self.size_bytes / self.block_size as u64
     }
+
+    /// Does the byte range touch a bad block?
+    pub fn hits_bad_block(&self, offset: u64, len: u64) -> bool {
+        if self.bad_blocks.is_empty() || len == 0 {
+            return false;
+        }
+        let shift = self.block_size.trailing_zeros();
+        let (first, last) = (offset >> shift, (offset + len - 1) >> shift);
+        self.bad_blocks
+            .iter()
+            .any(|&(a, b)| first <= b && a <= last)
+    }
 }
+
+/// Bad-block ranges a namespace may carry.
+pub const MAX_BAD_BLOCK_RANGES: usize = 64;
 
 #[derive(Debug, Clone)]
 pub struct SubsystemConfig {
@@ -114,9 +137,19 @@ pub struct TargetConfig {
     pub maxh2cdata: u32,
     /// Largest C2HData PDU we send; bigger reads are split.
     pub max_c2h_data: u32,
+    /// I/O queues per controller.
+    pub max_io_queues: u16,
+    /// Connections per core.
+    pub max_connections: usize,
+    /// Controllers owned per core.
+    pub max_controllers: usize,
     pub dma_memory: usize,
     /// Executors poll this long after their last work before they park.
     pub idle_poll: std::time::Duration,
+    /// A new connection must send ICReq and Connect within this.
+    pub connect_timeout: std::time::Duration,
+    /// A PDU begun must be complete within this.
+    pub pdu_timeout: std::time::Duration,
 }
 
 impl TargetConfig {
@@ -178,17 +211,23 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
 }
 
 /// A `--namespace` value before it is resolved against the file system:
-/// `PATH`, `ram:SIZE` or `null:SIZE`, each optionally followed by `,bs=512|4096`.
+/// `PATH`, `ram:SIZE` or `null:SIZE`, each optionally followed by `,bs=512|4096`
+/// and any number of `,badblocks=FIRST-LAST` (LBAs, inclusive): reads and
+/// writes touching them fail with a media error, as on a disk with bad
+/// sectors (Linux null_blk's `badblocks` does the same), so hosts and tests
+/// can see how errors travel.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NamespaceSpec {
     pub backing: Backing,
     pub block_size: Option<u32>,
+    pub bad_blocks: Vec<(u64, u64)>,
 }
 
 pub fn parse_namespace_spec(s: &str) -> Result<NamespaceSpec, String> {
     let mut parts = s.split(',');
     let head = parts.next().unwrap_or("");
     let mut block_size = None;
+    let mut bad_blocks = Vec::new();
     for opt in parts {
         match opt.split_once('=') {
             Some(("bs", v)) => {
@@ -198,9 +237,22 @@ pub fn parse_namespace_spec(s: &str) -> Result<NamespaceSpec, String> {
                 }
                 block_size = Some(bs as u32);
             }
+            Some(("badblocks", v)) => {
+                let range = v
+                    .split_once('-')
+                    .and_then(|(a, b)| Some((a.parse::<u64>().ok()?, b.parse::<u64>().ok()?)))
+                    .filter(|(a, b)| a <= b)
+                    .ok_or_else(|| format!("badblocks={v} in '{s}': use FIRST-LAST (LBAs)"))?;
+                if bad_blocks.len() == MAX_BAD_BLOCK_RANGES {
+                    return Err(format!(
+                        "more than {MAX_BAD_BLOCK_RANGES} badblocks ranges in '{s}'"
+                    ));
+                }
+                bad_blocks.push(range);
+            }
             _ => {
                 return Err(format!(
-                    "unknown namespace option '{opt}' in '{s}' (known: bs=)"
+                    "unknown namespace option '{opt}' in '{s}' (known: bs=, badblocks=)"
                 ))
             }
         }
@@ -218,6 +270,7 @@ pub fn parse_namespace_spec(s: &str) -> Result<NamespaceSpec, String> {
     Ok(NamespaceSpec {
         backing,
         block_size,
+        bad_blocks,
     })
 }
 
@@ -306,6 +359,10 @@ mod tests {
         assert_eq!(s.block_size, Some(512));
         assert!(parse_namespace_spec("ram:1G,bs=1024").is_err());
         assert!(parse_namespace_spec("ram:1G,foo=1").is_err());
+        let s = parse_namespace_spec("ram:1M,badblocks=8-15,badblocks=100-100").unwrap();
+        assert_eq!(s.bad_blocks, vec![(8, 15), (100, 100)]);
+        assert!(parse_namespace_spec("ram:1M,badblocks=9-8").is_err());
+        assert!(parse_namespace_spec("ram:1M,badblocks=9").is_err());
         assert!(matches!(
             parse_namespace_spec("/dev/sdb").unwrap().backing,
             Backing::File(_)

@@ -54,9 +54,30 @@ pub struct ServeArgs {
     /// Model number reported.
     #[arg(long, default_value = DEFAULT_MODEL)]
     pub model: String,
-    /// DMA memory per core for I/O buffers, e.g. 64M.
+    /// Largest H2CData PDU a host may send (ICResp MAXH2CDATA), e.g. 32K; at most
+    /// --max-io-size (default: --max-io-size, at most 128K).
+    #[arg(long, value_name = "SIZE")]
+    pub max_h2c_data: Option<String>,
+    /// I/O queues per controller (Number of Queues grants at most this many).
+    #[arg(long, default_value_t = DEFAULT_IO_QUEUES)]
+    pub max_io_queues: u16,
+    /// Connections (queues) one core serves at once; more are refused.
+    #[arg(long, default_value_t = DEFAULT_CONNECTIONS_PER_CORE)]
+    pub max_connections: u32,
+    /// Controllers (admin queues) one core owns at once; Connects beyond get
+    /// "controller busy".
+    #[arg(long, default_value_t = DEFAULT_CONTROLLERS_PER_CORE)]
+    pub max_controllers: u32,
+    /// DMA memory per core for command data, e.g. 64M. When it is in use a
+    /// core stops reading from its sockets until commands complete.
     #[arg(long, default_value = "64M", value_name = "SIZE")]
     pub dma_memory: String,
+    /// Time a new connection has to send ICReq and Connect.
+    #[arg(long, default_value = "10s", value_name = "DURATION")]
+    pub connect_timeout: String,
+    /// Time a PDU that has begun to arrive has to arrive whole.
+    #[arg(long, default_value = "30s", value_name = "DURATION")]
+    pub pdu_timeout: String,
     /// How long an executor keeps polling for work after it runs out before it
     /// sleeps (e.g. 0, 50us, 1ms). Polling cuts wake-up latency under load; an
     /// idle target still sleeps.
@@ -177,6 +198,45 @@ fn build_config(
     if dma_memory < (1 << 20) {
         return Err("--dma-memory: at least 1M".into());
     }
+    let maxh2cdata = match &args.max_h2c_data {
+        None => (max_io_size as u32).min(MAX_H2C_DATA),
+        Some(v) => {
+            let n = parse_size(v).map_err(|e| format!("--max-h2c-data: {e}"))?;
+            // NVMe/TCP 1.0 §3.6.2.3: MAXH2CDATA is at least 4 KiB, in 4-byte units.
+            if n < 4096 || n % 4 != 0 || n > max_io_size {
+                return Err(format!(
+                    "--max-h2c-data {v}: a multiple of 4 from 4K to --max-io-size"
+                ));
+            }
+            n as u32
+        }
+    };
+    if !(1..=MAX_IO_QUEUES).contains(&args.max_io_queues) {
+        return Err(format!("--max-io-queues: 1 to {MAX_IO_QUEUES}"));
+    }
+    if !(1..=MAX_CONNECTIONS_PER_CORE).contains(&args.max_connections) {
+        return Err(format!(
+            "--max-connections: 1 to {MAX_CONNECTIONS_PER_CORE}"
+        ));
+    }
+    if !(1..=MAX_CONTROLLERS_PER_CORE).contains(&args.max_controllers) {
+        return Err(format!(
+            "--max-controllers: 1 to {MAX_CONTROLLERS_PER_CORE}"
+        ));
+    }
+    let timeout = |flag: &str, v: &str| -> Result<std::time::Duration, String> {
+        let d = parse_duration(v).map_err(|e| format!("{flag}: {e}"))?;
+        if d < MIN_SETUP_TIMEOUT || d > MAX_SETUP_TIMEOUT {
+            return Err(format!(
+                "{flag} {v}: from {} ms to {} s",
+                MIN_SETUP_TIMEOUT.as_millis(),
+                MAX_SETUP_TIMEOUT.as_secs()
+            ));
+        }
+        Ok(d)
+    };
+    let connect_timeout = timeout("--connect-timeout", &args.connect_timeout)?;
+    let pdu_timeout = timeout("--pdu-timeout", &args.pdu_timeout)?;
 
     // Subsystems, namespaces and hosts, in command-line order.
     enum Item<'a> {
@@ -265,6 +325,7 @@ fn build_config(
             specs: vec![NamespaceSpec {
                 backing: Backing::File(path),
                 block_size: None,
+                bad_blocks: Vec::new(),
             }],
             hosts: vec![],
             any: false,
@@ -322,10 +383,15 @@ fn build_config(
         queue_depth: args.queue_depth,
         max_io_size: max_io_size as u32,
         in_capsule_data: icd as u32,
-        maxh2cdata: (max_io_size as u32).min(MAX_H2C_DATA),
+        maxh2cdata,
         max_c2h_data: (max_io_size as u32).min(MAX_C2H_DATA),
+        max_io_queues: args.max_io_queues,
+        max_connections: args.max_connections as usize,
+        max_controllers: args.max_controllers as usize,
         dma_memory,
         idle_poll,
+        connect_timeout,
+        pdu_timeout,
     })
 }
 
@@ -367,6 +433,13 @@ fn resolve_namespace(nqn: &str, nsid: u32, spec: NamespaceSpec) -> Result<Namesp
             "{what}: size {size} is not a multiple of the block size {bs}"
         ));
     }
+    let blocks = size / bs as u64;
+    if let Some((a, b)) = spec.bad_blocks.iter().find(|(_, b)| *b >= blocks) {
+        return Err(format!(
+            "{what}: badblocks={a}-{b} is past the last block ({})",
+            blocks - 1
+        ));
+    }
     let (nguid, uuid, eui64) = namespace_ids(nqn, nsid);
     Ok(NamespaceConfig {
         nsid,
@@ -376,6 +449,7 @@ fn resolve_namespace(nqn: &str, nsid: u32, spec: NamespaceSpec) -> Result<Namesp
         nguid,
         uuid,
         eui64,
+        bad_blocks: spec.bad_blocks,
     })
 }
 

@@ -3,9 +3,8 @@
 //! the immutable config and RAM disks; the control plane between them is
 //! messages over a glommio channel mesh (never per I/O command).
 
-use crate::config::{
-    TargetConfig, CONNECT_TIMEOUT_MS, DISCOVERY_DEFAULT_KATO_MS, MAX_CONNECTIONS_PER_CORE,
-};
+use crate::config::{TargetConfig, DISCOVERY_DEFAULT_KATO_MS};
+use crate::storage::DmaBudget;
 use crate::target::controller::{Controller, SubsysRef};
 use crate::target::Namespace;
 use crate::trigger::Trigger;
@@ -128,6 +127,8 @@ pub struct Shard {
     pub connections: RefCell<HashMap<u64, Rc<Trigger>>>,
     next_conn: Cell<u64>,
     pub started: Instant,
+    /// This core's DMA memory for command data (`--dma-memory`).
+    pub dma: Rc<DmaBudget>,
 }
 
 /// Controller ids 1..=0xFFEF are split into one contiguous slice per shard,
@@ -160,6 +161,7 @@ impl Shard {
         let span = cntlid_span(peers);
         let base = CNTLID_MIN + span * id as u16;
         let nsub = cfg.subsystems.len();
+        let dma = DmaBudget::new(cfg.dma_memory);
         Shard {
             id,
             peers,
@@ -178,6 +180,7 @@ impl Shard {
             connections: RefCell::new(HashMap::new()),
             next_conn: Cell::new(0),
             started: Instant::now(),
+            dma,
         }
     }
 
@@ -369,6 +372,14 @@ impl Shard {
 
     fn alloc_cntlid(&self) -> Option<u16> {
         let map = self.controllers.borrow();
+        if map.len() >= self.cfg.max_controllers {
+            log::warn!(
+                "core {}: controller limit ({}) reached",
+                self.id,
+                self.cfg.max_controllers
+            );
+            return None;
+        }
         for _ in 0..self.cntlid_span {
             let off = self.cntlid_next.get();
             self.cntlid_next.set((off + 1) % self.cntlid_span);
@@ -653,7 +664,7 @@ impl Shard {
     /// Register a connection; `None` when this core is at its limit.
     pub fn register_connection(&self) -> Option<(u64, Rc<Trigger>)> {
         let mut c = self.connections.borrow_mut();
-        if c.len() >= MAX_CONNECTIONS_PER_CORE {
+        if c.len() >= self.cfg.max_connections {
             return None;
         }
         let id = self.next_conn.get();
@@ -668,7 +679,7 @@ impl Shard {
     }
 
     pub fn connect_timeout(&self) -> Duration {
-        Duration::from_millis(CONNECT_TIMEOUT_MS)
+        self.cfg.connect_timeout
     }
 
     /// Accept loop of one listener.
@@ -691,8 +702,9 @@ impl Shard {
             };
             let Some((id, kill)) = self.register_connection() else {
                 log::warn!(
-                    "core {}: connection limit ({MAX_CONNECTIONS_PER_CORE}) reached; refusing {:?}",
+                    "core {}: connection limit ({}) reached; refusing {:?}",
                     self.id,
+                    self.cfg.max_connections,
                     stream.peer_addr().ok()
                 );
                 continue;
@@ -701,6 +713,14 @@ impl Shard {
             glommio::spawn_local(async move {
                 crate::transport::tcp::serve(me.clone(), stream, kill).await;
                 me.unregister_connection(id);
+                // What a closed connection leaves behind, for leak checks.
+                log::debug!(
+                    "core {}: connection closed; {} connections, {} controllers, DMA memory in use {} bytes",
+                    me.id,
+                    me.connections.borrow().len(),
+                    me.controllers.borrow().len(),
+                    me.dma.used()
+                );
             })
             .detach();
         }

@@ -2,6 +2,7 @@
 //! its own O_DIRECT file handle on its own io_uring, or a reference to the
 //! RAM disk that all cores share.
 
+pub mod budget;
 pub mod file;
 pub mod ram;
 
@@ -10,6 +11,7 @@ use std::io;
 use std::rc::Rc;
 use std::sync::Arc;
 
+pub use budget::{Charge, DmaBudget};
 pub use file::FileBackend;
 pub use ram::RamDisk;
 

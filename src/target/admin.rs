@@ -3,7 +3,7 @@
 
 use super::controller::{Controller, SubsysRef, ABORT_LIMIT, AER_LIMIT, ERROR_LOG_ENTRIES};
 use super::{discovery, Outcome, Response, Xfer};
-use crate::config::{FIRMWARE_REVISION, MAX_IO_QUEUES};
+use crate::config::FIRMWARE_REVISION;
 use crate::shard::Shard;
 use crate::wire::command::{admin, io, Sqe};
 use crate::wire::identify::{self, cns, ControllerInfo, ControllerType};
@@ -308,7 +308,7 @@ fn set_features(ctrl: &Controller, sqe: &Sqe) -> Response {
             if nsq == 0xFFFF || ncq == 0xFFFF {
                 return Response::status(Status::INVALID_FIELD);
             }
-            let max = (MAX_IO_QUEUES - 1) as u32;
+            let max = (ctrl.max_io_queues - 1) as u32;
             let granted = nsq.min(max) | (ncq.min(max) << 16);
             feat.number_of_queues = Some(granted);
             return Response::dw0(granted);
@@ -340,7 +340,7 @@ fn get_features(ctrl: &Controller, sqe: &Sqe) -> Response {
     let defaults = super::controller::Features::default();
     let current = ctrl.features.borrow();
     let feat = if sel == 0 { &*current } else { &defaults };
-    let max = (MAX_IO_QUEUES - 1) as u32;
+    let max = (ctrl.max_io_queues - 1) as u32;
     let dw0 = match f {
         fid::ARBITRATION => feat.arbitration,
         fid::POWER_MANAGEMENT => feat.power_management,

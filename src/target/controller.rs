@@ -106,7 +106,7 @@ impl Controller {
             csts: Cell::new(0),
             features: RefCell::new(Features::default()),
             io_queues: RefCell::new(BTreeMap::new()),
-            max_io_queues: crate::config::MAX_IO_QUEUES,
+            max_io_queues: cfg.max_io_queues,
             last_activity: Cell::new(Instant::now()),
             aers: RefCell::new(VecDeque::new()),
             errors: RefCell::new(VecDeque::new()),
@@ -236,8 +236,13 @@ mod tests {
             in_capsule_data: 8192,
             maxh2cdata: 128 * 1024,
             max_c2h_data: 128 * 1024,
+            max_io_queues: DEFAULT_IO_QUEUES,
+            max_connections: 16,
+            max_controllers: 16,
             dma_memory: 1 << 20,
             idle_poll: std::time::Duration::ZERO,
+            connect_timeout: std::time::Duration::from_secs(10),
+            pdu_timeout: std::time::Duration::from_secs(30),
         }
     }
 

@@ -77,7 +77,7 @@ pub async fn execute(sqe: &Sqe, ns: &Namespace, data: Option<DmaBuffer>) -> Resp
     let offset = sqe.slba() << ns.block_shift;
     let len = ((sqe.nlb() as u64) + 1) << ns.block_shift;
     match sqe.opcode() {
-        io::READ => match ns.backend.read(offset, len as usize).await {
+        io::READ => match ns.read(offset, len as usize).await {
             Ok(buf) => Response {
                 data: Some(buf),
                 ..Response::ok()
@@ -88,7 +88,7 @@ pub async fn execute(sqe: &Sqe, ns: &Namespace, data: Option<DmaBuffer>) -> Resp
             let Some(buf) = data else {
                 return Response::status(Status::DATA_TRANSFER_ERROR);
             };
-            match ns.backend.write(offset, buf, sqe.fua()).await {
+            match ns.write(offset, buf, sqe.fua()).await {
                 Ok(()) => Response::ok(),
                 Err(e) => Response::status(io_status(&e, true)),
             }
@@ -113,7 +113,7 @@ pub async fn execute(sqe: &Sqe, ns: &Namespace, data: Option<DmaBuffer>) -> Resp
             let Some(expect) = data else {
                 return Response::status(Status::DATA_TRANSFER_ERROR);
             };
-            match ns.backend.read(offset, len as usize).await {
+            match ns.read(offset, len as usize).await {
                 Ok(have)
                     if have.as_slice()[..len as usize] == expect.as_bytes()[..len as usize] =>
                 {

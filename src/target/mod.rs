@@ -13,6 +13,7 @@ use crate::config::NamespaceConfig;
 use crate::storage::{Backend, DataBuf};
 use crate::wire::identify::NamespaceInfo;
 use crate::wire::status::Status;
+use glommio::io::DmaBuffer;
 
 /// Data a command moves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -102,6 +103,27 @@ impl Namespace {
     pub fn blocks(&self) -> u64 {
         self.cfg.blocks()
     }
+
+    /// A configured bad block fails the I/O as the medium would, with EIO.
+    fn check_bad_blocks(&self, offset: u64, len: u64) -> std::io::Result<()> {
+        if self.cfg.hits_bad_block(offset, len) {
+            return Err(std::io::Error::from_raw_os_error(libc::EIO));
+        }
+        Ok(())
+    }
+
+    /// Read `len` bytes at byte `offset` from this core's backend.
+    pub async fn read(&self, offset: u64, len: usize) -> std::io::Result<DataBuf> {
+        self.check_bad_blocks(offset, len as u64)?;
+        self.backend.read(offset, len).await
+    }
+
+    /// Write `buf` at byte `offset`; with `fua` it is durable on return.
+    pub async fn write(&self, offset: u64, buf: DmaBuffer, fua: bool) -> std::io::Result<()> {
+        self.check_bad_blocks(offset, buf.len() as u64)?;
+        self.backend.write(offset, buf, fua).await
+    }
+
     pub fn info(&self) -> NamespaceInfo {
         NamespaceInfo {
             blocks: self.blocks(),

@@ -17,6 +17,12 @@ pub struct RecvBuf<R> {
     end: usize,
 }
 
+enum Fill {
+    Ready,
+    /// The peer closed with nothing buffered.
+    End,
+}
+
 fn eof() -> io::Error {
     io::Error::new(io::ErrorKind::UnexpectedEof, "peer closed mid-PDU")
 }
@@ -35,9 +41,26 @@ impl<R: Recv> RecvBuf<R> {
         self.end - self.pos
     }
 
-    /// Make `n` bytes available (n ≤ RECV_BUF_LEN). `Ok(false)` when the peer
-    /// closed cleanly with nothing buffered.
-    pub async fn fill(&mut self, n: usize) -> io::Result<bool> {
+    /// Wait for the first byte of the next PDU: `false` when the peer closed
+    /// cleanly between PDUs.
+    pub async fn next_pdu(&mut self) -> io::Result<bool> {
+        match self.fill_or_end(1).await? {
+            Fill::Ready => Ok(true),
+            Fill::End => Ok(false),
+        }
+    }
+
+    /// Make `n` bytes available (n ≤ RECV_BUF_LEN). The peer closing before
+    /// they are here is an error, even when nothing is buffered: callers are
+    /// inside a PDU (a header read, data to come).
+    pub async fn fill(&mut self, n: usize) -> io::Result<()> {
+        match self.fill_or_end(n).await? {
+            Fill::Ready => Ok(()),
+            Fill::End => Err(eof()),
+        }
+    }
+
+    async fn fill_or_end(&mut self, n: usize) -> io::Result<Fill> {
         debug_assert!(n <= self.buf.len());
         while self.end - self.pos < n {
             if self.buf.len() - self.pos < n {
@@ -48,18 +71,19 @@ impl<R: Recv> RecvBuf<R> {
             let k = self.r.recv(&mut self.buf[self.end..]).await?;
             if k == 0 {
                 return if self.end == self.pos {
-                    Ok(false)
+                    Ok(Fill::End)
                 } else {
                     Err(eof())
                 };
             }
             self.end += k;
         }
-        Ok(true)
+        Ok(Fill::Ready)
     }
 
     /// The next `n` buffered bytes (call `fill(n)` first), consumed.
     pub fn take(&mut self, n: usize) -> &[u8] {
+        assert!(n <= self.buffered(), "take({n}) past the buffered bytes");
         let s = &self.buf[self.pos..self.pos + n];
         self.pos += n;
         s
@@ -80,9 +104,7 @@ impl<R: Recv> RecvBuf<R> {
                 }
                 off += k;
             } else {
-                if !self.fill(rem).await? {
-                    return Err(eof());
-                }
+                self.fill(rem).await?;
                 dst[off..].copy_from_slice(self.take(rem));
                 off += rem;
             }
@@ -93,9 +115,7 @@ impl<R: Recv> RecvBuf<R> {
     pub async fn skip(&mut self, mut n: usize) -> io::Result<()> {
         while n > 0 {
             let k = n.min(self.buf.len());
-            if !self.fill(k).await? {
-                return Err(eof());
-            }
+            self.fill(k).await?;
             self.take(k);
             n -= k;
         }
@@ -142,7 +162,8 @@ mod tests {
                 step,
             }));
             futures_lite::future::block_on(async {
-                assert!(rb.fill(8).await.unwrap());
+                assert!(rb.next_pdu().await.unwrap());
+                rb.fill(8).await.unwrap();
                 assert_eq!(rb.take(8), &data[..8]);
                 let mut big = vec![0u8; 60_000];
                 rb.read_into(&mut big).await.unwrap();
@@ -151,7 +172,7 @@ mod tests {
                 let mut rest = vec![0u8; 100_000 - 60_018];
                 rb.read_into(&mut rest).await.unwrap();
                 assert_eq!(&rest[..], &data[60_018..]);
-                assert!(!rb.fill(1).await.unwrap(), "clean EOF");
+                assert!(!rb.next_pdu().await.unwrap(), "clean EOF");
             });
         }
     }
@@ -165,6 +186,26 @@ mod tests {
         }));
         futures_lite::future::block_on(async {
             assert!(rb.fill(8).await.is_err());
+        });
+    }
+
+    #[test]
+    fn eof_after_whole_bytes_inside_a_pdu_is_an_error() {
+        // 8 bytes arrive and are consumed, then the peer closes: a caller
+        // inside a PDU must see an error, never a clean end.
+        let mut rb = RecvBuf::new(Plain(Trickle {
+            data: vec![7; 8],
+            at: 0,
+            step: 8,
+        }));
+        futures_lite::future::block_on(async {
+            assert!(rb.next_pdu().await.unwrap());
+            rb.fill(8).await.unwrap();
+            rb.take(8);
+            assert!(rb.fill(16).await.is_err());
+            assert!(rb.skip(1).await.is_err());
+            let mut d = [0u8; 4];
+            assert!(rb.read_into(&mut d).await.is_err());
         });
     }
 }

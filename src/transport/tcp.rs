@@ -11,7 +11,7 @@ use super::recv::RecvBuf;
 use super::socket::{self, PollingReader};
 use crate::config::ADMIN_IN_CAPSULE_DATA;
 use crate::shard::Shard;
-use crate::storage::dma_buffer;
+use crate::storage::{dma_buffer, Charge};
 use crate::target::fabrics::{self, Binding};
 use crate::target::{admin, io, Namespace, Outcome, Response, Xfer};
 use crate::trigger::Trigger;
@@ -38,10 +38,8 @@ use std::time::{Duration, Instant};
 const SEND_BUF_LEN: usize = 256 * 1024;
 /// How long a closing queue waits for its in-flight commands.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
-/// A PDU begun must be complete within this time.
-const PDU_TIMEOUT: Duration = Duration::from_secs(30);
-/// How often a connection's watchdog looks at it.
-const WATCHDOG_TICK: Duration = Duration::from_secs(5);
+/// Longest interval between two looks of a connection's watchdog.
+const WATCHDOG_TICK_MAX: Duration = Duration::from_secs(5);
 /// Highest HPDA a host may ask for (§3.6.2.2: 0..=31).
 const HPDA_MAX: u8 = 31;
 
@@ -52,9 +50,19 @@ enum Out {
         resp: Response,
         /// Bytes the host's SGL can take.
         max_len: usize,
+        /// The command's DMA memory, returned once this is sent.
+        _charge: Option<Charge>,
     },
     R2T(DataHeader),
     Term(FatalError, Vec<u8>),
+}
+
+/// What a checked command does next.
+enum Plan {
+    /// Run it; `usize` is the data it may send to the host.
+    Execute(Option<Rc<Namespace>>, usize),
+    /// Ask for its data first (R2T) of this length.
+    R2T(Option<Rc<Namespace>>, usize),
 }
 
 /// Why the reader stopped.
@@ -78,6 +86,7 @@ struct H2cXfer {
     sqe: Sqe,
     ns: Option<Rc<Namespace>>,
     buf: DmaBuffer,
+    charge: Option<Charge>,
     len: usize,
     received: usize,
     digest_failed: bool,
@@ -103,7 +112,11 @@ pub struct Conn {
     /// One bit per CID in flight.
     inflight: RefCell<Box<[u64]>>,
     outstanding: Cell<u32>,
-    deferred: Cell<u32>,
+    /// Commands between dispatch and completion (AERs leave at once: they
+    /// complete only when an event comes).
+    executing: Cell<u32>,
+    /// Commands waiting for DMA memory before their R2T or execution.
+    waiting_mem: Cell<u32>,
     sqhd: Cell<u16>,
     r2t: RefCell<Vec<Option<H2cXfer>>>,
     kill: Rc<Trigger>,
@@ -190,7 +203,8 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream, kill: Rc<Trigger>) {
         }),
         inflight: RefCell::new(vec![0u64; 65536 / 64].into_boxed_slice()),
         outstanding: Cell::new(0),
-        deferred: Cell::new(0),
+        executing: Cell::new(0),
+        waiting_mem: Cell::new(0),
         sqhd: Cell::new(0),
         r2t: RefCell::new(Vec::new()),
         kill: kill.clone(),
@@ -228,9 +242,10 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream, kill: Rc<Trigger>) {
 }
 
 async fn read_icreq(rb: &mut Reader) -> Result<IcReq, Stop> {
-    if !rb.fill(CH_LEN).await? {
+    if !rb.next_pdu().await? {
         return Err(Stop::Eof);
     }
+    rb.fill(CH_LEN).await?;
     let ch = CommonHeader::decode(rb.take(CH_LEN));
     let mut hdr = ch_bytes(&ch);
     let l = pdu::layout(ch, Direction::HostToController, Digests::default(), 0)
@@ -282,7 +297,7 @@ impl Conn {
     async fn read_pdu(self: &Rc<Self>, rb: &mut Reader) -> Result<(), Stop> {
         // Waiting for the next PDU is not bounded (an idle queue is fine);
         // once its first byte is here, the watchdog times the rest.
-        if !rb.fill(1).await? {
+        if !rb.next_pdu().await? {
             return Err(Stop::Eof);
         }
         self.pdu_open.set(true);
@@ -293,9 +308,7 @@ impl Conn {
     }
 
     async fn read_pdu_body(self: &Rc<Self>, rb: &mut Reader) -> Result<(), Stop> {
-        if !rb.fill(CH_LEN).await? {
-            return Err(Stop::Eof);
-        }
+        rb.fill(CH_LEN).await?;
         let ch = CommonHeader::decode(rb.take(CH_LEN));
         let max_data = match ch.pdu_type {
             pdu_type::CAPSULE_CMD => self.max_in_capsule(),
@@ -363,13 +376,13 @@ impl Conn {
     ) -> Result<(), Stop> {
         let sqe = Sqe::from_slice(&hdr[CH_LEN..CH_LEN + SQE_LEN]);
         let mut icd = None;
+        let mut charge = None;
         let mut digest_ok = true;
         if l.data_len > 0 {
+            charge = Some(self.charge_in_capsule(l.data_len).await);
             let mut b = dma_buffer(l.data_len);
             digest_ok = self.read_data(rb, l, &mut b, 0).await?;
             icd = Some(b);
-        } else if l.ddgst {
-            // DDGSTF without data: nothing to check, but the digest bytes are not sent.
         }
         let cid = sqe.cid();
         // Submission queue accounting (§3.3.1 of NVMe-oF: the host never has
@@ -387,6 +400,7 @@ impl Conn {
                 cid,
                 resp: Response::status(Status::CID_CONFLICT),
                 max_len: 0,
+                _charge: None,
             });
             return Ok(());
         }
@@ -399,59 +413,127 @@ impl Conn {
             (self.sqhd.get() + 1) % entries
         });
         if !digest_ok {
-            self.complete(cid, Response::status(Status::DATA_TRANSFER_ERROR), 0);
+            self.complete(
+                cid,
+                Response::status(Status::TRANSIENT_TRANSPORT_ERROR),
+                0,
+                None,
+            );
             return Ok(());
         }
-        let (xfer, ns) = match self.prepare(&sqe) {
-            Ok(x) => x,
+        match self.plan(&sqe, icd.as_ref()) {
             Err(s) => {
                 self.log_failure(&sqe, s);
-                self.complete(cid, Response::status(s), 0);
-                return Ok(());
+                self.complete(cid, Response::status(s), 0, None);
             }
+            Ok(plan) => self.dispatch(sqe, plan, icd, charge),
+        }
+        Ok(())
+    }
+
+    /// Start a checked command once the memory for its data (by R2T, or to
+    /// the host) is charged. When this core's DMA memory is spent the
+    /// command waits for it on its own: the host gets no R2T and sends no
+    /// data, and the reader goes on (H2CData of earlier R2Ts may be next).
+    fn dispatch(
+        self: &Rc<Self>,
+        sqe: Sqe,
+        plan: Plan,
+        icd: Option<DmaBuffer>,
+        charge: Option<Charge>,
+    ) {
+        let need = match &plan {
+            Plan::R2T(_, len) | Plan::Execute(_, len) => *len,
         };
+        if need == 0 {
+            return self.run(sqe, plan, icd, charge);
+        }
+        drop(charge);
+        if let Some(c) = self.shard.dma.try_acquire(need) {
+            return self.run(sqe, plan, icd, Some(c));
+        }
+        self.waiting_mem.set(self.waiting_mem.get() + 1);
+        let me = self.clone();
+        glommio::spawn_local(async move {
+            let got =
+                futures_lite::future::or(async { Some(me.shard.dma.acquire(need).await) }, async {
+                    me.kill.wait().await;
+                    None
+                })
+                .await;
+            me.waiting_mem.set(me.waiting_mem.get() - 1);
+            match got {
+                Some(c) => me.run(sqe, plan, icd, Some(c)),
+                None => me.complete(sqe.cid(), Response::status(Status::SQ_DELETED), 0, None),
+            }
+        })
+        .detach();
+    }
+
+    fn run(self: &Rc<Self>, sqe: Sqe, plan: Plan, icd: Option<DmaBuffer>, charge: Option<Charge>) {
+        match plan {
+            Plan::R2T(ns, len) => self.start_r2t(sqe, ns, len, charge),
+            Plan::Execute(ns, max_len) => self.spawn_execute(sqe, ns, icd, max_len, charge),
+        }
+    }
+
+    /// Check a command and the data it carries or asks for.
+    fn plan(&self, sqe: &Sqe, icd: Option<&DmaBuffer>) -> Result<Plan, Status> {
+        let (xfer, ns) = self.prepare(sqe)?;
         let d = sqe.sgl();
-        let checked = match xfer {
-            Xfer::None => Ok((0, None)),
+        match xfer {
+            Xfer::None => Ok(Plan::Execute(ns, 0)),
             Xfer::ToHost(len) => {
                 if d.id != sgl::TRANSPORT_DATA_BLOCK {
                     Err(Status::SGL_TYPE_INVALID)
                 } else if (d.length as usize) < len {
                     Err(Status::DATA_SGL_LENGTH_INVALID)
                 } else {
-                    Ok((len, None))
+                    Ok(Plan::Execute(ns, len))
                 }
             }
             Xfer::FromHost(len) => match d.id {
                 sgl::DATA_BLOCK_OFFSET => {
-                    let got = icd.as_ref().map_or(0, |b| b.len());
+                    let got = icd.map_or(0, |b| b.len());
                     if d.addr != 0 {
                         Err(Status::SGL_OFFSET_INVALID)
                     } else if d.length as usize != len || got != len {
                         Err(Status::DATA_SGL_LENGTH_INVALID)
                     } else {
-                        Ok((0, None))
+                        Ok(Plan::Execute(ns, 0))
                     }
                 }
                 sgl::TRANSPORT_DATA_BLOCK if icd.is_none() => {
                     if d.length as usize != len {
                         Err(Status::DATA_SGL_LENGTH_INVALID)
                     } else {
-                        Ok((0, Some(len)))
+                        Ok(Plan::R2T(ns, len))
                     }
                 }
                 _ => Err(Status::SGL_TYPE_INVALID),
             },
-        };
-        match checked {
-            Err(s) => {
-                self.log_failure(&sqe, s);
-                self.complete(cid, Response::status(s), 0)
-            }
-            Ok((_, Some(len))) => self.start_r2t(sqe, ns, len),
-            Ok((max_len, None)) => self.spawn_execute(sqe, ns, icd, max_len),
         }
-        Ok(())
+    }
+
+    /// Charge in-capsule data to this core's DMA memory. When it is spent
+    /// the reader waits, and so stops reading the socket; but not while this
+    /// queue has R2Ts open or commands waiting for memory: their H2CData is
+    /// behind us in the stream, so waiting could deadlock. That memory is
+    /// charged over the limit instead (bounded by queue depth times the
+    /// in-capsule size). While the reader waits no new R2T can start here.
+    async fn charge_in_capsule(&self, len: usize) -> Charge {
+        let dma = &self.shard.dma;
+        if let Some(c) = dma.try_acquire(len) {
+            return c;
+        }
+        if self.waiting_mem.get() > 0 || self.r2t.borrow().iter().any(Option::is_some) {
+            return dma.force(len);
+        }
+        // Waiting for memory is not the host's fault: the PDU timer stops.
+        let open = self.pdu_open.replace(false);
+        let c = dma.acquire(len).await;
+        self.pdu_open.set(open);
+        c
     }
 
     fn cid_busy(&self, cid: u16) -> bool {
@@ -504,7 +586,7 @@ impl Conn {
         }
     }
 
-    fn start_r2t(&self, sqe: Sqe, ns: Option<Rc<Namespace>>, len: usize) {
+    fn start_r2t(&self, sqe: Sqe, ns: Option<Rc<Namespace>>, len: usize, charge: Option<Charge>) {
         let mut slots = self.r2t.borrow_mut();
         let ttag = match slots.iter().position(|s| s.is_none()) {
             Some(i) => i,
@@ -519,6 +601,7 @@ impl Conn {
             sqe,
             ns,
             buf: dma_buffer(len),
+            charge,
             len,
             received: 0,
             digest_failed: false,
@@ -573,9 +656,14 @@ impl Conn {
             return Ok(());
         }
         if x.digest_failed {
-            self.complete(x.cid, Response::status(Status::DATA_TRANSFER_ERROR), 0);
+            self.complete(
+                x.cid,
+                Response::status(Status::TRANSIENT_TRANSPORT_ERROR),
+                0,
+                None,
+            );
         } else {
-            self.spawn_execute(x.sqe, x.ns, Some(x.buf), 0);
+            self.spawn_execute(x.sqe, x.ns, Some(x.buf), 0, x.charge);
         }
         Ok(())
     }
@@ -586,21 +674,24 @@ impl Conn {
         ns: Option<Rc<Namespace>>,
         data: Option<DmaBuffer>,
         max_len: usize,
+        charge: Option<Charge>,
     ) {
         // RAM and null namespaces never wait: run those commands right here
         // instead of paying for a task.
         let inline = ns.as_ref().is_some_and(|n| n.backend.is_synchronous());
         let me = self.clone();
+        self.executing.set(self.executing.get() + 1);
         let mut fut = Box::pin(async move {
             let outcome = me.execute(&sqe, ns, data).await;
+            me.executing.set(me.executing.get() - 1);
             match outcome {
                 Outcome::Done(r) => {
                     if !r.status.is_success() {
                         me.log_failure(&sqe, r.status);
                     }
-                    me.complete(sqe.cid(), r, max_len)
+                    me.complete(sqe.cid(), r, max_len, charge)
                 }
-                Outcome::Deferred => me.deferred.set(me.deferred.get() + 1),
+                Outcome::Deferred => {}
             }
         });
         if inline {
@@ -734,9 +825,14 @@ impl Conn {
     /// The CID is free again at once; the command still counts against the
     /// queue's entries until the writer has sent its completion, so a host
     /// that stops reading cannot make the outbox grow without bound.
-    fn complete(&self, cid: u16, resp: Response, max_len: usize) {
+    fn complete(&self, cid: u16, resp: Response, max_len: usize, charge: Option<Charge>) {
         self.set_cid(cid, false);
-        self.out.push(Out::Done { cid, resp, max_len });
+        self.out.push(Out::Done {
+            cid,
+            resp,
+            max_len,
+            _charge: charge,
+        });
     }
 
     fn cqe(&self, cid: u16, r: &Response) -> [u8; command::CQE_LEN] {
@@ -755,13 +851,17 @@ impl Conn {
     /// let the writer drain and release the queue's controller binding.
     async fn finish_connection(self: &Rc<Self>) {
         let deadline = Instant::now() + DRAIN_TIMEOUT;
-        while self.outstanding.get() > self.deferred.get()
+        // Writes still waiting for H2CData can never finish now: only
+        // commands running or waiting for memory are waited for.
+        while self.executing.get() + self.waiting_mem.get() > 0
             && Instant::now() < deadline
             && !self.out.is_closed()
         {
             glommio::timer::sleep(Duration::from_millis(1)).await;
         }
         self.out.close();
+        // Writes still waiting for H2CData die with the queue; their memory returns now.
+        self.r2t.borrow_mut().clear();
         let (binding, qid) = {
             let mut st = self.state.borrow_mut();
             (st.binding.take(), st.qid)
@@ -784,9 +884,12 @@ impl Conn {
 /// and stopped sending mid-way.
 async fn watchdog(conn: Rc<Conn>) {
     let born = Instant::now();
+    let pdu_timeout = conn.shard.cfg.pdu_timeout;
+    // Looks often enough that a limit is overrun by at most a quarter.
+    let tick = (conn.shard.connect_timeout().min(pdu_timeout) / 4).min(WATCHDOG_TICK_MAX);
     let mut stuck_since: Option<(u64, Instant)> = None;
     loop {
-        glommio::timer::sleep(WATCHDOG_TICK).await;
+        glommio::timer::sleep(tick).await;
         if conn.state.borrow().binding.is_none() && born.elapsed() > conn.shard.connect_timeout() {
             log::warn!(
                 "{}: no Connect within the connect timeout; closing",
@@ -799,11 +902,11 @@ async fn watchdog(conn: Rc<Conn>) {
         let now = (conn.pdu_open.get(), conn.pdus.get());
         stuck_since = match (now, stuck_since) {
             ((true, n), Some((m, t))) if n == m => {
-                if t.elapsed() > PDU_TIMEOUT {
+                if t.elapsed() > pdu_timeout {
                     log::warn!(
-                        "{}: partial PDU for over {} s; closing",
+                        "{}: partial PDU for over {:?}; closing",
                         conn.peer,
-                        PDU_TIMEOUT.as_secs()
+                        pdu_timeout
                     );
                     conn.kill.fire();
                     return;
@@ -839,7 +942,9 @@ async fn writer(conn: Rc<Conn>, mut tx: Sender) {
                     pdu::encode_term_req(pdu_type::C2H_TERM_REQ, *e, hdr, &mut buf);
                     closing = true;
                 }
-                Out::Done { cid, resp, max_len } => {
+                Out::Done {
+                    cid, resp, max_len, ..
+                } => {
                     closing |= resp.close_after;
                     conn.outstanding
                         .set(conn.outstanding.get().saturating_sub(1));

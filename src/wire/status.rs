@@ -30,6 +30,9 @@ impl Status {
     pub const LBA_OUT_OF_RANGE: Status = sf(0, 0x80, true);
     pub const CAPACITY_EXCEEDED: Status = sf(0, 0x81, true);
     pub const NAMESPACE_NOT_READY: Status = sf(0, 0x82, false);
+    /// A transport error the host may retry: a data digest mismatch
+    /// (the command fails and the connection lives, as in SPDK's target).
+    pub const TRANSIENT_TRANSPORT_ERROR: Status = sf(0, 0x22, false);
     // Command specific status (SCT 1).
     pub const INVALID_QUEUE_ID: Status = sf(1, 0x01, true);
     pub const INVALID_QUEUE_SIZE: Status = sf(1, 0x02, true);

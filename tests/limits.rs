@@ -1,0 +1,252 @@
+//! Limits and faults against the real target over loopback: DMA memory
+//! back-pressure (commands wait, none fail, memory returns to zero), injected
+//! media errors becoming NVMe statuses and error log entries, and the limits
+//! a user sets (connections, controllers, I/O queues, MAXH2CDATA).
+
+mod common;
+use common::*;
+use nvmf_tpc::host::{Controller, HostConfig, IoQueue};
+use nvmf_tpc::wire::log_page::lid;
+use nvmf_tpc::wire::status::Status;
+use std::net::TcpStream;
+use std::rc::Rc;
+use std::time::Duration;
+
+fn pattern(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+const BS: u32 = 4096;
+
+/// Every queue keeps `depth` commands of `len` bytes in flight at once.
+async fn flood(queues: &[Rc<IoQueue>], depth: usize, len: usize, write: bool) {
+    let mut tasks = Vec::new();
+    for (qi, q) in queues.iter().enumerate() {
+        for i in 0..depth {
+            let q = q.clone();
+            // Each command has its own blocks: qi and i pick them.
+            let slba = ((qi * depth + i) * len / BS as usize) as u64;
+            let seed = slba + 1;
+            tasks.push(glommio::spawn_local(async move {
+                if write {
+                    q.write(1, slba, &pattern(len, seed), BS, false)
+                        .await
+                        .unwrap_or_else(|e| panic!("write at {slba}: {e}"));
+                } else {
+                    let back = q
+                        .read(1, slba, (len / BS as usize) as u32, BS)
+                        .await
+                        .unwrap_or_else(|e| panic!("read at {slba}: {e}"));
+                    assert!(back == pattern(len, seed), "data at {slba} differs");
+                }
+            }));
+        }
+    }
+    for t in tasks {
+        t.await;
+    }
+}
+
+#[test]
+fn spent_dma_memory_makes_commands_wait_never_fail() {
+    // 1 MiB of DMA memory on one core against 4 queues × 32 commands × 128 KiB
+    // (16 MiB): R2T writes, in-capsule writes and reads all have to wait.
+    let t = Target::start(&[
+        "--cores",
+        "1",
+        "--dma-memory",
+        "1M",
+        "--subsystem",
+        NQN,
+        "--namespace",
+        "ram:64M",
+    ]);
+    let addr = t.addr;
+    run(move || async move {
+        let c = Controller::connect(HostConfig::new(addr, NQN))
+            .await
+            .unwrap();
+        c.set_number_of_queues(4).await.unwrap();
+        let mut qs = Vec::new();
+        for qid in 1..=4 {
+            qs.push(Rc::new(c.connect_io_queue(qid).await.unwrap()));
+        }
+        flood(&qs, 32, 128 * 1024, true).await;
+        flood(&qs, 32, 128 * 1024, false).await;
+        // Small in-capsule writes (8 KiB fit in the capsule) and reads mixed.
+        flood(&qs, 32, 8192, true).await;
+        flood(&qs, 32, 8192, false).await;
+        for q in &qs {
+            q.queue.close().await;
+        }
+        c.shutdown().await.unwrap();
+    });
+    assert!(
+        t.wait_log("DMA memory of this core spent", Duration::from_secs(5)),
+        "memory never ran out; the test did not test back-pressure:\n{}",
+        t.log()
+    );
+    assert!(
+        t.wait_log(
+            "0 connections, 0 controllers, DMA memory in use 0 bytes",
+            Duration::from_secs(10)
+        ),
+        "memory or controllers left behind:\n{}",
+        t.log()
+    );
+    assert_eq!(t.stop().code(), Some(0));
+}
+
+#[test]
+fn bad_blocks_fail_as_media_errors_and_the_target_keeps_serving() {
+    let t = Target::start(&[
+        "--subsystem",
+        NQN,
+        "--namespace",
+        "ram:16M,badblocks=8-15,badblocks=100-100",
+    ]);
+    let addr = t.addr;
+    run(move || async move {
+        let c = Controller::connect(HostConfig::new(addr, NQN))
+            .await
+            .unwrap();
+        let q = c.connect_io_queue(1).await.unwrap();
+        let data = pattern(8 * BS as usize, 7);
+        q.write(1, 0, &data, BS, false).await.unwrap();
+        // A write touching block 8 (the first bad one) fails whole.
+        let s = status_of(q.write(1, 4, &data, BS, false).await);
+        assert_eq!(s, Status::WRITE_FAULT);
+        assert_eq!(
+            status_of(q.read(1, 100, 1, BS).await),
+            Status::UNRECOVERED_READ_ERROR
+        );
+        assert_eq!(
+            status_of(q.read(1, 15, 2, BS).await),
+            Status::UNRECOVERED_READ_ERROR
+        );
+        // Around them everything works, and the failed write changed nothing.
+        assert_eq!(q.read(1, 0, 8, BS).await.unwrap(), data);
+        for (slba, n) in [(16, 32), (48, 32), (80, 20)] {
+            q.read(1, slba, n, BS).await.unwrap();
+        }
+        q.read(1, 101, 1, BS).await.unwrap();
+        // The last failure is first in the error log: LBA 15, namespace 1.
+        // The I/O queue may live on another core than the controller, whose
+        // error log hears of it by message: give it a moment.
+        let mut el = Vec::new();
+        for _ in 0..100 {
+            el = c.get_log_page(lid::ERROR, 0, 0, 64).await.unwrap();
+            if u64::from_le_bytes(el[0..8].try_into().unwrap()) >= 3 {
+                break;
+            }
+            glommio::timer::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(u64::from_le_bytes(el[0..8].try_into().unwrap()), 3);
+        let status = u16::from_le_bytes(el[12..14].try_into().unwrap()) >> 1;
+        assert_eq!(status, Status::UNRECOVERED_READ_ERROR.0);
+        assert_eq!(u64::from_le_bytes(el[16..24].try_into().unwrap()), 15);
+        assert_eq!(u32::from_le_bytes(el[24..28].try_into().unwrap()), 1);
+    });
+    assert_eq!(t.stop().code(), Some(0));
+}
+
+#[test]
+fn bad_block_ranges_are_checked_at_start() {
+    for spec in [
+        "ram:1M,badblocks=256-256",
+        "ram:1M,badblocks=5-4",
+        "ram:1M,badblocks=x",
+    ] {
+        let r = Target::try_start(&["--subsystem", NQN, "--namespace", spec]);
+        let Err((st, out)) = r else {
+            panic!("{spec}: started");
+        };
+        assert_ne!(st.and_then(|s| s.code()), Some(0), "{spec}");
+        assert!(out.contains("badblocks"), "{spec}: {out}");
+    }
+}
+
+#[test]
+fn connection_controller_and_queue_limits_hold() {
+    let t = Target::start(&[
+        "--cores",
+        "1",
+        "--max-connections",
+        "8",
+        "--max-controllers",
+        "1",
+        "--max-io-queues",
+        "1",
+        "--max-h2c-data",
+        "16K",
+        "--subsystem",
+        NQN,
+        "--namespace",
+        "ram:16M",
+    ]);
+    let addr = t.addr;
+    run(move || async move {
+        let c = Controller::connect(HostConfig::new(addr, NQN))
+            .await
+            .unwrap();
+        // Number of Queues grants one I/O queue; qid 2 is refused.
+        assert_eq!(c.set_number_of_queues(8).await.unwrap(), 1);
+        let q = c.connect_io_queue(1).await.unwrap();
+        assert_eq!(q.queue.maxh2cdata(), 16 * 1024);
+        assert!(c.connect_io_queue(2).await.is_err());
+        // A second controller is refused while the first lives.
+        let other = HostConfig::new(addr, NQN).with_hostid(*b"another-host-id!");
+        assert_eq!(
+            status_of(Controller::connect(other.clone()).await),
+            Status::CONNECT_CONTROLLER_BUSY
+        );
+        // Writes above MAXH2CDATA arrive in several H2CData PDUs.
+        let data = pattern(64 * 1024, 3);
+        q.write(1, 0, &data, BS, false).await.unwrap();
+        assert_eq!(q.read(1, 0, 16, BS).await.unwrap(), data);
+        q.queue.close().await;
+        c.shutdown().await.unwrap();
+        drop(c);
+    });
+    // Eight connections at most: a ninth is closed at once.
+    assert!(t.wait_log("0 connections, 0 controllers", Duration::from_secs(10)));
+    let held: Vec<TcpStream> = (0..8).map(|_| TcpStream::connect(addr).unwrap()).collect();
+    let mut ninth = TcpStream::connect(addr).unwrap();
+    ninth
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let mut b = [0u8; 1];
+    use std::io::Read;
+    assert!(matches!(ninth.read(&mut b), Ok(0) | Err(_)));
+    assert!(t.wait_log("connection limit (8) reached", Duration::from_secs(5)));
+    drop(held);
+    assert_eq!(t.stop().code(), Some(0));
+}
+
+#[test]
+fn limit_flags_are_checked() {
+    for args in [
+        ["--max-io-queues", "0"],
+        ["--max-connections", "0"],
+        ["--max-controllers", "0"],
+        ["--max-h2c-data", "1K"],
+        ["--max-h2c-data", "1M"],
+        ["--pdu-timeout", "1us"],
+        ["--connect-timeout", "2h"],
+    ] {
+        let r = Target::try_start(&args);
+        let Err((st, out)) = r else {
+            panic!("{args:?}: started");
+        };
+        assert_eq!(st.and_then(|s| s.code()), Some(2), "{args:?}: {out}");
+        assert!(out.contains(args[0]), "{args:?}: {out}");
+    }
+}
