@@ -422,7 +422,7 @@ fn io_queues_across_cores_and_teardown() {
 }
 
 #[test]
-fn io_before_enable_is_not_ready() {
+fn io_before_enable_is_a_sequence_error() {
     let t = Target::start(&["--subsystem", NQN, "--namespace", "ram:1M"]);
     let addr = t.addr;
     run(move || async move {
@@ -432,7 +432,7 @@ fn io_before_enable_is_not_ready() {
         let q = IoQueue::new(io_q, None);
         assert_eq!(
             status_of(q.read(1, 0, 1, 4096).await),
-            Status::NAMESPACE_NOT_READY
+            Status::COMMAND_SEQUENCE_ERROR
         );
         drop(admin_q);
     });

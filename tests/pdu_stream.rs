@@ -131,7 +131,7 @@ enum Rx {
     IcResp,
     Resp(Cqe),
     Data(DataHeader, Vec<u8>, u8),
-    R2T,
+    R2T(DataHeader),
     Term(pdu::FatalError),
 }
 
@@ -177,7 +177,7 @@ impl Peer {
         Some(match h.pdu_type {
             pdu_type::IC_RESP => Rx::IcResp,
             pdu_type::CAPSULE_RESP => Rx::Resp(Cqe::decode(&all[8..24])),
-            pdu_type::R2T => Rx::R2T,
+            pdu_type::R2T => Rx::R2T(DataHeader::decode(&all)),
             pdu_type::C2H_TERM_REQ => Rx::Term(pdu::decode_term_req(&all)),
             pdu_type::C2H_DATA => {
                 let data = all[l.pdo..l.pdo + l.data_len].to_vec();
@@ -337,7 +337,7 @@ fn term(p: &mut Peer) -> pdu::FatalError {
                 p.expect_closed();
                 return e;
             }
-            Some(Rx::Resp(_)) | Some(Rx::IcResp) | Some(Rx::R2T) | Some(Rx::Data(..)) => {}
+            Some(Rx::Resp(_)) | Some(Rx::IcResp) | Some(Rx::R2T(_)) | Some(Rx::Data(..)) => {}
             None => panic!("closed without C2HTermReq"),
         }
     }
@@ -580,4 +580,410 @@ fn mutated_sessions_never_hurt_the_target() {
     let mut p = Peer::open(t.addr, d);
     p.send(&admin_session(d));
     check_admin_replies(&mut p);
+}
+
+/// A write whose data the target asks for by R2T (Transport SGL).
+fn write_r2t(cid: u16, slba: u64, blocks: u32, sgl_len: u32, d: Digests) -> Vec<u8> {
+    let mut sqe = Sqe::default();
+    sqe.set_opcode(io::WRITE)
+        .set_cid(cid)
+        .set_nsid(1)
+        .set_cdw(10, slba as u32)
+        .set_cdw(12, blocks - 1)
+        .set_sgl(SglDescriptor {
+            addr: 0,
+            length: sgl_len,
+            id: sgl::TRANSPORT_DATA_BLOCK,
+        });
+    capsule(&sqe, &[], d)
+}
+
+fn h2c(cccid: u16, ttag: u16, offset: u32, data: &[u8], d: Digests) -> Vec<u8> {
+    let mut x = Vec::new();
+    pdu::encode_data_header(
+        pdu_type::H2C_DATA,
+        DataHeader {
+            cccid,
+            ttag,
+            offset,
+            length: data.len() as u32,
+        },
+        flags::LAST_PDU,
+        d,
+        &mut x,
+    );
+    x.extend_from_slice(data);
+    if d.data {
+        x.extend_from_slice(&pdu::digest(data).to_le_bytes());
+    }
+    x
+}
+
+/// An I/O queue on its own connection, connected to `cntlid`.
+fn io_peer(addr: SocketAddr, d: Digests, cntlid: u16, qid: u16, sqsize: u16) -> Peer {
+    let mut p = Peer::open(addr, d);
+    p.send(&icreq(d));
+    p.send(&connect_sized(1, qid, cntlid, sqsize, d));
+    assert!(matches!(p.recv(), Some(Rx::IcResp)));
+    let c = p.expect_resp();
+    assert!(c.status.is_success(), "I/O connect: {c:?}");
+    p
+}
+
+fn expect_r2t(p: &mut Peer) -> DataHeader {
+    match p.recv() {
+        Some(Rx::R2T(h)) => h,
+        other => panic!("expected R2T, got {other:?}"),
+    }
+}
+
+/// Identify on the admin queue still answers: the target is up and this
+/// core serves its other connections.
+fn still_serving(admin: &mut Peer, cid: u16, d: Digests) {
+    admin.send(&identify_ctrl(cid, d));
+    loop {
+        match admin.recv() {
+            Some(Rx::Data(..)) => {}
+            Some(Rx::Resp(c)) => {
+                assert_eq!(c.cid, cid);
+                assert!(c.status.is_success(), "{c:?}");
+                return;
+            }
+            other => panic!("admin queue: {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn bad_h2c_data_gets_c2h_term_req() {
+    // 1 MiB transfers, MAXH2CDATA 128 KiB.
+    let t = Target::start(&[
+        "--subsystem",
+        NQN,
+        "--namespace",
+        "ram:16M",
+        "--cores",
+        "1",
+        "--max-io-size",
+        "1M",
+    ]);
+    let d = Digests::default();
+    let (mut admin, cntlid) = enabled_admin(t.addr, d);
+    let block = vec![0x5Au8; 4096];
+    type Bad = fn(DataHeader, &[u8]) -> Vec<u8>;
+    let cases: [(&str, u32, Bad, u16); 6] = [
+        (
+            "wrong cccid",
+            1,
+            |h, b| h2c(h.cccid + 1, h.ttag, 0, b, Digests::default()),
+            fes::INVALID_HEADER_FIELD,
+        ),
+        (
+            "wrong ttag",
+            1,
+            |h, b| h2c(h.cccid, h.ttag + 1, 0, b, Digests::default()),
+            fes::INVALID_HEADER_FIELD,
+        ),
+        (
+            "wrong offset",
+            2,
+            |h, b| h2c(h.cccid, h.ttag, 4096, b, Digests::default()),
+            fes::DATA_OUT_OF_RANGE,
+        ),
+        (
+            "overflowing the R2T",
+            1,
+            |h, _| h2c(h.cccid, h.ttag, 0, &[0u8; 8192], Digests::default()),
+            fes::DATA_OUT_OF_RANGE,
+        ),
+        (
+            "after the R2T was satisfied",
+            1,
+            |h, b| {
+                let mut x = h2c(h.cccid, h.ttag, 0, b, Digests::default());
+                x.extend(h2c(h.cccid, h.ttag, 4096, b, Digests::default()));
+                x
+            },
+            fes::INVALID_HEADER_FIELD,
+        ),
+        (
+            "above MAXH2CDATA",
+            64,
+            |h, _| {
+                h2c(
+                    h.cccid,
+                    h.ttag,
+                    0,
+                    &vec![0u8; 256 * 1024],
+                    Digests::default(),
+                )
+            },
+            fes::DATA_LIMIT_EXCEEDED,
+        ),
+    ];
+    for (i, (name, blocks, bad, want)) in cases.into_iter().enumerate() {
+        let mut p = io_peer(t.addr, d, cntlid, i as u16 + 1, 31);
+        p.send(&write_r2t(10, 0, blocks, blocks * 4096, d));
+        let h = expect_r2t(&mut p);
+        assert_eq!((h.cccid, h.offset, h.length), (10, 0, blocks * 4096));
+        p.send(&bad(h, &block));
+        let e = term(&mut p);
+        assert_eq!(e.fes, want, "{name}: {e:?}");
+        still_serving(&mut admin, 20 + i as u16, d);
+    }
+    // Nothing of the dead queues stays behind: their R2T buffers and
+    // controller bindings are gone once the admin queue closes too.
+    drop(admin);
+    assert!(
+        t.wait_log(
+            "0 connections, 0 controllers, DMA memory in use 0 bytes",
+            Duration::from_secs(10)
+        ),
+        "{}",
+        t.log()
+    );
+}
+
+#[test]
+fn data_digest_errors_fail_the_command_not_the_connection() {
+    let t = Target::start(&["--subsystem", NQN, "--namespace", "ram:16M", "--cores", "1"]);
+    let d = Digests {
+        header: false,
+        data: true,
+    };
+    let (_admin, cntlid) = enabled_admin(t.addr, d);
+    let mut p = io_peer(t.addr, d, cntlid, 1, 31);
+    let data = vec![0xA5u8; 4096];
+    // In-capsule data with a wrong digest.
+    let mut x = write_icd(2, 0, &data, d);
+    let n = x.len();
+    x[n - 1] ^= 1;
+    p.send(&x);
+    let c = p.expect_resp();
+    assert_eq!((c.cid, c.status), (2, Status::TRANSIENT_TRANSPORT_ERROR));
+    // H2CData with a wrong digest.
+    p.send(&write_r2t(3, 0, 1, 4096, d));
+    let h = expect_r2t(&mut p);
+    let mut x = h2c(h.cccid, h.ttag, 0, &data, d);
+    let n = x.len();
+    x[n - 2] ^= 1;
+    p.send(&x);
+    let c = p.expect_resp();
+    assert_eq!((c.cid, c.status), (3, Status::TRANSIENT_TRANSPORT_ERROR));
+    // Neither write landed; the queue works.
+    p.send(&read_cmd(4, 0, 1, d));
+    match p.recv() {
+        Some(Rx::Data(_, b, _)) => assert_eq!(b, vec![0u8; 4096]),
+        other => panic!("{other:?}"),
+    }
+    assert!(p.expect_resp().status.is_success());
+    p.send(&write_icd(5, 0, &data, d));
+    assert!(p.expect_resp().status.is_success());
+}
+
+#[test]
+fn command_rules_on_io_queues() {
+    let t = Target::start(&["--subsystem", NQN, "--namespace", "ram:16M", "--cores", "1"]);
+    let d = Digests::default();
+    let (mut admin, cntlid) = enabled_admin(t.addr, d);
+    let mut p = io_peer(t.addr, d, cntlid, 1, 31);
+    // A CID reused while its command is outstanding (waiting for data).
+    p.send(&write_r2t(5, 0, 1, 4096, d));
+    let h = expect_r2t(&mut p);
+    p.send(&read_cmd(5, 0, 1, d));
+    let c = p.expect_resp();
+    assert_eq!((c.cid, c.status), (5, Status::CID_CONFLICT));
+    // The first command is unharmed.
+    p.send(&h2c(5, h.ttag, 0, &[7u8; 4096], d));
+    let c = p.expect_resp();
+    assert!(c.status.is_success() && c.cid == 5, "{c:?}");
+    // SGL types the command cannot use.
+    let mut sqe = Sqe::default();
+    sqe.set_opcode(io::READ)
+        .set_cid(6)
+        .set_nsid(1)
+        .set_sgl(SglDescriptor {
+            addr: 0,
+            length: 4096,
+            id: sgl::DATA_BLOCK_OFFSET,
+        });
+    p.send(&capsule(&sqe, &[], d));
+    assert_eq!(p.expect_resp().status, Status::SGL_TYPE_INVALID);
+    let mut sqe = Sqe::default();
+    sqe.set_opcode(io::WRITE)
+        .set_cid(7)
+        .set_nsid(1)
+        .set_sgl(SglDescriptor {
+            addr: 0,
+            length: 4096,
+            id: 0x00,
+        });
+    p.send(&capsule(&sqe, &[], d));
+    assert_eq!(p.expect_resp().status, Status::SGL_TYPE_INVALID);
+    // An SGL length that disagrees with NLB, both ways.
+    p.send(&write_r2t(8, 0, 1, 8192, d));
+    assert_eq!(p.expect_resp().status, Status::DATA_SGL_LENGTH_INVALID);
+    p.send(&write_r2t(9, 0, 2, 4096, d));
+    assert_eq!(p.expect_resp().status, Status::DATA_SGL_LENGTH_INVALID);
+    // NLB past the namespace (16 MiB = 4096 blocks).
+    p.send(&read_cmd(10, 4095, 2, d));
+    assert_eq!(p.expect_resp().status, Status::LBA_OUT_OF_RANGE);
+    // Admin and fabrics-admin commands on an I/O queue.
+    p.send(&identify_ctrl(11, d));
+    assert_eq!(p.expect_resp().status, Status::INVALID_OPCODE);
+    let mut sqe = Sqe::default();
+    sqe.set_opcode(admin::FABRICS)
+        .set_fctype(fctype::PROPERTY_GET)
+        .set_cid(12);
+    PropertyCmd {
+        size8: true,
+        offset: property::CAP,
+        value: 0,
+    }
+    .encode(&mut sqe);
+    p.send(&capsule(&sqe, &[], d));
+    assert_eq!(p.expect_resp().status, Status::INVALID_OPCODE);
+    p.send(&prop_set_cc(13, d));
+    assert_eq!(p.expect_resp().status, Status::INVALID_OPCODE);
+    still_serving(&mut admin, 30, d);
+}
+
+#[test]
+fn more_commands_than_sqsize_close_the_queue() {
+    let t = Target::start(&["--subsystem", NQN, "--namespace", "ram:16M", "--cores", "1"]);
+    let d = Digests::default();
+    let (mut admin, cntlid) = enabled_admin(t.addr, d);
+    // SQSIZE 3: four entries. Writes waiting for their data stay outstanding.
+    let mut p = io_peer(t.addr, d, cntlid, 1, 3);
+    for cid in 0..4 {
+        p.send(&write_r2t(cid, cid as u64, 1, 4096, d));
+        assert_eq!(expect_r2t(&mut p).cccid, cid);
+    }
+    p.send(&write_r2t(4, 4, 1, 4096, d));
+    assert_eq!(term(&mut p).fes, fes::PDU_SEQUENCE_ERROR);
+    still_serving(&mut admin, 30, d);
+}
+
+#[test]
+fn connect_identity_and_nqn_checks() {
+    let t = Target::start(&["--subsystem", NQN, "--namespace", "ram:16M", "--cores", "1"]);
+    let d = Digests::default();
+    let (mut admin, cntlid) = enabled_admin(t.addr, d);
+    let io_connect = |data: Vec<u8>| {
+        let mut sqe = Sqe::default();
+        sqe.set_opcode(admin::FABRICS)
+            .set_fctype(fctype::CONNECT)
+            .set_cid(1)
+            .set_sgl(SglDescriptor {
+                addr: 0,
+                length: 1024,
+                id: sgl::DATA_BLOCK_OFFSET,
+            });
+        ConnectCmd {
+            recfmt: 0,
+            qid: 1,
+            sqsize: 31,
+            cattr: 0,
+            kato_ms: 0,
+        }
+        .encode(&mut sqe);
+        let mut p = Peer::open(t.addr, d);
+        p.send(&icreq(d));
+        p.send(&capsule(&sqe, &data, d));
+        assert!(matches!(p.recv(), Some(Rx::IcResp)));
+        p.expect_resp()
+    };
+    let good = ConnectData {
+        hostid: [1; 16],
+        cntlid,
+        subnqn: NQN.into(),
+        hostnqn: HOSTNQN.into(),
+    };
+    // Another host NQN than the controller's.
+    let mut other = good.clone();
+    other.hostnqn = "nqn.2014-08.org.nvmexpress:uuid:00000000-0000-0000-0000-000000000002".into();
+    let c = io_connect(other.encode().to_vec());
+    assert_eq!(c.status, Status::CONNECT_INVALID_PARAMETERS);
+    assert_eq!(c.dw0 & 0xFFFF, 512, "IPO: HOSTNQN");
+    // NQNs without a terminating NUL, and not UTF-8.
+    let mut raw = good.encode().to_vec();
+    raw[256..512].fill(b'a');
+    let c = io_connect(raw);
+    assert_eq!(c.status, Status::CONNECT_INVALID_PARAMETERS);
+    assert_eq!(c.dw0 & 0xFFFF, 256, "IPO: SUBNQN");
+    let mut raw = good.encode().to_vec();
+    raw[512 + 4] = 0xFF;
+    let c = io_connect(raw);
+    assert_eq!(c.status, Status::CONNECT_INVALID_PARAMETERS);
+    assert_eq!(c.dw0 & 0xFFFF, 512, "IPO: HOSTNQN");
+    // The well-formed one still connects.
+    assert!(io_connect(good.encode().to_vec()).status.is_success());
+    still_serving(&mut admin, 30, d);
+}
+
+#[test]
+fn partial_pdus_then_close_or_silence_free_everything() {
+    let t = Target::start(&[
+        "--subsystem",
+        NQN,
+        "--namespace",
+        "ram:16M",
+        "--cores",
+        "1",
+        "--pdu-timeout",
+        "400ms",
+        "--connect-timeout",
+        "400ms",
+    ]);
+    let d = Digests::default();
+    let (mut admin, cntlid) = enabled_admin(t.addr, d);
+    let ic = icreq(d);
+    let write = write_icd(2, 0, &[1u8; 4096], d);
+    // Cut after the common header, inside the rest of a header, inside
+    // data, then close.
+    for (name, pre, cut) in [
+        ("icreq header", vec![], ic[..8].to_vec()),
+        ("icreq half", vec![], ic[..64].to_vec()),
+        ("capsule header", ic.clone(), write[..8].to_vec()),
+        ("capsule sqe", ic.clone(), write[..40].to_vec()),
+        ("capsule data", ic.clone(), write[..1000].to_vec()),
+    ] {
+        let mut p = Peer::open(t.addr, d);
+        p.send(&pre);
+        p.send(&cut);
+        p.s.shutdown(std::net::Shutdown::Write).unwrap();
+        loop {
+            match p.recv() {
+                Some(Rx::IcResp) => {}
+                None => break,
+                other => panic!("{name}: {other:?}"),
+            }
+        }
+        still_serving(&mut admin, 40, d);
+    }
+    // The same cuts on a connected I/O queue, then silence: the PDU timer
+    // closes it.
+    let mut p = io_peer(t.addr, d, cntlid, 1, 31);
+    p.send(&write[..1000]);
+    p.expect_closed();
+    assert!(t.wait_log("partial PDU", Duration::from_secs(5)));
+    // Silence before ICReq, and after ICReq without Connect.
+    let mut p = Peer::open(t.addr, d);
+    p.expect_closed();
+    assert!(t.wait_log("no ICReq within", Duration::from_secs(5)));
+    let mut p = Peer::open(t.addr, d);
+    p.send(&ic);
+    assert!(matches!(p.recv(), Some(Rx::IcResp)));
+    p.expect_closed();
+    assert!(t.wait_log("no Connect within", Duration::from_secs(5)));
+    still_serving(&mut admin, 41, d);
+    drop(admin);
+    assert!(
+        t.wait_log(
+            "0 connections, 0 controllers, DMA memory in use 0 bytes",
+            Duration::from_secs(10)
+        ),
+        "{}",
+        t.log()
+    );
 }

@@ -577,8 +577,10 @@ impl Conn {
             }
             Some(Binding::Io { subsys, local, .. }) => {
                 local.commands.set(local.commands.get() + 1);
+                // I/O before CC.EN=1 (or after a reset) breaks the bring-up
+                // sequence; Linux nvmet answers the same.
                 if !local.ready.get() {
-                    return Err(Status::NAMESPACE_NOT_READY);
+                    return Err(Status::COMMAND_SEQUENCE_ERROR);
                 }
                 let ns = self.shard.namespace(*subsys, sqe.nsid()).cloned();
                 io::prepare(sqe, ns.as_ref(), max_io).map(|x| (x, ns))
