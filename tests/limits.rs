@@ -250,3 +250,38 @@ fn limit_flags_are_checked() {
         assert!(out.contains(args[0]), "{args:?}: {out}");
     }
 }
+
+/// The target's side of the connection from `local` (a client socket), as
+/// /proc/net/tcp shows it: (state, timer kind).
+fn target_socket(target: std::net::SocketAddr, client: std::net::SocketAddr) -> Option<(u8, u8)> {
+    let tcp = std::fs::read_to_string("/proc/net/tcp").unwrap();
+    let want_local = format!(":{:04X}", target.port());
+    let want_rem = format!(":{:04X}", client.port());
+    tcp.lines().skip(1).find_map(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        (f[1].ends_with(&want_local) && f[2].ends_with(&want_rem)).then(|| {
+            let st = u8::from_str_radix(f[3], 16).unwrap();
+            let timer = f[5].split(':').next().unwrap().parse().unwrap();
+            (st, timer)
+        })
+    })
+}
+
+#[test]
+fn accepted_sockets_probe_silent_peers() {
+    // A host that vanishes without a FIN and disabled NVMe keep alive is
+    // found by TCP keepalive: /proc/net/tcp shows the keepalive timer (2)
+    // armed on the target's established (01) socket.
+    let t = Target::start(&["--subsystem", NQN, "--namespace", "ram:1M"]);
+    let c = TcpStream::connect(t.addr).unwrap();
+    let me = c.local_addr().unwrap();
+    let mut seen = None;
+    for _ in 0..100 {
+        seen = target_socket(t.addr, me);
+        if seen == Some((1, 2)) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(seen, Some((1, 2)), "target socket (state, timer)");
+}

@@ -14,6 +14,30 @@ use std::io;
 use std::os::unix::io::RawFd;
 use std::time::{Duration, Instant};
 
+/// A peer idle this long gets TCP keepalive probes.
+const KEEPALIVE_IDLE: Duration = Duration::from_secs(30);
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(5);
+const KEEPALIVE_PROBES: u32 = 6;
+/// Sent data unacknowledged this long means the peer is gone.
+const USER_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Notice a host that vanished without a FIN (power loss, cable pulled)
+/// even when it disabled NVMe keep alive (KATO 0): the kernel probes an
+/// idle peer and gives up on unacknowledged data, and the connection's
+/// reads and writes then fail so that its queue is torn down.
+pub fn watch_liveness(fd: RawFd) -> io::Result<()> {
+    // SAFETY: the caller's socket stays open for the duration of the call.
+    let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+    let s = socket2::SockRef::from(&fd);
+    s.set_tcp_keepalive(
+        &socket2::TcpKeepalive::new()
+            .with_time(KEEPALIVE_IDLE)
+            .with_interval(KEEPALIVE_INTERVAL)
+            .with_retries(KEEPALIVE_PROBES),
+    )?;
+    s.set_tcp_user_timeout(Some(USER_TIMEOUT))
+}
+
 /// Where a `RecvBuf` gets its bytes.
 pub trait Recv {
     fn recv(&mut self, buf: &mut [u8]) -> impl std::future::Future<Output = io::Result<usize>>;

@@ -143,6 +143,9 @@ impl Sender {
 /// Serve one accepted connection until it closes.
 pub async fn serve(shard: Rc<Shard>, stream: TcpStream, kill: Rc<Trigger>) {
     let _ = stream.set_nodelay(true);
+    if let Err(e) = socket::watch_liveness(stream.as_raw_fd()) {
+        log::warn!("cannot set TCP keepalive: {e}");
+    }
     let peer = stream
         .peer_addr()
         .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
