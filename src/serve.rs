@@ -692,7 +692,9 @@ async fn start_shard(
                         .map_err(|e| format!("{}: {e}", p.display()))?;
                     Backend::File(Rc::new(f))
                 }
-                Backing::Ram(_) => Backend::Ram(rams[si][ni].clone().expect("ram disk created")),
+                Backing::Ram(_) => {
+                    Backend::Ram(Rc::new(rams[si][ni].clone().expect("ram disk created")))
+                }
                 Backing::Null(_) => Backend::Null(
                     zeroes
                         .get_or_insert_with(|| {

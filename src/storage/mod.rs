@@ -15,23 +15,110 @@ pub use budget::{Charge, DmaBudget};
 pub use file::FileBackend;
 pub use ram::RamDisk;
 
-/// Data on its way to the host: a DMA buffer, what glommio read, or a small
-/// heap buffer built by an admin command.
+/// Data on its way to the host: a DMA buffer, what glommio read, a small
+/// heap buffer built by an admin command, or a range of a RAM disk.
 pub enum DataBuf {
     Dma(DmaBuffer),
     Read(ReadResult),
     Vec(Vec<u8>),
     /// The first `len` bytes of a shared buffer (the null backing's zeroes).
     Shared(Rc<DmaBuffer>, usize),
+    /// `len` bytes at `offset` of a RAM disk, sent from the disk itself: the
+    /// kernel copies them into the socket, with no copy of ours before.
+    Ram(Rc<Arc<RamDisk>>, u64, usize),
 }
 
 impl DataBuf {
-    pub fn as_slice(&self) -> &[u8] {
+    pub fn len(&self) -> usize {
         match self {
-            DataBuf::Dma(b) => b.as_bytes(),
-            DataBuf::Read(r) => r,
-            DataBuf::Vec(v) => v,
-            DataBuf::Shared(b, len) => &b.as_bytes()[..*len],
+            DataBuf::Dma(b) => b.len(),
+            DataBuf::Read(r) => r.len(),
+            DataBuf::Vec(v) => v.len(),
+            DataBuf::Shared(_, len) | DataBuf::Ram(_, _, len) => *len,
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The bytes, for code that reads them here. `None` for a RAM disk
+    /// range, which other cores may be writing: call `owned` first.
+    pub fn bytes(&self) -> Option<&[u8]> {
+        match self {
+            DataBuf::Dma(b) => Some(b.as_bytes()),
+            DataBuf::Read(r) => Some(r),
+            DataBuf::Vec(v) => Some(v),
+            DataBuf::Shared(b, len) => Some(&b.as_bytes()[..*len]),
+            DataBuf::Ram(..) => None,
+        }
+    }
+
+    /// The same data in memory of this command's own: a RAM disk range is
+    /// copied (for a digest or a comparison over stable bytes).
+    pub fn owned(self) -> DataBuf {
+        match self {
+            DataBuf::Ram(disk, offset, len) => {
+                let mut b = dma_buffer(len);
+                disk.read(offset, &mut b.as_bytes_mut()[..len]);
+                DataBuf::Dma(b)
+            }
+            other => other,
+        }
+    }
+
+    /// CRC32C data digest of bytes `range`. Connections with data digests
+    /// send owned copies (see `owned`), so the RAM case here is a fallback.
+    pub fn digest(&self, range: std::ops::Range<usize>) -> u32 {
+        match self {
+            DataBuf::Ram(disk, offset, _) => {
+                let mut copy = vec![0u8; range.len()];
+                disk.read(offset + range.start as u64, &mut copy);
+                crate::wire::pdu::digest(&copy)
+            }
+            other => crate::wire::pdu::digest(&other.bytes().unwrap_or(&[])[range]),
+        }
+    }
+
+    /// Bytes `range` as a piece of a socket send.
+    pub fn part(&self, range: std::ops::Range<usize>) -> SendPart<'_> {
+        match self {
+            DataBuf::Ram(disk, offset, _) => {
+                SendPart::Ram(disk, offset + range.start as u64, range.len())
+            }
+            other => SendPart::Bytes(&other.bytes().unwrap_or(&[])[range]),
+        }
+    }
+}
+
+/// A piece of a vectored socket send.
+pub enum SendPart<'a> {
+    Bytes(&'a [u8]),
+    /// A RAM disk range: its address goes to the kernel, which copies it;
+    /// no Rust reference to it is made, since other cores write it through
+    /// atomics meanwhile.
+    Ram(&'a RamDisk, u64, usize),
+}
+
+impl SendPart<'_> {
+    pub fn len(&self) -> usize {
+        match self {
+            SendPart::Bytes(b) => b.len(),
+            SendPart::Ram(_, _, len) => *len,
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Address and length of bytes `from..` for an iovec.
+    pub fn iov(&self, from: usize) -> (*const u8, usize) {
+        match self {
+            SendPart::Bytes(b) => (b[from..].as_ptr(), b.len() - from),
+            SendPart::Ram(disk, offset, len) => {
+                (disk.address(*offset + from as u64, len - from), len - from)
+            }
         }
     }
 }
@@ -43,7 +130,9 @@ pub fn dma_buffer(len: usize) -> DmaBuffer {
 
 pub enum Backend {
     File(Rc<FileBackend>),
-    Ram(Arc<RamDisk>),
+    /// This core's handle to a RAM disk all cores share (an `Rc`, so that
+    /// reads lent to the socket do not bounce a shared count between cores).
+    Ram(Rc<Arc<RamDisk>>),
     /// Reads are served from one zeroed buffer of the largest transfer size.
     Null(Rc<DmaBuffer>),
 }
@@ -60,11 +149,7 @@ impl Backend {
     pub async fn read(&self, offset: u64, len: usize) -> io::Result<DataBuf> {
         match self {
             Backend::File(f) => f.read(offset, len).await.map(DataBuf::Read),
-            Backend::Ram(r) => {
-                let mut b = dma_buffer(len);
-                r.read(offset, &mut b.as_bytes_mut()[..len]);
-                Ok(DataBuf::Dma(b))
-            }
+            Backend::Ram(r) => Ok(DataBuf::Ram(r.clone(), offset, len)),
             Backend::Null(z) if len <= z.len() => Ok(DataBuf::Shared(z.clone(), len)),
             Backend::Null(_) => {
                 let mut b = dma_buffer(len);

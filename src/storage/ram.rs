@@ -84,6 +84,19 @@ impl RamDisk {
         &self.all()[start..start + len / WORD]
     }
 
+    /// Where bytes `offset..offset + len` are, for a system call that copies
+    /// them (the kernel is not bound by Rust's aliasing rules; Rust code
+    /// reads the disk only through atomics).
+    pub fn address(&self, offset: u64, len: usize) -> *const u8 {
+        let end = (offset as usize).checked_add(len);
+        assert!(
+            end.is_some_and(|e| e <= self.words * WORD),
+            "RAM disk range"
+        );
+        // SAFETY: inside the mapping (checked above).
+        unsafe { (self.ptr as *const u8).add(offset as usize) }
+    }
+
     /// Offsets and lengths are multiples of the block size (512 or 4096).
     pub fn read(&self, offset: u64, out: &mut [u8]) {
         for (w, o) in self

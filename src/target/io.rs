@@ -113,14 +113,15 @@ pub async fn execute(sqe: &Sqe, ns: &Namespace, data: Option<DmaBuffer>) -> Resp
             let Some(expect) = data else {
                 return Response::status(Status::DATA_TRANSFER_ERROR);
             };
-            match ns.read(offset, len as usize).await {
-                Ok(have)
-                    if have.as_slice()[..len as usize] == expect.as_bytes()[..len as usize] =>
-                {
-                    Response::ok()
-                }
-                Ok(_) => Response::status(Status::COMPARE_FAILURE),
-                Err(e) => Response::status(io_status(&e, false)),
+            let have = match ns.read(offset, len as usize).await {
+                Ok(have) => have.owned(),
+                Err(e) => return Response::status(io_status(&e, false)),
+            };
+            let n = len as usize;
+            if have.bytes().map(|b| &b[..n]) == Some(&expect.as_bytes()[..n]) {
+                Response::ok()
+            } else {
+                Response::status(Status::COMPARE_FAILURE)
             }
         }
         _ => Response::status(Status::INVALID_OPCODE),

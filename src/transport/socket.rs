@@ -9,6 +9,7 @@
 //! `sendmsg` with MSG_DONTWAIT and fall back to an io_uring write when the
 //! socket buffer is full.
 
+use crate::storage::SendPart;
 use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use std::io;
 use std::os::unix::io::RawFd;
@@ -124,14 +125,15 @@ const MAX_IOV: usize = 64;
 /// Send every byte of `parts`, in order: vectored, non-blocking sendmsg
 /// calls while the socket buffer takes them; when it is full, the current
 /// piece goes through `w` (io_uring), then non-blocking sends resume.
-pub async fn send_all<W: AsyncWrite + Unpin>(
+pub async fn send_all<'p, W: AsyncWrite + Unpin>(
     fd: RawFd,
     w: &mut W,
-    parts: &[&[u8]],
+    count: usize,
+    part: impl Fn(usize) -> SendPart<'p>,
 ) -> io::Result<()> {
     let (mut i, mut off) = (0usize, 0usize);
-    while i < parts.len() {
-        if off == parts[i].len() {
+    while i < count {
+        if off == part(i).len() {
             i += 1;
             off = 0;
             continue;
@@ -142,19 +144,21 @@ pub async fn send_all<W: AsyncWrite + Unpin>(
         }; MAX_IOV];
         let mut n = 0;
         let (mut j, mut o) = (i, off);
-        while j < parts.len() && n < MAX_IOV {
-            let p = &parts[j][o..];
-            if !p.is_empty() {
+        while j < count && n < MAX_IOV {
+            let pj = part(j);
+            if o < pj.len() {
+                let (p, len) = pj.iov(o);
                 iov[n] = libc::iovec {
-                    iov_base: p.as_ptr() as *mut libc::c_void,
-                    iov_len: p.len(),
+                    iov_base: p as *mut libc::c_void,
+                    iov_len: len,
                 };
                 n += 1;
             }
             j += 1;
             o = 0;
         }
-        // SAFETY: msghdr is plain data; the iovecs point into live slices.
+        // SAFETY: msghdr is plain data; the iovecs point into live memory
+        // that the caller's parts keep alive.
         let sent = unsafe {
             let mut msg: libc::msghdr = std::mem::zeroed();
             msg.msg_iov = iov.as_mut_ptr();
@@ -168,7 +172,7 @@ pub async fn send_all<W: AsyncWrite + Unpin>(
         match sent {
             Try::Done(mut k) => {
                 while k > 0 {
-                    let rem = parts[i].len() - off;
+                    let rem = part(i).len() - off;
                     if k >= rem {
                         k -= rem;
                         i += 1;
@@ -180,7 +184,15 @@ pub async fn send_all<W: AsyncWrite + Unpin>(
                 }
             }
             Try::WouldBlock => {
-                w.write_all(&parts[i][off..]).await?;
+                // The socket is full: the rest of this piece waits in io_uring.
+                match part(i) {
+                    SendPart::Bytes(b) => w.write_all(&b[off..]).await?,
+                    SendPart::Ram(disk, offset, len) => {
+                        let mut copy = vec![0u8; len];
+                        disk.read(offset, &mut copy);
+                        w.write_all(&copy[off..]).await?
+                    }
+                }
                 i += 1;
                 off = 0;
             }

@@ -11,7 +11,7 @@ use super::recv::RecvBuf;
 use super::socket::{self, PollingReader};
 use crate::config::ADMIN_IN_CAPSULE_DATA;
 use crate::shard::Shard;
-use crate::storage::{dma_buffer, Charge};
+use crate::storage::{dma_buffer, Charge, DataBuf, SendPart};
 use crate::target::fabrics::{self, Binding};
 use crate::target::{admin, io, Namespace, Outcome, Response, Xfer};
 use crate::trigger::Trigger;
@@ -135,8 +135,12 @@ struct Sender {
 }
 
 impl Sender {
-    async fn send(&mut self, parts: &[&[u8]]) -> std::io::Result<()> {
-        socket::send_all(self.fd, &mut self.w, parts).await
+    async fn send<'p>(
+        &mut self,
+        count: usize,
+        part: impl Fn(usize) -> SendPart<'p>,
+    ) -> std::io::Result<()> {
+        socket::send_all(self.fd, &mut self.w, count, part).await
     }
 }
 
@@ -940,6 +944,15 @@ async fn writer(conn: Rc<Conn>, mut tx: Sender) {
     let mut closing = false;
     while !closing && conn.out.next_batch(&mut batch).await {
         let mut mark = 0;
+        if conn.digests.data {
+            // A data digest is computed here over the bytes: RAM disk ranges
+            // are copied first so that the digest matches what is sent.
+            for item in batch.iter_mut() {
+                if let Out::Done { resp, .. } = item {
+                    resp.data = resp.data.take().map(DataBuf::owned);
+                }
+            }
+        }
         for (i, item) in batch.iter().enumerate() {
             match item {
                 Out::R2T(dh) => pdu::encode_r2t(*dh, conn.digests, &mut buf),
@@ -962,21 +975,17 @@ async fn writer(conn: Rc<Conn>, mut tx: Sender) {
         if buf.len() > mark {
             segs.push(Seg::Hdr(mark..buf.len()));
         }
-        let parts: Vec<&[u8]> = segs
-            .iter()
-            .map(|s| match s {
-                Seg::Hdr(r) => &buf[r.clone()],
-                Seg::Data(i, r) => match &batch[*i] {
-                    Out::Done {
-                        resp: Response { data: Some(d), .. },
-                        ..
-                    } => &d.as_slice()[r.clone()],
-                    _ => &[][..],
-                },
-            })
-            .collect();
-        let sent = tx.send(&parts).await;
-        drop(parts);
+        let part = |k: usize| match &segs[k] {
+            Seg::Hdr(r) => SendPart::Bytes(&buf[r.clone()]),
+            Seg::Data(i, r) => match &batch[*i] {
+                Out::Done {
+                    resp: Response { data: Some(d), .. },
+                    ..
+                } => d.part(r.clone()),
+                _ => SendPart::Bytes(&[]),
+            },
+        };
+        let sent = tx.send(segs.len(), part).await;
         batch.clear();
         buf.clear();
         segs.clear();
@@ -1007,13 +1016,12 @@ fn encode_done(
     let sq_flow_disabled = conn.state.borrow().sq_flow_disabled;
     let mut skip_resp = false;
     if let (Some(data), true) = (&resp.data, resp.status.is_success()) {
-        let data = data.as_slice();
-        let data = &data[..data.len().min(max_len)];
+        let total = data.len().min(max_len);
         let chunk = conn.shard.cfg.max_c2h_data as usize;
         let mut off = 0;
-        while off < data.len() {
-            let n = chunk.min(data.len() - off);
-            let last = off + n == data.len();
+        while off < total {
+            let n = chunk.min(total - off);
+            let last = off + n == total;
             let mut f = 0;
             if last {
                 f |= flags::LAST_PDU;
@@ -1022,7 +1030,6 @@ fn encode_done(
                     skip_resp = true;
                 }
             }
-            let part = &data[off..off + n];
             pdu::encode_data_header_aligned(
                 pdu_type::C2H_DATA,
                 DataHeader {
@@ -1040,7 +1047,7 @@ fn encode_done(
             segs.push(Seg::Data(item, off..off + n));
             *mark = buf.len();
             if d.data {
-                buf.extend_from_slice(&pdu::digest(part).to_le_bytes());
+                buf.extend_from_slice(&data.digest(off..off + n).to_le_bytes());
             }
             off += n;
         }
