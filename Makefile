@@ -24,9 +24,10 @@ unit:
 interop: build
 	tests/interop/matrix.py $(BIN)
 
-## Coverage-guided fuzzing of the wire decoders (fuzz/). cargo-fuzz needs
+## Coverage-guided fuzzing (fuzz/): the PDU header check, the wire decoders, and
+## the queue state machine (byte streams against a live connection). cargo-fuzz needs
 ## nightly flags; RUSTC_BOOTSTRAP lets the one stable toolchain here accept them.
-FUZZ_TARGETS := pdu_layout decoders
+FUZZ_TARGETS := pdu_layout decoders queue
 FUZZ_SMOKE_SECONDS ?= 20
 FUZZ_SECONDS ?= 600
 FUZZ := RUSTC_BOOTSTRAP=1 $(CARGO) fuzz run -O --sanitizer none

@@ -405,7 +405,7 @@ impl Shard {
         let invalid = |data: bool, off: u16| (Status::CONNECT_INVALID_PARAMETERS, ipo(data, off));
         let o = map
             .get(&cntlid)
-            .filter(|o| !o.ctrl.destroyed.get())
+            .filter(|o| !o.ctrl.destroyed.fired())
             .ok_or(invalid(true, connect_offset::CNTLID))?;
         let c = &o.ctrl;
         let SubsysRef::Nvm(si) = c.subsys else {
@@ -566,7 +566,7 @@ impl Shard {
         let Some(o) = self.controllers.borrow_mut().remove(&cntlid) else {
             return;
         };
-        o.ctrl.destroyed.set(true);
+        o.ctrl.destroyed.fire();
         self.teardown_io(&o.ctrl);
         o.admin_kill.fire();
         log::info!(
@@ -579,19 +579,37 @@ impl Shard {
     /// traffic based keep alive, I/O on any core counts: before expiring, ask
     /// the cores that serve its I/O queues when they last saw a command.
     async fn keep_alive(self: Rc<Self>, ctrl: Rc<Controller>) {
+        // Sleep, but end at once when the controller is destroyed (a timer
+        // of up to 2^32 ms must not keep a dead controller in memory).
+        let nap = |d: Duration| {
+            let ctrl = ctrl.clone();
+            async move {
+                futures_lite::future::or(
+                    async {
+                        glommio::timer::sleep(d).await;
+                        true
+                    },
+                    async {
+                        ctrl.destroyed.wait().await;
+                        false
+                    },
+                )
+                .await
+            }
+        };
         loop {
-            if ctrl.destroyed.get() {
+            if ctrl.destroyed.fired() {
                 return;
             }
             let kato = ctrl.kato_ms.get() as u64;
             if kato == 0 {
-                glommio::timer::sleep(Duration::from_secs(1)).await;
+                nap(Duration::from_secs(1)).await;
                 continue;
             }
             let kato = Duration::from_millis(kato);
             let idle = ctrl.last_activity.get().elapsed();
             if idle < kato {
-                glommio::timer::sleep(kato - idle).await;
+                nap(kato - idle).await;
                 continue;
             }
             let cores: std::collections::BTreeSet<usize> =
@@ -614,7 +632,7 @@ impl Shard {
                     min_idle = Some(min_idle.map_or(ms, |m| m.min(ms)));
                 }
             }
-            if ctrl.destroyed.get() {
+            if ctrl.destroyed.fired() {
                 return;
             }
             match min_idle {

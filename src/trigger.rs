@@ -29,19 +29,28 @@ impl Trigger {
         self.fired.get()
     }
 
+    /// Tasks waiting now (for leak checks).
+    pub fn waiting(&self) -> usize {
+        self.waiters.borrow().len()
+    }
+
     /// Resolves once `fire` has been called.
     pub fn wait(&self) -> Wait<'_> {
-        Wait { t: self }
+        Wait {
+            t: self,
+            registered: None,
+        }
     }
 }
 
 pub struct Wait<'a> {
     t: &'a Trigger,
+    registered: Option<Waker>,
 }
 
 impl Future for Wait<'_> {
     type Output = ();
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
         if self.t.fired.get() {
             return Poll::Ready(());
         }
@@ -49,6 +58,61 @@ impl Future for Wait<'_> {
         if !w.iter().any(|x| x.will_wake(cx.waker())) {
             w.push(cx.waker().clone());
         }
+        drop(w);
+        self.registered = Some(cx.waker().clone());
         Poll::Pending
+    }
+}
+
+/// A wait given up before the trigger fired (it lost a race, its task
+/// ended) takes its waker back, so that waiting many times on a long-lived
+/// trigger does not grow its list.
+impl Drop for Wait<'_> {
+    fn drop(&mut self) {
+        if let Some(r) = self.registered.take() {
+            if !self.t.fired.get() {
+                self.t.waiters.borrow_mut().retain(|x| !x.will_wake(&r));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn waits_given_up_leave_no_waker_behind() {
+        glommio::LocalExecutor::default().run(async {
+            let t = std::rc::Rc::new(Trigger::new());
+            for _ in 0..100 {
+                let t2 = t.clone();
+                let lost = futures_lite::future::or(
+                    async move {
+                        t2.wait().await;
+                        false
+                    },
+                    async { true },
+                );
+                assert!(lost.await);
+                // A task that waited, then ended through another branch.
+                let t3 = t.clone();
+                glommio::spawn_local(async move {
+                    futures_lite::future::or(
+                        t3.wait(),
+                        glommio::timer::sleep(std::time::Duration::ZERO),
+                    )
+                    .await;
+                })
+                .await;
+            }
+            assert_eq!(t.waiting(), 0);
+            let t4 = t.clone();
+            let w = glommio::spawn_local(async move { t4.wait().await });
+            glommio::executor().yield_task_queue_now().await;
+            assert_eq!(t.waiting(), 1);
+            t.fire();
+            w.await;
+        });
     }
 }

@@ -14,7 +14,8 @@
 //! Per input the client writes everything (write errors ignored: the target
 //! may close first), shuts down its write side and reads until EOF while it
 //! writes; the target must close within `QUEUE_FUZZ_CLOSE_TIMEOUT_MS`
-//! (default 15000, above the 5 s drain limit of a closing queue). Then:
+//! (default 15000 ms, counted from the connect; above the 5 s drain limit
+//! of a closing queue, which some inputs legitimately hit). Then:
 //! no DMA memory in use, no controller, no I/O controller left on the shard.
 //!
 //! Seeds: `fuzz/seeds/queue/` (from `cargo run --example make_seeds` in
@@ -101,7 +102,9 @@ async fn build_env() -> Env {
     for sub in &cfg.subsystems {
         let mut v = Vec::new();
         for n in &sub.namespaces {
-            v.push(Rc::new(Namespace::new(n.clone(), Backend::Ram(ram.clone()))));
+            // As serve::start_shard: one per-core handle on the shared disk.
+            let backend = Backend::Ram(Rc::new(ram.clone()));
+            v.push(Rc::new(Namespace::new(n.clone(), backend)));
         }
         namespaces.push(v);
     }
@@ -195,8 +198,8 @@ async fn guarded<T>(h: &Harness, what: &str, f: impl std::future::Future<Output 
     futures_lite::future::or(f, async move {
         glommio::timer::sleep(limit).await;
         panic!(
-            "{what}: the target did not close the connection within {limit:?} of the host's EOF \
-             (QUEUE_FUZZ_CLOSE_TIMEOUT_MS)"
+            "{what}: the target did not close the connection within {limit:?} although the host \
+             sent everything and shut down its write side (QUEUE_FUZZ_CLOSE_TIMEOUT_MS)"
         );
     })
     .await

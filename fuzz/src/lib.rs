@@ -23,10 +23,11 @@ pub const HOSTNQN: &str = "nqn.2014-08.org.nvmexpress:uuid:00000000-0000-0000-00
 pub const HOSTID: [u8; 16] = [0xF2; 16];
 
 /// The one namespace: a small RAM disk (reset before every input so that
-/// reads and compares do not depend on earlier inputs), 4 KiB blocks, with
-/// a bad-block range so media errors are reachable.
+/// reads and compares do not depend on earlier inputs), 512-byte blocks (so
+/// that data-carrying inputs stay small), with a bad-block range so media
+/// errors are reachable.
 pub const NS_BYTES: u64 = 1 << 20;
-pub const BLOCK: u32 = 4096;
+pub const BLOCK: u32 = 512;
 pub const BAD_BLOCKS: (u64, u64) = (200, 207);
 
 /// Prelude modes (input byte 0, modulo 3).
@@ -145,13 +146,21 @@ fn transport(len: usize) -> SglDescriptor {
     }
 }
 
-/// Connect: `qid` 0 makes an admin queue (cntlid must be 0xFFFF); KATO 0 so
-/// that a controller's keep-alive task notices its end within a second.
+/// Connect: `qid` 0 makes an admin queue (cntlid must be 0xFFFF) of 32
+/// entries; I/O queues get 128 (the target's default depth, and Linux's), so
+/// that one queue's outstanding 128 KiB R2T writes can exceed the 4 MiB DMA
+/// budget. KATO 0 so that a controller's keep-alive task notices its end
+/// within a second.
 pub fn connect(cid: u16, qid: u16, cntlid: u16, d: Digests) -> Vec<u8> {
     connect_to(cid, qid, cntlid, NQN, d)
 }
 
 pub fn connect_to(cid: u16, qid: u16, cntlid: u16, subnqn: &str, d: Digests) -> Vec<u8> {
+    let sqsize = if qid == 0 {
+        31
+    } else {
+        nvmf_tpc::config::DEFAULT_QUEUE_DEPTH - 1
+    };
     let mut sqe = Sqe::default();
     sqe.set_opcode(admin::FABRICS)
         .set_fctype(fctype::CONNECT)
@@ -160,7 +169,7 @@ pub fn connect_to(cid: u16, qid: u16, cntlid: u16, subnqn: &str, d: Digests) -> 
     ConnectCmd {
         recfmt: 0,
         qid,
-        sqsize: 31,
+        sqsize,
         cattr: 0,
         kato_ms: 0,
     }
@@ -387,9 +396,7 @@ pub fn h2c_term_req(fes: u16) -> Vec<u8> {
 
 /// A recognisable data pattern.
 pub fn pattern(len: usize, seed: u8) -> Vec<u8> {
-    (0..len)
-        .map(|i| (i as u32 % 251) as u8 ^ seed)
-        .collect()
+    (0..len).map(|i| (i as u32 % 251) as u8 ^ seed).collect()
 }
 
 // ---- seeds -------------------------------------------------------------------------
@@ -441,7 +448,8 @@ pub fn seeds() -> Vec<(&'static str, Vec<u8>)> {
         ),
     ));
     // Mode 2: I/O on queue 1 of an enabled controller.
-    let d4 = pattern(4096, 1);
+    let b = BLOCK as usize;
+    let d4 = pattern(b, 1);
     s.push((
         "io-write-icd-read",
         input(
@@ -450,7 +458,7 @@ pub fn seeds() -> Vec<(&'static str, Vec<u8>)> {
             &[write_icd(1, 8, &d4, NONE), read(2, 8, 1, NONE)],
         ),
     ));
-    let d8 = pattern(8192, 2);
+    let d8 = pattern(2 * b, 2);
     s.push((
         "io-write-icd-read-digests",
         input(
@@ -472,7 +480,7 @@ pub fn seeds() -> Vec<(&'static str, Vec<u8>)> {
             ],
         ),
     ));
-    let d16 = pattern(16384, 3);
+    let d16 = pattern(4 * b, 3);
     s.push((
         "io-write-r2t-split-flush-hdgst",
         input(
@@ -480,8 +488,8 @@ pub fn seeds() -> Vec<(&'static str, Vec<u8>)> {
             HDR,
             &[
                 write_r2t(1, 32, 4, HDR),
-                h2c_data(1, 0, 0, &d16[..8192], false, HDR),
-                h2c_data(1, 0, 8192, &d16[8192..], true, HDR),
+                h2c_data(1, 0, 0, &d16[..2 * b], false, HDR),
+                h2c_data(1, 0, 2 * BLOCK, &d16[2 * b..], true, HDR),
                 flush(2, HDR),
                 read(3, 32, 4, HDR),
             ],
@@ -495,7 +503,7 @@ pub fn seeds() -> Vec<(&'static str, Vec<u8>)> {
             &[
                 write_zeroes(1, 40, 8, DATA),
                 deallocate(2, &[(48, 4), (60, 2)], DATA),
-                compare_icd(3, 40, &[0u8; 4096], DATA),
+                compare_icd(3, 40, &vec![0u8; b], DATA),
                 flush(4, DATA),
             ],
         ),
@@ -542,7 +550,13 @@ pub fn seeds() -> Vec<(&'static str, Vec<u8>)> {
             NONE,
             &[
                 icreq(NONE),
-                connect_to(1, 0, CNTLID_DYNAMIC, nvmf_tpc::wire::fabrics::DISCOVERY_NQN, NONE),
+                connect_to(
+                    1,
+                    0,
+                    CNTLID_DYNAMIC,
+                    nvmf_tpc::wire::fabrics::DISCOVERY_NQN,
+                    NONE,
+                ),
                 prop_set_cc_en(2, NONE),
                 identify(3, 1, 0, NONE),
                 get_log_page(4, lid::DISCOVERY, 2048, NONE),
@@ -554,7 +568,10 @@ pub fn seeds() -> Vec<(&'static str, Vec<u8>)> {
         input(
             MODE_ADMIN,
             HDR,
-            &[keep_alive(1, HDR), h2c_term_req(pdu::fes::INVALID_HEADER_FIELD)],
+            &[
+                keep_alive(1, HDR),
+                h2c_term_req(pdu::fes::INVALID_HEADER_FIELD),
+            ],
         ),
     ));
     s

@@ -83,7 +83,8 @@ pub struct Controller {
     pub errors: RefCell<VecDeque<ErrorEntry>>,
     pub error_count: Cell<u64>,
     pub queue_depth: u16,
-    pub destroyed: Cell<bool>,
+    /// Fired once when the controller is destroyed; wakes its keep-alive timer.
+    pub destroyed: crate::trigger::Trigger,
     pub created: Instant,
 }
 
@@ -112,7 +113,7 @@ impl Controller {
             errors: RefCell::new(VecDeque::new()),
             error_count: Cell::new(0),
             queue_depth: cfg.queue_depth,
-            destroyed: Cell::new(false),
+            destroyed: crate::trigger::Trigger::new(),
             created: Instant::now(),
         }
     }

@@ -219,7 +219,9 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream, kill: Rc<Trigger>) {
         pdus: Cell::new(0),
     });
     let writer = glommio::spawn_local(writer(conn.clone(), Sender { fd, w }));
-    let _watchdog = glommio::spawn_local(watchdog(conn.clone()));
+    // Awaited, never dropped: glommio 0.9 does not free a task cancelled
+    // by dropping its handle while it sleeps (176 bytes per connection).
+    let watchdog = glommio::spawn_local(watchdog(conn.clone()));
 
     let stop = futures_lite::future::or(conn.read_loop(&mut rb), async {
         kill.wait().await;
@@ -246,6 +248,7 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream, kill: Rc<Trigger>) {
     }
     conn.finish_connection().await;
     writer.await;
+    watchdog.await;
 }
 
 async fn read_icreq(rb: &mut Reader) -> Result<IcReq, Stop> {
@@ -859,6 +862,12 @@ impl Conn {
     /// Stop reading new commands: let in-flight ones finish (bounded), then
     /// let the writer drain and release the queue's controller binding.
     async fn finish_connection(self: &Rc<Self>) {
+        // The queue is closing: commands waiting for memory give up (Command
+        // Aborted due to SQ Deletion), the watchdog ends, and writes still
+        // waiting for H2CData, which can never come now, release their
+        // memory, which the waiting commands may be waiting for.
+        self.kill.fire();
+        self.r2t.borrow_mut().clear();
         let deadline = Instant::now() + DRAIN_TIMEOUT;
         // Writes still waiting for H2CData can never finish now: only
         // commands running or waiting for memory are waited for.
@@ -869,8 +878,6 @@ impl Conn {
             glommio::timer::sleep(Duration::from_millis(1)).await;
         }
         self.out.close();
-        // Writes still waiting for H2CData die with the queue; their memory returns now.
-        self.r2t.borrow_mut().clear();
         let (binding, qid) = {
             let mut st = self.state.borrow_mut();
             (st.binding.take(), st.qid)
@@ -898,7 +905,20 @@ async fn watchdog(conn: Rc<Conn>) {
     let tick = (conn.shard.connect_timeout().min(pdu_timeout) / 4).min(WATCHDOG_TICK_MAX);
     let mut stuck_since: Option<(u64, Instant)> = None;
     loop {
-        glommio::timer::sleep(tick).await;
+        let closed = futures_lite::future::or(
+            async {
+                glommio::timer::sleep(tick).await;
+                false
+            },
+            async {
+                conn.kill.wait().await;
+                true
+            },
+        )
+        .await;
+        if closed {
+            return;
+        }
         if conn.state.borrow().binding.is_none() && born.elapsed() > conn.shard.connect_timeout() {
             log::warn!(
                 "{}: no Connect within the connect timeout; closing",
