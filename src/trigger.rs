@@ -54,6 +54,15 @@ impl Future for Wait<'_> {
         if self.t.fired.get() {
             return Poll::Ready(());
         }
+        // Polled again by the same task (the common case on a hot path):
+        // already registered, nothing to do.
+        if self
+            .registered
+            .as_ref()
+            .is_some_and(|r| r.will_wake(cx.waker()))
+        {
+            return Poll::Pending;
+        }
         let mut w = self.t.waiters.borrow_mut();
         if !w.iter().any(|x| x.will_wake(cx.waker())) {
             w.push(cx.waker().clone());
