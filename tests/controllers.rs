@@ -470,14 +470,38 @@ fn keep_alive_expiry_tears_down_every_queue() {
             qs.iter().all(|q| q.queue.is_closed()),
             "I/O queues outlived their controller"
         );
-        // A new controller for the same host works.
+        // A new controller for the same host: a fresh cntlid, nothing of
+        // the old one's state (the queue count it negotiated, its queues).
         let c2 = Controller::connect(HostConfig::new(addr, NQN))
             .await
             .unwrap();
         assert_ne!(c2.cntlid, 0);
+        assert_ne!(c2.cntlid, c.cntlid, "cntlid reused");
+        let nq = c2
+            .get_features(0x07, 0) // Number of Queues
+            .await
+            .unwrap();
+        assert_ne!(
+            nq.cqe.dw0,
+            7 | (7 << 16),
+            "old Number of Queues carried over"
+        );
+        for qid in 1..=8 {
+            let q = c2.connect_io_queue(qid).await.unwrap();
+            q.read(1, 0, 1, 4096).await.unwrap();
+        }
     });
     assert!(
         t.wait_log("keep alive expired", Duration::from_secs(5)),
+        "{}",
+        t.log()
+    );
+    // Once everything closed, nothing is left on the cores.
+    assert!(
+        t.wait_log(
+            "0 connections, 0 controllers, DMA memory in use 0 bytes",
+            Duration::from_secs(5)
+        ),
         "{}",
         t.log()
     );
