@@ -17,7 +17,7 @@ use glommio::net::TcpListener;
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::rc::Rc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -30,6 +30,8 @@ pub enum CtlMsg {
         from: usize,
         cntlid: u16,
         qid: u16,
+        /// Names this queue among all queues that ever had this qid.
+        token: u64,
         hostnqn: String,
         hostid: [u8; 16],
         subnqn: String,
@@ -38,8 +40,9 @@ pub enum CtlMsg {
         req: u64,
         result: Result<AttachInfo, (Status, u32)>,
     },
-    /// An I/O queue closed.
-    DetachIo { cntlid: u16, qid: u16 },
+    /// An I/O queue closed (only the queue `token` names: a new queue with
+    /// the same qid may already be attached).
+    DetachIo { cntlid: u16, qid: u16, token: u64 },
     /// Close every I/O queue of this controller served by the receiver.
     Teardown { cntlid: u16 },
     /// The controller's CSTS.RDY changed.
@@ -84,7 +87,7 @@ pub struct LocalIoCtrl {
     /// `commands` at the last query, and when it last changed as far as
     /// queries could tell.
     seen: Cell<(u64, Instant)>,
-    pub queues: RefCell<Vec<(u16, Rc<Trigger>)>>,
+    pub queues: RefCell<Vec<(u16, u64, Rc<Trigger>)>>,
 }
 
 impl LocalIoCtrl {
@@ -260,24 +263,22 @@ impl Shard {
                 from,
                 cntlid,
                 qid,
+                token,
                 hostnqn,
                 hostid,
                 subnqn,
             } => {
-                let result = self.check_attach(from, cntlid, qid, &hostnqn, &hostid, &subnqn);
+                let result =
+                    self.check_attach(from, token, cntlid, qid, &hostnqn, &hostid, &subnqn);
                 self.send(from, CtlMsg::AttachIoResp { req, result }).await;
             }
             CtlMsg::AttachIoResp { req, .. } | CtlMsg::QueryResp { req, .. } => {
                 self.reply(req, msg)
             }
-            CtlMsg::DetachIo { cntlid, qid } => {
-                if let Some(o) = self.controllers.borrow().get(&cntlid) {
-                    o.ctrl.io_queues.borrow_mut().remove(&qid);
-                }
-            }
+            CtlMsg::DetachIo { cntlid, qid, token } => self.detached(cntlid, qid, token),
             CtlMsg::Teardown { cntlid } => {
                 if let Some(l) = self.io_ctrls.borrow_mut().remove(&cntlid) {
-                    for (_, kill) in l.queues.borrow().iter() {
+                    for (_, _, kill) in l.queues.borrow().iter() {
                         kill.fire();
                     }
                 }
@@ -392,9 +393,11 @@ impl Shard {
     }
 
     /// Owner side of an I/O queue's Connect.
+    #[allow(clippy::too_many_arguments)]
     fn check_attach(
         &self,
         from: usize,
+        token: u64,
         cntlid: u16,
         qid: u16,
         hostnqn: &str,
@@ -431,7 +434,7 @@ impl Shard {
         if q.contains_key(&qid) {
             return Err(invalid(false, connect_offset::QID));
         }
-        q.insert(qid, from);
+        q.insert(qid, (from, token));
         Ok(AttachInfo {
             subsys: si,
             ready: c.ready(),
@@ -447,13 +450,14 @@ impl Shard {
         hostid: [u8; 16],
         subnqn: &str,
         kill: Rc<Trigger>,
-    ) -> Result<(AttachInfo, Rc<LocalIoCtrl>), (Status, u32)> {
+    ) -> Result<(AttachInfo, Rc<LocalIoCtrl>, u64), (Status, u32)> {
         let owner = cntlid_owner(cntlid, self.peers).ok_or((
             Status::CONNECT_INVALID_PARAMETERS,
             ipo(true, connect_offset::CNTLID),
         ))?;
+        let token = NEXT_QUEUE_TOKEN.fetch_add(1, Ordering::Relaxed);
         let info = if owner == self.id {
-            self.check_attach(self.id, cntlid, qid, hostnqn, &hostid, subnqn)?
+            self.check_attach(self.id, token, cntlid, qid, hostnqn, &hostid, subnqn)?
         } else {
             let (h, s) = (hostnqn.to_string(), subnqn.to_string());
             let from = self.id;
@@ -463,6 +467,7 @@ impl Shard {
                     from,
                     cntlid,
                     qid,
+                    token,
                     hostnqn: h,
                     hostid,
                     subnqn: s,
@@ -488,23 +493,36 @@ impl Shard {
             })
             .clone();
         local.ready.set(info.ready);
-        local.queues.borrow_mut().push((qid, kill));
-        Ok((info, local))
+        local.queues.borrow_mut().push((qid, token, kill));
+        Ok((info, local, token))
     }
 
     /// An I/O queue served here closed.
-    pub fn detach_io(self: &Rc<Self>, cntlid: u16, qid: u16) {
+    pub fn detach_io(self: &Rc<Self>, cntlid: u16, qid: u16, token: u64) {
         {
             let mut m = self.io_ctrls.borrow_mut();
             if let Some(l) = m.get(&cntlid) {
-                l.queues.borrow_mut().retain(|(q, _)| *q != qid);
+                l.queues.borrow_mut().retain(|(_, t, _)| *t != token);
                 if l.queues.borrow().is_empty() {
                     m.remove(&cntlid);
                 }
             }
         }
-        if let Some(owner) = cntlid_owner(cntlid, self.peers) {
-            self.post(owner, CtlMsg::DetachIo { cntlid, qid });
+        match cntlid_owner(cntlid, self.peers) {
+            Some(owner) if owner == self.id => self.detached(cntlid, qid, token),
+            Some(owner) => self.post(owner, CtlMsg::DetachIo { cntlid, qid, token }),
+            None => {}
+        }
+    }
+
+    /// Owner side of a closed I/O queue: its qid is free again, unless a new
+    /// queue took it meanwhile.
+    fn detached(&self, cntlid: u16, qid: u16, token: u64) {
+        if let Some(o) = self.controllers.borrow().get(&cntlid) {
+            let mut q = o.ctrl.io_queues.borrow_mut();
+            if q.get(&qid).is_some_and(|(_, t)| *t == token) {
+                q.remove(&qid);
+            }
         }
     }
 
@@ -536,6 +554,7 @@ impl Shard {
         let cores: std::collections::BTreeSet<usize> =
             std::mem::take(&mut *ctrl.io_queues.borrow_mut())
                 .into_values()
+                .map(|(core, _)| core)
                 .collect();
         for core in cores {
             self.post(
@@ -548,8 +567,12 @@ impl Shard {
     }
 
     pub fn announce_ready(self: &Rc<Self>, ctrl: &Controller) {
-        let cores: std::collections::BTreeSet<usize> =
-            ctrl.io_queues.borrow().values().copied().collect();
+        let cores: std::collections::BTreeSet<usize> = ctrl
+            .io_queues
+            .borrow()
+            .values()
+            .map(|(core, _)| *core)
+            .collect();
         for core in cores {
             self.post(
                 core,
@@ -612,8 +635,12 @@ impl Shard {
                 nap(kato - idle).await;
                 continue;
             }
-            let cores: std::collections::BTreeSet<usize> =
-                ctrl.io_queues.borrow().values().copied().collect();
+            let cores: std::collections::BTreeSet<usize> = ctrl
+                .io_queues
+                .borrow()
+                .values()
+                .map(|(core, _)| *core)
+                .collect();
             let mut min_idle: Option<u64> = None;
             for core in cores {
                 let from = self.id;
@@ -766,6 +793,9 @@ impl Shard {
 
 /// Set by the signal handler thread; each shard polls it.
 pub static STOP: AtomicBool = AtomicBool::new(false);
+
+/// Tokens naming I/O queues, unique across cores.
+static NEXT_QUEUE_TOKEN: AtomicU64 = AtomicU64::new(1);
 
 pub async fn wait_for_stop() {
     while !STOP.load(Ordering::Relaxed) {

@@ -74,7 +74,8 @@ pub struct Controller {
     pub csts: Cell<u32>,
     pub features: RefCell<Features>,
     /// I/O queues attached: qid → core (peer id) that serves it.
-    pub io_queues: RefCell<BTreeMap<u16, usize>>,
+    /// qid → (core serving it, its token).
+    pub io_queues: RefCell<BTreeMap<u16, (usize, u64)>>,
     pub max_io_queues: u16,
     /// Last command seen on the admin queue (and, with TBKAS, learnt from I/O queues).
     pub last_activity: Cell<Instant>,

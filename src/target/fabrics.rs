@@ -20,6 +20,8 @@ pub enum Binding {
         cntlid: u16,
         subsys: usize,
         local: Rc<LocalIoCtrl>,
+        /// This queue's attachment, for its detach.
+        token: u64,
     },
 }
 
@@ -105,7 +107,7 @@ pub async fn connect(
     if subsys == SubsysRef::Discovery {
         return Err(invalid(false, connect_offset::QID));
     }
-    let (info, local) = shard
+    let (info, local, token) = shard
         .attach_io(
             d.cntlid,
             cmd.qid,
@@ -134,6 +136,7 @@ pub async fn connect(
             cntlid: d.cntlid,
             subsys: info.subsys,
             local,
+            token,
         },
     })
 }

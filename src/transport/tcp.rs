@@ -887,9 +887,9 @@ impl Conn {
                 self.shard
                     .destroy_controller(ctrl.cntlid, "admin queue closed");
             }
-            Some(Binding::Io { cntlid, .. }) => {
+            Some(Binding::Io { cntlid, token, .. }) => {
                 log::info!("controller {cntlid}: I/O queue {qid} closed");
-                self.shard.detach_io(cntlid, qid);
+                self.shard.detach_io(cntlid, qid, token);
             }
             None => {}
         }
