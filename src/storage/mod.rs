@@ -210,6 +210,17 @@ impl Backend {
         }
     }
 
+    /// Does a read of `len` bytes take a new data buffer (charged to the
+    /// core's DMA memory)? Files: yes. RAM disks lend their own memory;
+    /// null reads share one zeroed buffer up to its size.
+    pub fn reads_into_buffer(&self, len: usize) -> bool {
+        match self {
+            Backend::File(_) => true,
+            Backend::Ram(_) => false,
+            Backend::Null(z) => len > z.len(),
+        }
+    }
+
     /// Commands on this backing complete without waiting for anything.
     pub fn is_synchronous(&self) -> bool {
         matches!(self, Backend::Ram(_) | Backend::Null(_))

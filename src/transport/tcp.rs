@@ -452,8 +452,13 @@ impl Conn {
         icd: Option<DmaBuffer>,
         charge: Option<Charge>,
     ) {
+        // Writes take a buffer for their data; reads only where the backing
+        // reads into one (files); RAM ranges and null zeroes are sent as they
+        // are, and admin data is small heap memory.
         let need = match &plan {
-            Plan::R2T(_, len) | Plan::Execute(_, len) => *len,
+            Plan::R2T(_, len) => *len,
+            Plan::Execute(Some(ns), len) if ns.backend.reads_into_buffer(*len) => *len,
+            Plan::Execute(..) => 0,
         };
         if need == 0 {
             return self.run(sqe, plan, icd, charge);
