@@ -567,13 +567,7 @@ impl Shard {
     }
 
     pub fn announce_ready(self: &Rc<Self>, ctrl: &Controller) {
-        let cores: std::collections::BTreeSet<usize> = ctrl
-            .io_queues
-            .borrow()
-            .values()
-            .map(|(core, _)| *core)
-            .collect();
-        for core in cores {
+        for core in ctrl.io_cores() {
             self.post(
                 core,
                 CtlMsg::Ready {
@@ -635,14 +629,8 @@ impl Shard {
                 nap(kato - idle).await;
                 continue;
             }
-            let cores: std::collections::BTreeSet<usize> = ctrl
-                .io_queues
-                .borrow()
-                .values()
-                .map(|(core, _)| *core)
-                .collect();
             let mut min_idle: Option<u64> = None;
-            for core in cores {
+            for core in ctrl.io_cores() {
                 let from = self.id;
                 let cntlid = ctrl.cntlid;
                 if let Some(CtlMsg::QueryResp {

@@ -13,18 +13,6 @@ use std::cell::RefCell;
 use std::net::SocketAddr;
 use std::rc::Rc;
 
-fn pattern(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
-
 async fn open(addr: SocketAddr, digests: Digests, sqflow_off: bool) -> (Controller, IoQueue) {
     let mut cfg = HostConfig::new(addr, NQN);
     cfg.digests = digests;

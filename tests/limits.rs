@@ -12,18 +12,6 @@ use std::net::TcpStream;
 use std::rc::Rc;
 use std::time::Duration;
 
-fn pattern(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
-
 const BS: u32 = 4096;
 
 /// Every queue keeps `depth` commands of `len` bytes in flight at once.

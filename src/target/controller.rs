@@ -7,7 +7,7 @@ use crate::wire::fabrics::{cc, csts, property};
 use crate::wire::log_page::ErrorEntry;
 use crate::wire::status::Status;
 use std::cell::{Cell, RefCell};
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::Instant;
 
 /// Index of the subsystem a controller belongs to; discovery has its own.
@@ -205,6 +205,15 @@ impl Controller {
 
     pub fn touch(&self) {
         self.last_activity.set(Instant::now());
+    }
+
+    /// The cores that serve this controller's I/O queues.
+    pub fn io_cores(&self) -> BTreeSet<usize> {
+        self.io_queues
+            .borrow()
+            .values()
+            .map(|(core, _)| *core)
+            .collect()
     }
 
     pub fn record_error(&self, sqid: u16, cid: u16, status: Status, nsid: u32, lba: u64) {

@@ -20,6 +20,19 @@ pub fn status_of<T: std::fmt::Debug>(
     }
 }
 
+/// Deterministic test data (xorshift): the same `seed` gives the same bytes.
+pub fn pattern(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
 /// A fresh directory under target/ (a disk file system with O_DIRECT, not tmpfs).
 pub fn scratch_dir(name: &str) -> std::path::PathBuf {
     let d = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
