@@ -596,37 +596,21 @@ impl Shard {
     /// traffic based keep alive, I/O on any core counts: before expiring, ask
     /// the cores that serve its I/O queues when they last saw a command.
     async fn keep_alive(self: Rc<Self>, ctrl: Rc<Controller>) {
-        // Sleep, but end at once when the controller is destroyed (a timer
-        // of up to 2^32 ms must not keep a dead controller in memory).
-        let nap = |d: Duration| {
-            let ctrl = ctrl.clone();
-            async move {
-                futures_lite::future::or(
-                    async {
-                        glommio::timer::sleep(d).await;
-                        true
-                    },
-                    async {
-                        ctrl.destroyed.wait().await;
-                        false
-                    },
-                )
-                .await
-            }
-        };
+        // Sleeps end at once when the controller is destroyed (a timer of
+        // up to 2^32 ms must not keep a dead controller in memory).
         loop {
             if ctrl.destroyed.fired() {
                 return;
             }
             let kato = ctrl.kato_ms.get() as u64;
             if kato == 0 {
-                nap(Duration::from_secs(1)).await;
+                ctrl.destroyed.sleep(Duration::from_secs(1)).await;
                 continue;
             }
             let kato = Duration::from_millis(kato);
             let idle = ctrl.last_activity.get().elapsed();
             if idle < kato {
-                nap(kato - idle).await;
+                ctrl.destroyed.sleep(kato - idle).await;
                 continue;
             }
             let mut min_idle: Option<u64> = None;

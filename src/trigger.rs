@@ -29,6 +29,22 @@ impl Trigger {
         self.fired.get()
     }
 
+    /// Sleep for `d`, or less if the trigger fires meanwhile: `true` when it
+    /// fired (a timer must not outlive what it watches).
+    pub async fn sleep(&self, d: std::time::Duration) -> bool {
+        futures_lite::future::or(
+            async {
+                glommio::timer::sleep(d).await;
+                false
+            },
+            async {
+                self.wait().await;
+                true
+            },
+        )
+        .await
+    }
+
     /// Tasks waiting now (for leak checks).
     pub fn waiting(&self) -> usize {
         self.waiters.borrow().len()

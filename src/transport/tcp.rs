@@ -910,18 +910,7 @@ async fn watchdog(conn: Rc<Conn>) {
     let tick = (conn.shard.connect_timeout().min(pdu_timeout) / 4).min(WATCHDOG_TICK_MAX);
     let mut stuck_since: Option<(u64, Instant)> = None;
     loop {
-        let closed = futures_lite::future::or(
-            async {
-                glommio::timer::sleep(tick).await;
-                false
-            },
-            async {
-                conn.kill.wait().await;
-                true
-            },
-        )
-        .await;
-        if closed {
+        if conn.kill.sleep(tick).await {
             return;
         }
         if conn.state.borrow().binding.is_none() && born.elapsed() > conn.shard.connect_timeout() {
