@@ -18,6 +18,7 @@
 //! only inside a single `poll_read`/`poll_write` call, never across an await.
 
 use super::{Completion, HostConfig, HostError};
+use crate::transport::socket::RecvPoll;
 use crate::wire::command::{admin, fctype, sgl, Cqe, SglDescriptor, Sqe};
 use crate::wire::fabrics::{ConnectCmd, ConnectData, CATTR_DISABLE_SQ_FLOW, NQN_MAX_LEN};
 use crate::wire::pdu::{
@@ -38,7 +39,7 @@ use std::os::unix::io::{AsRawFd, RawFd};
 use std::pin::Pin;
 use std::rc::{Rc, Weak};
 use std::task::{Context, Poll, Waker};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// Size of the reader's receive buffer.
 const RX_BUF_LEN: usize = 64 * 1024;
@@ -72,42 +73,23 @@ async fn sock_write_all(s: &Stream, mut buf: &[u8]) -> io::Result<()> {
     Ok(())
 }
 
-/// Socket reads that poll for `window` after the last data before they
-/// sleep on io_uring (see `HostConfig::idle_poll`).
+/// Socket reads that poll while traffic flows and sleep on io_uring when
+/// it stops (see `HostConfig::idle_poll`).
 struct RecvPoller {
-    fd: RawFd,
-    window: Duration,
-    last_data: Instant,
+    poll: Option<RecvPoll>,
 }
 
 impl RecvPoller {
     async fn read(&mut self, s: &Stream, buf: &mut [u8]) -> io::Result<usize> {
-        while !self.window.is_zero() {
-            // SAFETY: buf is valid for writes of buf.len() bytes; the fd is
-            // the stream's, open while `s` is.
-            let r = unsafe {
-                libc::recv(
-                    self.fd,
-                    buf.as_mut_ptr().cast(),
-                    buf.len(),
-                    libc::MSG_DONTWAIT,
-                )
-            };
-            if r >= 0 {
-                self.last_data = Instant::now();
-                return Ok(r as usize);
+        if let Some(p) = &mut self.poll {
+            if let Some(n) = p.recv(buf).await? {
+                return Ok(n);
             }
-            let e = io::Error::last_os_error();
-            if !matches!(e.raw_os_error(), Some(libc::EAGAIN | libc::EINTR)) {
-                return Err(e);
-            }
-            if self.last_data.elapsed() >= self.window {
-                break;
-            }
-            glommio::executor().yield_task_queue_now().await;
         }
         let n = sock_read(s, buf).await?;
-        self.last_data = Instant::now();
+        if let Some(p) = &mut self.poll {
+            p.woke();
+        }
         Ok(n)
     }
 }
@@ -128,9 +110,7 @@ impl Rx {
         Rx {
             s,
             poll: RecvPoller {
-                fd,
-                window: idle_poll,
-                last_data: Instant::now(),
+                poll: (!idle_poll.is_zero()).then(|| RecvPoll::new(fd, idle_poll)),
             },
             buf: vec![0u8; RX_BUF_LEN].into_boxed_slice(),
             head: 0,

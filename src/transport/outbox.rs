@@ -11,6 +11,8 @@ pub struct Outbox<T> {
     q: RefCell<VecDeque<T>>,
     waker: RefCell<Option<Waker>>,
     closed: Cell<bool>,
+    /// The writer is waiting for items (not busy sending a batch).
+    writer_idle: Cell<bool>,
 }
 
 impl<T> Default for Outbox<T> {
@@ -19,6 +21,7 @@ impl<T> Default for Outbox<T> {
             q: RefCell::new(VecDeque::new()),
             waker: RefCell::new(None),
             closed: Cell::new(false),
+            writer_idle: Cell::new(false),
         }
     }
 }
@@ -46,6 +49,16 @@ impl<T> Outbox<T> {
         self.closed.get()
     }
 
+    /// Items queued and not yet taken by the writer.
+    pub fn queued(&self) -> usize {
+        self.q.borrow().len()
+    }
+
+    /// The writer waits for items: once it runs, it sends at once.
+    pub fn writer_idle(&self) -> bool {
+        self.writer_idle.get()
+    }
+
     /// Move everything queued into `into`; waits while empty. `false` once
     /// closed and drained.
     pub async fn next_batch(&self, into: &mut Vec<T>) -> bool {
@@ -53,11 +66,13 @@ impl<T> Outbox<T> {
             let mut q = self.q.borrow_mut();
             if !q.is_empty() {
                 into.extend(q.drain(..));
+                self.writer_idle.set(false);
                 return Poll::Ready(true);
             }
             if self.closed.get() {
                 return Poll::Ready(false);
             }
+            self.writer_idle.set(true);
             *self.waker.borrow_mut() = Some(cx.waker().clone());
             Poll::Pending
         })

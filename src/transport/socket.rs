@@ -71,28 +71,34 @@ fn nonblocking(r: isize) -> io::Result<Try> {
     }
 }
 
-/// The receive half of a TCP connection that polls before it parks.
-pub struct PollingReader<R> {
+/// Non-blocking receives that poll a socket while traffic flows.
+///
+/// The poll window counts from the first empty `recv` of a dry spell, not
+/// from the last data: a core busy for longer than the window with the
+/// batch it just read must still find the socket polled, not parked on
+/// io_uring. A parked read arms an io_uring poll, and every later send by
+/// the peer then costs an inter-processor interrupt to deliver its
+/// completion (expensive in a VM), which polling avoids.
+pub struct RecvPoll {
     fd: RawFd,
-    half: R,
-    poll_window: Duration,
-    last_data: Instant,
+    window: Duration,
+    dry_since: Option<Instant>,
 }
 
-impl<R: AsyncRead + Unpin> PollingReader<R> {
-    /// `fd` must stay open as long as `half` (they are the same socket).
-    pub fn new(fd: RawFd, half: R, poll_window: Duration) -> Self {
-        PollingReader {
+impl RecvPoll {
+    /// `fd` must stay open as long as this is used.
+    pub fn new(fd: RawFd, window: Duration) -> Self {
+        RecvPoll {
             fd,
-            half,
-            poll_window,
-            last_data: Instant::now(),
+            window,
+            dry_since: None,
         }
     }
-}
 
-impl<R: AsyncRead + Unpin> Recv for PollingReader<R> {
-    async fn recv(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+    /// Bytes received (0 at end of stream), or `None` once the socket has
+    /// stayed empty for the whole window: the caller then sleeps on an
+    /// io_uring read and calls `woke` when it returns.
+    pub async fn recv(&mut self, buf: &mut [u8]) -> io::Result<Option<usize>> {
         loop {
             // SAFETY: buf is valid for writes of buf.len() bytes.
             let r = unsafe {
@@ -104,18 +110,50 @@ impl<R: AsyncRead + Unpin> Recv for PollingReader<R> {
                 )
             };
             if let Try::Done(n) = nonblocking(r)? {
-                self.last_data = Instant::now();
-                return Ok(n);
+                self.dry_since = None;
+                return Ok(Some(n));
             }
-            if self.last_data.elapsed() < self.poll_window {
-                glommio::executor().yield_task_queue_now().await;
-                continue;
+            let now = Instant::now();
+            let since = *self.dry_since.get_or_insert(now);
+            if now.duration_since(since) >= self.window {
+                return Ok(None);
             }
-            // Idle: sleep on io_uring until data (or EOF) arrives.
-            let n = self.half.read(buf).await?;
-            self.last_data = Instant::now();
+            // Let the executor run its other tasks and reap io_uring.
+            glommio::executor().yield_task_queue_now().await;
+        }
+    }
+
+    /// The io_uring read that followed a `None` returned: traffic resumed.
+    pub fn woke(&mut self) {
+        self.dry_since = None;
+    }
+}
+
+/// The receive half of a TCP connection that polls before it parks.
+pub struct PollingReader<R> {
+    poll: RecvPoll,
+    half: R,
+}
+
+impl<R: AsyncRead + Unpin> PollingReader<R> {
+    /// `fd` must stay open as long as `half` (they are the same socket).
+    pub fn new(fd: RawFd, half: R, poll_window: Duration) -> Self {
+        PollingReader {
+            poll: RecvPoll::new(fd, poll_window),
+            half,
+        }
+    }
+}
+
+impl<R: AsyncRead + Unpin> Recv for PollingReader<R> {
+    async fn recv(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if let Some(n) = self.poll.recv(buf).await? {
             return Ok(n);
         }
+        // Idle: sleep on io_uring until data (or EOF) arrives.
+        let n = self.half.read(buf).await?;
+        self.poll.woke();
+        Ok(n)
     }
 }
 
