@@ -150,6 +150,8 @@ pub struct TargetConfig {
     pub connect_timeout: std::time::Duration,
     /// A PDU begun must be complete within this.
     pub pdu_timeout: std::time::Duration,
+    /// TCP congestion control set on accepted sockets (None: the system's).
+    pub tcp_congestion: Option<String>,
 }
 
 impl TargetConfig {

@@ -83,6 +83,10 @@ pub struct ServeArgs {
     /// idle target still sleeps.
     #[arg(long, default_value = "50us", value_name = "DURATION")]
     pub idle_poll: String,
+    /// TCP congestion control for accepted connections (e.g. cubic, reno,
+    /// dctcp, bbr); default: the system's (net.ipv4.tcp_congestion_control).
+    #[arg(long, value_name = "NAME")]
+    pub tcp_congestion: Option<String>,
     /// Log level: error, warn, info, debug, trace (RUST_LOG overrides).
     #[arg(long, default_value = "info")]
     pub log_level: String,
@@ -192,6 +196,10 @@ fn build_config(
             "--idle-poll: at most {} ms",
             MAX_IDLE_POLL.as_millis()
         ));
+    }
+    if let Some(cc) = &args.tcp_congestion {
+        crate::transport::socket::check_congestion(cc)
+            .map_err(|e| format!("--tcp-congestion {cc}: {e}"))?;
     }
     let dma_memory =
         parse_size(&args.dma_memory).map_err(|e| format!("--dma-memory: {e}"))? as usize;
@@ -392,6 +400,7 @@ fn build_config(
         idle_poll,
         connect_timeout,
         pdu_timeout,
+        tcp_congestion: args.tcp_congestion.clone(),
     })
 }
 

@@ -229,6 +229,7 @@ fn limit_flags_are_checked() {
         ["--max-h2c-data", "1M"],
         ["--pdu-timeout", "1us"],
         ["--connect-timeout", "2h"],
+        ["--tcp-congestion", "no-such-algorithm"],
     ] {
         let r = Target::try_start(&args);
         let Err((st, out)) = r else {

@@ -103,6 +103,7 @@ pub fn target_config() -> TargetConfig {
         idle_poll: Duration::ZERO,
         connect_timeout: Duration::from_millis(200),
         pdu_timeout: Duration::from_millis(200),
+        tcp_congestion: None,
     }
 }
 

@@ -254,6 +254,7 @@ mod tests {
             idle_poll: std::time::Duration::ZERO,
             connect_timeout: std::time::Duration::from_secs(10),
             pdu_timeout: std::time::Duration::from_secs(30),
+            tcp_congestion: None,
         }
     }
 

@@ -39,6 +39,28 @@ pub fn watch_liveness(fd: RawFd) -> io::Result<()> {
     s.set_tcp_user_timeout(Some(USER_TIMEOUT))
 }
 
+/// Use congestion control `name` on a connection. The system default here
+/// is BBR, whose pacing timer cost a third of a core on loopback 128 KiB
+/// reads (perf/README.md); an operator may want another for the storage
+/// network.
+pub fn set_congestion(fd: RawFd, name: &str) -> io::Result<()> {
+    // SAFETY: the caller's socket stays open for the duration of the call.
+    let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+    socket2::SockRef::from(&fd).set_tcp_congestion(name.as_bytes())
+}
+
+/// Whether this kernel lets us use congestion control `name` (checked on a
+/// fresh socket at start, so that a typo fails there, not per connection).
+pub fn check_congestion(name: &str) -> Result<(), String> {
+    use socket2::{Domain, Socket, Type};
+    let s = Socket::new(Domain::IPV4, Type::STREAM, None).map_err(|e| e.to_string())?;
+    s.set_tcp_congestion(name.as_bytes()).map_err(|e| {
+        let avail = std::fs::read_to_string("/proc/sys/net/ipv4/tcp_available_congestion_control")
+            .unwrap_or_default();
+        format!("{e} (available: {})", avail.trim())
+    })
+}
+
 /// Where a `RecvBuf` gets its bytes.
 pub trait Recv {
     fn recv(&mut self, buf: &mut [u8]) -> impl std::future::Future<Output = io::Result<usize>>;
@@ -237,4 +259,24 @@ pub async fn send_all<'p, W: AsyncWrite + Unpin>(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::AsRawFd;
+
+    #[test]
+    fn congestion_control_is_set_on_a_connection() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let _c = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let (a, _) = l.accept().unwrap();
+        // reno is built into every kernel; bbr or cubic is the usual default.
+        set_congestion(a.as_raw_fd(), "reno").unwrap();
+        let got = socket2::SockRef::from(&a).tcp_congestion().unwrap();
+        assert_eq!(&got[..4], b"reno");
+        assert!(check_congestion("reno").is_ok());
+        let e = check_congestion("no-such-algorithm").unwrap_err();
+        assert!(e.contains("available"), "{e}");
+    }
 }

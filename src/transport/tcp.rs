@@ -156,6 +156,11 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream, kill: Rc<Trigger>) {
     if let Err(e) = socket::watch_liveness(stream.as_raw_fd()) {
         log::warn!("cannot set TCP keepalive: {e}");
     }
+    if let Some(cc) = &shard.cfg.tcp_congestion {
+        if let Err(e) = socket::set_congestion(stream.as_raw_fd(), cc) {
+            log::warn!("cannot set TCP congestion control {cc}: {e}");
+        }
+    }
     let peer = stream
         .peer_addr()
         .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
