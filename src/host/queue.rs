@@ -81,16 +81,17 @@ struct RecvPoller {
 
 impl RecvPoller {
     async fn read(&mut self, s: &Stream, buf: &mut [u8]) -> io::Result<usize> {
-        if let Some(p) = &mut self.poll {
+        let Some(p) = &mut self.poll else {
+            return sock_read(s, buf).await;
+        };
+        loop {
             if let Some(n) = p.recv(buf).await? {
                 return Ok(n);
             }
+            if let Some(n) = p.parked(sock_read(s, buf)).await? {
+                return Ok(n);
+            }
         }
-        let n = sock_read(s, buf).await?;
-        if let Some(p) = &mut self.poll {
-            p.woke();
-        }
-        Ok(n)
     }
 }
 

@@ -15,6 +15,8 @@ pub use budget::{Charge, DmaBudget};
 pub use file::FileBackend;
 pub use ram::RamDisk;
 
+use crate::transport::readiness::IoWait;
+
 /// Data on its way to the host: a DMA buffer, what glommio read, a small
 /// heap buffer built by an admin command, or a range of a RAM disk.
 pub enum DataBuf {
@@ -148,7 +150,10 @@ impl Backend {
     /// Read `len` bytes at byte `offset` (both block aligned).
     pub async fn read(&self, offset: u64, len: usize) -> io::Result<DataBuf> {
         match self {
-            Backend::File(f) => f.read(offset, len).await.map(DataBuf::Read),
+            Backend::File(f) => {
+                let _io = IoWait::new();
+                f.read(offset, len).await.map(DataBuf::Read)
+            }
             Backend::Ram(r) => Ok(DataBuf::Ram(r.clone(), offset, len)),
             Backend::Null(z) if len <= z.len() => Ok(DataBuf::Shared(z.clone(), len)),
             Backend::Null(_) => {
@@ -162,7 +167,10 @@ impl Backend {
     /// Write all of `buf` at byte `offset`; with `fua` it is durable on return.
     pub async fn write(&self, offset: u64, buf: DmaBuffer, fua: bool) -> io::Result<()> {
         match self {
-            Backend::File(f) => f.write(offset, buf, fua).await,
+            Backend::File(f) => {
+                let _io = IoWait::new();
+                f.write(offset, buf, fua).await
+            }
             Backend::Ram(r) => {
                 r.write(offset, buf.as_bytes());
                 Ok(())
@@ -173,7 +181,10 @@ impl Backend {
 
     pub async fn flush(&self) -> io::Result<()> {
         match self {
-            Backend::File(f) => f.flush().await,
+            Backend::File(f) => {
+                let _io = IoWait::new();
+                f.flush().await
+            }
             _ => Ok(()),
         }
     }
@@ -181,7 +192,10 @@ impl Backend {
     /// Make the range read as zeroes.
     pub async fn write_zeroes(&self, offset: u64, len: u64) -> io::Result<()> {
         match self {
-            Backend::File(f) => f.write_zeroes(offset, len).await,
+            Backend::File(f) => {
+                let _io = IoWait::new();
+                f.write_zeroes(offset, len).await
+            }
             Backend::Ram(r) => {
                 r.zero(offset, len);
                 Ok(())
@@ -194,7 +208,10 @@ impl Backend {
     /// zeroes afterwards where `dealloc_reads_zero` says so.
     pub async fn deallocate(&self, offset: u64, len: u64) -> io::Result<()> {
         match self {
-            Backend::File(f) => f.deallocate(offset, len).await,
+            Backend::File(f) => {
+                let _io = IoWait::new();
+                f.deallocate(offset, len).await
+            }
             Backend::Ram(r) => {
                 r.zero(offset, len);
                 Ok(())

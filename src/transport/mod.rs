@@ -1,6 +1,7 @@
 //! Transports. One connection is one NVMe queue.
 
 pub mod outbox;
+pub mod readiness;
 pub mod recv;
 pub mod socket;
 pub mod tcp;

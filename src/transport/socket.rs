@@ -9,11 +9,12 @@
 //! `sendmsg` with MSG_DONTWAIT and fall back to an io_uring write when the
 //! socket buffer is full.
 
+use super::readiness::{IoWait, Registration, Verdict};
 use crate::storage::SendPart;
 use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use std::io;
 use std::os::unix::io::RawFd;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// A peer idle this long gets TCP keepalive probes.
 const KEEPALIVE_IDLE: Duration = Duration::from_secs(30);
@@ -93,33 +94,30 @@ fn nonblocking(r: isize) -> io::Result<Try> {
     }
 }
 
-/// Non-blocking receives that poll a socket while traffic flows.
-///
-/// The poll window counts from the first empty `recv` of a dry spell, not
-/// from the last data: a core busy for longer than the window with the
-/// batch it just read must still find the socket polled, not parked on
-/// io_uring. A parked read arms an io_uring poll, and every later send by
-/// the peer then costs an inter-processor interrupt to deliver its
-/// completion (expensive in a VM), which polling avoids.
+/// Non-blocking receives while traffic flows: when the socket is empty the
+/// reader waits for its core's poller (`readiness`) to see data arrive, and
+/// parks on io_uring when the core goes quiet.
 pub struct RecvPoll {
     fd: RawFd,
-    window: Duration,
-    dry_since: Option<Instant>,
+    /// None with a zero window: park at the first empty `recv`.
+    reg: Option<Registration>,
 }
 
 impl RecvPoll {
-    /// `fd` must stay open as long as this is used.
+    /// `fd` must stay open as long as this lives; `window` is `--idle-poll`.
     pub fn new(fd: RawFd, window: Duration) -> Self {
-        RecvPoll {
-            fd,
-            window,
-            dry_since: None,
-        }
+        let reg = if window.is_zero() {
+            None
+        } else {
+            Registration::new(fd, window)
+                .map_err(|e| log::warn!("socket readiness polling unavailable ({e}): parking"))
+                .ok()
+        };
+        RecvPoll { fd, reg }
     }
 
-    /// Bytes received (0 at end of stream), or `None` once the socket has
-    /// stayed empty for the whole window: the caller then sleeps on an
-    /// io_uring read and calls `woke` when it returns.
+    /// Bytes received (0 at end of stream), or `None` once it is time to
+    /// park: the caller then sleeps on an io_uring read through `parked`.
     pub async fn recv(&mut self, buf: &mut [u8]) -> io::Result<Option<usize>> {
         loop {
             // SAFETY: buf is valid for writes of buf.len() bytes.
@@ -132,22 +130,43 @@ impl RecvPoll {
                 )
             };
             if let Try::Done(n) = nonblocking(r)? {
-                self.dry_since = None;
+                self.got_data();
                 return Ok(Some(n));
             }
-            let now = Instant::now();
-            let since = *self.dry_since.get_or_insert(now);
-            if now.duration_since(since) >= self.window {
-                return Ok(None);
+            match &self.reg {
+                Some(reg) if reg.wait().await == Verdict::Ready => continue,
+                _ => return Ok(None),
             }
-            // Let the executor run its other tasks and reap io_uring.
-            glommio::executor().yield_task_queue_now().await;
         }
     }
 
-    /// The io_uring read that followed a `None` returned: traffic resumed.
-    pub fn woke(&mut self) {
-        self.dry_since = None;
+    fn got_data(&self) {
+        if let Some(reg) = &self.reg {
+            reg.received();
+        }
+    }
+
+    /// Sleep on `read` (an io_uring read of this socket) after `recv`
+    /// returned `None`: `Some` with what it read, or `None` when the core's
+    /// poller saw data first (call `recv` again).
+    pub async fn parked<F>(&mut self, read: F) -> io::Result<Option<usize>>
+    where
+        F: std::future::Future<Output = io::Result<usize>>,
+    {
+        let Some(reg) = &self.reg else {
+            return read.await.map(Some);
+        };
+        // No `IoWait`: while the poller runs, epoll sees this socket's data.
+        let r = futures_lite::future::or(async { read.await.map(Some) }, async {
+            reg.wait_parked().await;
+            Ok(None)
+        })
+        .await;
+        reg.unpark();
+        if let Ok(Some(_)) = r {
+            reg.received();
+        }
+        r
     }
 }
 
@@ -169,13 +188,19 @@ impl<R: AsyncRead + Unpin> PollingReader<R> {
 
 impl<R: AsyncRead + Unpin> Recv for PollingReader<R> {
     async fn recv(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        if let Some(n) = self.poll.recv(buf).await? {
-            return Ok(n);
+        loop {
+            if let Some(n) = self.poll.recv(buf).await? {
+                return Ok(n);
+            }
+            // Idle: sleep on io_uring until data (or EOF) arrives.
+            let half = &mut self.half;
+            let read = async { half.read(buf).await };
+            // (`buf` is borrowed by `read` only; the poll's own state is
+            // separate.)
+            if let Some(n) = self.poll.parked(read).await? {
+                return Ok(n);
+            }
         }
-        // Idle: sleep on io_uring until data (or EOF) arrives.
-        let n = self.half.read(buf).await?;
-        self.poll.woke();
-        Ok(n)
     }
 }
 
@@ -245,6 +270,7 @@ pub async fn send_all<'p, W: AsyncWrite + Unpin>(
             }
             Try::WouldBlock => {
                 // The socket is full: the rest of this piece waits in io_uring.
+                let _io = IoWait::new();
                 match part(i) {
                     SendPart::Bytes(b) => w.write_all(&b[off..]).await?,
                     SendPart::Ram(disk, offset, len) => {
