@@ -633,6 +633,14 @@ pub fn run(cfg: TargetConfig) -> Result<(), String> {
                         return;
                     }
                 };
+                // This core's epoll set, made now: a failure shows at start,
+                // and the descriptor count stays flat while hosts come and go.
+                if !cfg.idle_poll.is_zero() {
+                    if let Err(e) = crate::transport::readiness::prepare() {
+                        let _ = ready.send(Err(format!("cannot create an epoll set: {e}")));
+                        return;
+                    }
+                }
                 let started = start_shard(cfg, rams, senders).await;
                 let (shard, listeners) = match started {
                     Ok(x) => x,

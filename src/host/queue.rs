@@ -18,6 +18,7 @@
 //! only inside a single `poll_read`/`poll_write` call, never across an await.
 
 use super::{Completion, HostConfig, HostError};
+use crate::transport::readiness::IoWait;
 use crate::transport::socket::RecvPoll;
 use crate::wire::command::{admin, fctype, sgl, Cqe, SglDescriptor, Sqe};
 use crate::wire::fabrics::{ConnectCmd, ConnectData, CATTR_DISABLE_SQ_FLOW, NQN_MAX_LEN};
@@ -875,7 +876,11 @@ async fn writer_task(conn: Rc<Conn>) {
         }
         std::mem::swap(&mut out, &mut *conn.tx.borrow_mut());
         conn.writer_busy.set(true);
-        let r = sock_write_all(&conn.stream, &out).await;
+        // A full socket waits on io_uring: see `IoWait`.
+        let r = {
+            let _io = IoWait::new();
+            sock_write_all(&conn.stream, &out).await
+        };
         conn.writer_busy.set(false);
         out.clear();
         if let Err(e) = r {

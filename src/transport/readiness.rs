@@ -42,14 +42,39 @@ pub enum Verdict {
     Park,
 }
 
+/// Which way a task waits on its socket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dir {
+    /// For data to read (a reader).
+    Rx,
+    /// For room to send (a writer whose socket buffer is full).
+    Tx,
+}
+
+/// One waiting task's state.
 #[derive(Default)]
-struct Slot {
+struct Side {
     ready: Cell<bool>,
     park: Cell<bool>,
     waker: RefCell<Option<Waker>>,
-    /// The waker belongs to a parked reader (`wait_parked`), which the
-    /// poller wakes on data but never keeps running for.
+    /// The waker belongs to a parked task (`wait_parked`), which the poller
+    /// wakes on an event but never keeps running for.
     parked: Cell<bool>,
+}
+
+#[derive(Default)]
+struct Slot {
+    rx: Side,
+    tx: Side,
+}
+
+impl Slot {
+    fn side(&self, d: Dir) -> &Side {
+        match d {
+            Dir::Rx => &self.rx,
+            Dir::Tx => &self.tx,
+        }
+    }
 }
 
 /// One executor's epoll set and the readers waiting on it.
@@ -106,7 +131,7 @@ impl Readiness {
 
     fn ctl(&self, op: i32, fd: RawFd, key: u64) -> io::Result<()> {
         let mut ev = libc::epoll_event {
-            events: (libc::EPOLLIN | libc::EPOLLRDHUP | libc::EPOLLET) as u32,
+            events: (libc::EPOLLIN | libc::EPOLLOUT | libc::EPOLLRDHUP | libc::EPOLLET) as u32,
             u64: key,
         };
         // SAFETY: valid epoll fd and event.
@@ -123,6 +148,11 @@ impl Readiness {
             w.wake();
         }
     }
+}
+
+/// Make this executor's epoll set (otherwise made by its first connection).
+pub fn prepare() -> io::Result<()> {
+    Readiness::current().map(drop)
 }
 
 /// A socket in its executor's epoll set, for as long as this lives.
@@ -152,18 +182,20 @@ impl Registration {
         self.r.activity.set(self.r.activity.get().wrapping_add(1));
     }
 
-    /// Wait until the socket may have data, or until it is time to park.
-    /// Call after a `recv` found the socket empty.
-    pub async fn wait(&self) -> Verdict {
-        self.unpark();
+    /// Wait until the socket may be ready (`d`: data to read, or room to
+    /// send), or until it is time to park. Call after a non-blocking call
+    /// found it not ready.
+    pub async fn wait(&self, d: Dir) -> Verdict {
+        self.unpark(d);
+        let side = self.slot.side(d);
         poll_fn(|cx| {
-            if self.slot.ready.replace(false) {
+            if side.ready.replace(false) {
                 return Poll::Ready(Verdict::Ready);
             }
-            if self.slot.park.replace(false) {
+            if side.park.replace(false) {
                 return Poll::Ready(Verdict::Park);
             }
-            if self.slot.waker.replace(Some(cx.waker().clone())).is_none() {
+            if side.waker.replace(Some(cx.waker().clone())).is_none() {
                 self.r.waiting.set(self.r.waiting.get() + 1);
             }
             self.r.wake_poller();
@@ -171,42 +203,44 @@ impl Registration {
         })
         .await
     }
-}
 
-impl Registration {
-    /// While parked on an io_uring read: resolves if the poller, running for
-    /// other connections, sees data arrive on this socket. Call `unpark`
-    /// when the parked read ends either way.
-    pub async fn wait_parked(&self) {
+    /// While parked on io_uring: resolves if the poller, running for other
+    /// connections, sees this socket become ready. Call `unpark` when the
+    /// parked operation ends either way.
+    pub async fn wait_parked(&self, d: Dir) {
+        let side = self.slot.side(d);
         poll_fn(|cx| {
-            if self.slot.ready.replace(false) {
-                self.unpark();
+            if side.ready.replace(false) {
+                self.unpark(d);
                 return Poll::Ready(());
             }
-            if self.slot.waker.borrow().is_none() {
-                self.slot.parked.set(true);
+            if side.waker.borrow().is_none() {
+                side.parked.set(true);
             }
-            if self.slot.parked.get() {
-                *self.slot.waker.borrow_mut() = Some(cx.waker().clone());
+            if side.parked.get() {
+                *side.waker.borrow_mut() = Some(cx.waker().clone());
             }
             Poll::Pending
         })
         .await
     }
 
-    /// The parked read is over.
-    pub fn unpark(&self) {
-        if self.slot.parked.replace(false) {
-            self.slot.waker.borrow_mut().take();
+    /// The parked operation is over.
+    pub fn unpark(&self, d: Dir) {
+        let side = self.slot.side(d);
+        if side.parked.replace(false) {
+            side.waker.borrow_mut().take();
         }
     }
 }
 
 impl Drop for Registration {
     fn drop(&mut self) {
-        self.unpark();
-        if self.slot.waker.borrow_mut().take().is_some() {
-            self.r.waiting.set(self.r.waiting.get() - 1);
+        for d in [Dir::Rx, Dir::Tx] {
+            self.unpark(d);
+            if self.slot.side(d).waker.borrow_mut().take().is_some() {
+                self.r.waiting.set(self.r.waiting.get() - 1);
+            }
         }
         self.r.slots.borrow_mut().remove(&self.key);
         // The fd is still open (see `new`); a failure only means it is not.
@@ -214,7 +248,7 @@ impl Drop for Registration {
     }
 }
 
-fn wake(r: &Readiness, slot: &Slot, park: bool) {
+fn wake(r: &Readiness, slot: &Side, park: bool) {
     if park {
         slot.park.set(true);
     } else {
@@ -258,8 +292,10 @@ async fn poll_loop(r: Rc<Readiness>) {
             // The core is quiet (or waits on io_uring): every polling reader
             // parks, and this task sleeps (nobody waits any more).
             for slot in r.slots.borrow().values() {
-                if slot.waker.borrow().is_some() && !slot.parked.get() {
-                    wake(&r, slot, true);
+                for side in [&slot.rx, &slot.tx] {
+                    if side.waker.borrow().is_some() && !side.parked.get() {
+                        wake(&r, side, true);
+                    }
                 }
             }
             continue;
@@ -269,9 +305,15 @@ async fn poll_loop(r: Rc<Readiness>) {
         // through here (a QD1 round trip was 0.6 µs slower through epoll).
         // Parked readers need epoll: only it sees their data.
         let polling = r.waiting.get();
-        if polling <= DIRECT_POLLERS && polling == r.slots.borrow().len() {
+        let all_reading = || {
+            r.slots
+                .borrow()
+                .values()
+                .all(|s| s.rx.waker.borrow().is_some() && !s.rx.parked.get())
+        };
+        if polling <= DIRECT_POLLERS && polling == r.slots.borrow().len() && all_reading() {
             for slot in r.slots.borrow().values() {
-                wake(&r, slot, false);
+                wake(&r, &slot.rx, false);
             }
         } else {
             // SAFETY: `events` holds EVENTS entries; timeout 0 never blocks.
@@ -280,9 +322,17 @@ async fn poll_loop(r: Rc<Readiness>) {
             };
             if n > 0 {
                 let slots = r.slots.borrow();
+                const RX: u32 =
+                    (libc::EPOLLIN | libc::EPOLLRDHUP | libc::EPOLLHUP | libc::EPOLLERR) as u32;
+                const TX: u32 = (libc::EPOLLOUT | libc::EPOLLHUP | libc::EPOLLERR) as u32;
                 for ev in &events[..n as usize] {
                     if let Some(slot) = slots.get(&{ ev.u64 }) {
-                        wake(&r, slot, false);
+                        if ev.events & RX != 0 {
+                            wake(&r, &slot.rx, false);
+                        }
+                        if ev.events & TX != 0 {
+                            wake(&r, &slot.tx, false);
+                        }
                     }
                 }
                 r.activity.set(r.activity.get().wrapping_add(1));
@@ -340,20 +390,20 @@ mod tests {
                 }
                 // Data on the second socket only: its reader wakes Ready.
                 peers[1].0.write_all(b"x").unwrap();
-                assert_eq!(regs[1].wait().await, Verdict::Ready);
+                assert_eq!(regs[1].wait(Dir::Rx).await, Verdict::Ready);
                 regs[1].received();
                 // Nothing anywhere: after the window every waiter parks.
                 let t = Instant::now();
-                assert_eq!(regs[0].wait().await, Verdict::Park);
+                assert_eq!(regs[0].wait(Dir::Rx).await, Verdict::Park);
                 assert!(t.elapsed() >= Duration::from_millis(5));
                 // A parked socket's data is seen while another reader polls
                 // (glommio would reap its io_uring read only much later).
-                regs[0].unpark();
+                regs[0].unpark(Dir::Rx);
                 peers[0].0.write_all(b"y").unwrap();
                 let rescued = async {
                     futures_lite::future::or(
                         async {
-                            regs[0].wait_parked().await;
+                            regs[0].wait_parked(Dir::Rx).await;
                             true
                         },
                         async {
@@ -363,9 +413,9 @@ mod tests {
                     )
                     .await
                 };
-                let (rescued, _) = futures_lite::future::zip(rescued, regs[2].wait()).await;
+                let (rescued, _) = futures_lite::future::zip(rescued, regs[2].wait(Dir::Rx)).await;
                 assert!(rescued, "parked reader not woken by the poller");
-                regs[0].unpark();
+                regs[0].unpark(Dir::Rx);
                 // Dropping registrations leaves nobody waiting.
                 drop(regs);
                 let r = Readiness::current().unwrap();

@@ -9,11 +9,12 @@
 //! `sendmsg` with MSG_DONTWAIT and fall back to an io_uring write when the
 //! socket buffer is full.
 
-use super::readiness::{IoWait, Registration, Verdict};
+use super::readiness::{Dir, IoWait, Registration, Verdict};
 use crate::storage::SendPart;
 use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use std::io;
 use std::os::unix::io::RawFd;
+use std::rc::Rc;
 use std::time::Duration;
 
 /// A peer idle this long gets TCP keepalive probes.
@@ -100,7 +101,7 @@ fn nonblocking(r: isize) -> io::Result<Try> {
 pub struct RecvPoll {
     fd: RawFd,
     /// None with a zero window: park at the first empty `recv`.
-    reg: Option<Registration>,
+    reg: Option<Rc<Registration>>,
 }
 
 impl RecvPoll {
@@ -112,6 +113,7 @@ impl RecvPoll {
             Registration::new(fd, window)
                 .map_err(|e| log::warn!("socket readiness polling unavailable ({e}): parking"))
                 .ok()
+                .map(Rc::new)
         };
         RecvPoll { fd, reg }
     }
@@ -134,10 +136,15 @@ impl RecvPoll {
                 return Ok(Some(n));
             }
             match &self.reg {
-                Some(reg) if reg.wait().await == Verdict::Ready => continue,
+                Some(reg) if reg.wait(Dir::Rx).await == Verdict::Ready => continue,
                 _ => return Ok(None),
             }
         }
+    }
+
+    /// The socket's registration, for its writer (`send_all`).
+    pub fn registration(&self) -> Option<Rc<Registration>> {
+        self.reg.clone()
     }
 
     fn got_data(&self) {
@@ -158,11 +165,11 @@ impl RecvPoll {
         };
         // No `IoWait`: while the poller runs, epoll sees this socket's data.
         let r = futures_lite::future::or(async { read.await.map(Some) }, async {
-            reg.wait_parked().await;
+            reg.wait_parked(Dir::Rx).await;
             Ok(None)
         })
         .await;
-        reg.unpark();
+        reg.unpark(Dir::Rx);
         if let Ok(Some(_)) = r {
             reg.received();
         }
@@ -183,6 +190,11 @@ impl<R: AsyncRead + Unpin> PollingReader<R> {
             poll: RecvPoll::new(fd, poll_window),
             half,
         }
+    }
+
+    /// The socket's readiness registration, for its writer.
+    pub fn registration(&self) -> Option<Rc<Registration>> {
+        self.poll.registration()
     }
 }
 
@@ -213,6 +225,7 @@ const MAX_IOV: usize = 64;
 pub async fn send_all<'p, W: AsyncWrite + Unpin>(
     fd: RawFd,
     w: &mut W,
+    reg: Option<&Registration>,
     count: usize,
     part: impl Fn(usize) -> SendPart<'p>,
 ) -> io::Result<()> {
@@ -269,7 +282,14 @@ pub async fn send_all<'p, W: AsyncWrite + Unpin>(
                 }
             }
             Try::WouldBlock => {
-                // The socket is full: the rest of this piece waits in io_uring.
+                // The socket is full: while the core polls, wait for room
+                // with the readers; once it parks, the rest of this piece
+                // waits in io_uring.
+                if let Some(reg) = reg {
+                    if reg.wait(Dir::Tx).await == Verdict::Ready {
+                        continue;
+                    }
+                }
                 let _io = IoWait::new();
                 match part(i) {
                     SendPart::Bytes(b) => w.write_all(&b[off..]).await?,

@@ -7,6 +7,7 @@
 //! straight into the command's DMA buffer), or H2CTermReq.
 
 use super::outbox::Outbox;
+use super::readiness::Registration;
 use super::recv::RecvBuf;
 use super::socket::{self, PollingReader};
 use crate::config::ADMIN_IN_CAPSULE_DATA;
@@ -136,6 +137,10 @@ type Reader = RecvBuf<PollingReader<ReadHalf<TcpStream>>>;
 
 /// The send half: non-blocking vectored sends, io_uring when the socket is full.
 struct Sender {
+    /// Shared with the reader: waits for room while the core polls. (First:
+    /// fields drop in order, and it must leave epoll before `w` closes the
+    /// socket.)
+    reg: Option<Rc<Registration>>,
     fd: RawFd,
     w: WriteHalf<TcpStream>,
 }
@@ -146,7 +151,7 @@ impl Sender {
         count: usize,
         part: impl Fn(usize) -> SendPart<'p>,
     ) -> std::io::Result<()> {
-        socket::send_all(self.fd, &mut self.w, count, part).await
+        socket::send_all(self.fd, &mut self.w, self.reg.as_deref(), count, part).await
     }
 }
 
@@ -171,7 +176,9 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream, kill: Rc<Trigger>) {
     // The fd stays valid while either half lives (both share the stream).
     let fd = stream.as_raw_fd();
     let (r, mut w) = futures_lite::io::split(stream);
-    let mut rb = RecvBuf::new(PollingReader::new(fd, r, shard.cfg.idle_poll));
+    let reader = PollingReader::new(fd, r, shard.cfg.idle_poll);
+    let reg = reader.registration();
+    let mut rb = RecvBuf::new(reader);
 
     // Connection setup (§3.3): the first PDU must be an ICReq, within a time limit.
     let ic = futures_lite::future::or(async { Some(read_icreq(&mut rb).await) }, async {
@@ -229,7 +236,7 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream, kill: Rc<Trigger>) {
         pdu_open: Cell::new(false),
         pdus: Cell::new(0),
     });
-    let writer = glommio::spawn_local(writer(conn.clone(), Sender { fd, w }));
+    let writer = glommio::spawn_local(writer(conn.clone(), Sender { fd, w, reg }));
     // Awaited, never dropped: glommio 0.9 does not free a task cancelled
     // by dropping its handle while it sleeps (176 bytes per connection).
     let watchdog = glommio::spawn_local(watchdog(conn.clone()));
