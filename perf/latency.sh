@@ -5,7 +5,8 @@
 # Starts `nvmf-tpc serve` pinned to CPU 0 with a RAM (nsid 1) and a null
 # (nsid 2) namespace of 1 GiB, drives it with `nvmf-tpc perf` pinned to CPU 1
 # through the standard matrix (4 KiB randread QD1 and QD32, 4 KiB randwrite
-# QD32, 128 KiB sequential read QD8, 4 KiB 70/30 randrw QD32) on each
+# QD32, 128 KiB sequential read QD8, 4 KiB 70/30 randrw QD32, and 4 KiB
+# randread on 4 queues at QD8 each, as a multi-queue host loads a core) on each
 # namespace, then measures the target's CPU use with a connected, idle
 # controller. Prints a table and the histograms, and writes
 # perf/results/latency-<date>.md with two SVG plots beside it.
@@ -56,7 +57,7 @@ stop_target
 
 if [[ ${#files[@]} -gt 0 ]]; then
     python3 "$ROOT/perf/report.py" latency --out "$OUT" \
-        --title "nvmf-tpc latency, $(date '+%Y-%m-%d %H:%M'), target CPU $TARGET_CPU, client CPU $CLIENT_CPU, ${PERF_TIME} s per run" \
+        --title "nvmf-tpc latency, $(date '+%Y-%m-%d %H:%M'), target CPU $TARGET_CPU, client CPU $CLIENT_CPU, ${PERF_TIME} s per run${TARGET_ARGS:+ (target flags: $TARGET_ARGS)}${PERF_ARGS:+ (perf flags: $PERF_ARGS)}" \
         --note "$(machine_note)" --ns 1=RAM --ns 2=null "${files[@]}"
 fi
 if [[ "${PERF_KEEP_RAW:-0}" == 1 ]]; then

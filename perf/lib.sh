@@ -107,6 +107,7 @@ MATRIX=(
     "randwrite-4k-qd32|--rw randwrite --bs 4K --qd 32"
     "read-128k-qd8|--rw read --bs 128K --qd 8"
     "randrw70-4k-qd32|--rw randrw --mix 70 --bs 4K --qd 32"
+    "randread-4k-4x8|--rw randread --bs 4K --qd 8 --queues 4"
 )
 
 machine_note() {

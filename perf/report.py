@@ -52,6 +52,12 @@ def workload(cfg):
     return f"{human_bytes(cfg['bs'])} {rw_words(cfg)} QD{cfg['qd']}"
 
 
+def workload_queues(cfg):
+    """The workload, with the queue count when there are several."""
+    queues = cfg.get("queues", 1)
+    return workload(cfg) + (f" x {queues} queues" if queues > 1 else "")
+
+
 def grouped(v):
     return f"{round(v):,}"
 
@@ -210,7 +216,7 @@ def latency(args):
             idle = d
             continue
         c = d["config"]
-        d["label"] = f"{ns_names.get(str(c['nsid']), 'ns ' + str(c['nsid']))}, {workload(c)}"
+        d["label"] = f"{ns_names.get(str(c['nsid']), 'ns ' + str(c['nsid']))}, {workload_queues(c)}"
         runs.append(d)
 
     header = ["namespace, workload", "IOPS", "MiB/s", "p50 µs", "p99 µs", "p99.9 µs",
@@ -434,7 +440,7 @@ def compare(args):
         a = load(pa) if os.path.exists(pa) else None
         b = load(pb) if os.path.exists(pb) else None
         if a or b:
-            label = workload((a or b)["config"])
+            label = workload_queues((a or b)["config"])
         pairs.append((label, a, b))
 
         def g(d, *keys):
