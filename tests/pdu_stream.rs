@@ -302,6 +302,7 @@ fn io_session_split_and_merged() {
     s.extend(read_cmd(3, 8, 2, d));
     // Every split inside the in-capsule write, and the whole session merged.
     let start = s.len() - read_cmd(3, 8, 2, d).len() - write_icd(2, 8, &data, d).len();
+    let mut rounds = 0;
     for k in (start..=s.len()).step_by(7) {
         let mut p = Peer::open(t.addr, d);
         p.send(&s[..k]);
@@ -324,9 +325,18 @@ fn io_session_split_and_merged() {
             }
         }
         assert_eq!(read_back.len(), 8192);
-        // Connection closes free the qid for the next round.
+        // The close frees the qid for the next round: wait until the target
+        // has seen it (a fixed pause raced the teardown on a loaded machine).
         drop(p);
-        std::thread::sleep(Duration::from_millis(5));
+        rounds += 1;
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while t.log().matches("I/O queue 1 closed").count() < rounds {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "queue {rounds} not closed"
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
     }
 }
 
