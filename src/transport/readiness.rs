@@ -214,12 +214,11 @@ impl Registration {
                 self.unpark(d);
                 return Poll::Ready(());
             }
-            if side.waker.borrow().is_none() {
-                side.parked.set(true);
+            if !side.parked.replace(true) && side.waker.borrow_mut().take().is_some() {
+                // The waker of a `wait` that was dropped unfinished.
+                self.r.waiting.set(self.r.waiting.get() - 1);
             }
-            if side.parked.get() {
-                *side.waker.borrow_mut() = Some(cx.waker().clone());
-            }
+            *side.waker.borrow_mut() = Some(cx.waker().clone());
             Poll::Pending
         })
         .await
@@ -421,6 +420,68 @@ mod tests {
                 let r = Readiness::current().unwrap();
                 assert_eq!(r.waiting.get(), 0);
                 assert!(r.slots.borrow().is_empty());
+            })
+            .unwrap()
+            .join()
+            .unwrap();
+    }
+
+    #[test]
+    fn a_wait_dropped_unfinished_leaves_no_polling_waiter() {
+        glommio::LocalExecutorBuilder::default()
+            .spawn(|| async {
+                let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+                let mut c = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
+                let (a, _) = l.accept().unwrap();
+                a.set_nonblocking(true).unwrap();
+                let reg = Registration::new(a.as_raw_fd(), Duration::from_secs(60)).unwrap();
+                // A second, idle socket: the poller asks epoll (with every
+                // socket waiting it lets readers `recv` themselves instead).
+                let _c1 = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
+                let (idle, _) = l.accept().unwrap();
+                let _idle = Registration::new(idle.as_raw_fd(), Duration::from_secs(60)).unwrap();
+                let r = Readiness::current().unwrap();
+                // A `wait` given up before it resolved (its task raced it).
+                let gave_up =
+                    futures_lite::future::or(async { Some(reg.wait(Dir::Rx).await) }, async {
+                        glommio::timer::sleep(Duration::from_millis(2)).await;
+                        None
+                    })
+                    .await;
+                assert_eq!(gave_up, None);
+                assert_eq!(r.waiting.get(), 1);
+                // Parking takes over its place: nobody polls any more, and
+                // the parked task is still woken by data.
+                let parked = async {
+                    reg.wait_parked(Dir::Rx).await;
+                    true
+                };
+                let poke = async {
+                    assert_eq!(r.waiting.get(), 0);
+                    c.write_all(b"z").unwrap();
+                    // Someone must poll for the poller to run.
+                    let l2 = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+                    let _c2 = std::net::TcpStream::connect(l2.local_addr().unwrap()).unwrap();
+                    let (b, _) = l2.accept().unwrap();
+                    b.set_nonblocking(true).unwrap();
+                    let other = Registration::new(b.as_raw_fd(), Duration::from_secs(60)).unwrap();
+                    futures_lite::future::or(
+                        async {
+                            other.wait(Dir::Rx).await;
+                        },
+                        async {
+                            glommio::timer::sleep(Duration::from_secs(2)).await;
+                        },
+                    )
+                    .await;
+                };
+                let woken = futures_lite::future::or(parked, async {
+                    poke.await;
+                    false
+                })
+                .await;
+                assert!(woken, "parked task not woken");
+                reg.unpark(Dir::Rx);
             })
             .unwrap()
             .join()
