@@ -3,11 +3,11 @@
 //! Waking a parked executor costs tens of microseconds on these machines
 //! (../shared/perf-reference.md), more than a whole 4 KiB command. So the
 //! receive side first tries a non-blocking `recv`; when nothing is there it
-//! yields the task queue (the executor polls its io_uring and runs other
-//! tasks) and tries again, for up to `poll_window` after the last data; only
-//! then does it park on an io_uring read. Sends go straight to `send`/
-//! `sendmsg` with MSG_DONTWAIT and fall back to an io_uring write when the
-//! socket buffer is full.
+//! waits for its core's poller (`readiness`) to see data arrive, and parks
+//! on an io_uring read only once the core has been quiet for the poll
+//! window. Sends go straight to `sendmsg` with MSG_DONTWAIT; when the socket
+//! buffer is full they wait for room with the poller, or in io_uring once
+//! the core parks.
 
 use super::readiness::{Dir, IoWait, Registration, Verdict};
 use crate::storage::SendPart;

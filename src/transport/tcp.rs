@@ -135,7 +135,8 @@ const FLOW_BATCH: usize = 12;
 
 type Reader = RecvBuf<PollingReader<ReadHalf<TcpStream>>>;
 
-/// The send half: non-blocking vectored sends, io_uring when the socket is full.
+/// The send half: non-blocking vectored sends; a full socket waits for room
+/// (see `socket::send_all`).
 struct Sender {
     /// Shared with the reader: waits for room while the core polls. (First:
     /// fields drop in order, and it must leave epoll before `w` closes the
