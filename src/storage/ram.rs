@@ -8,6 +8,11 @@
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 const WORD: usize = 8;
+/// A cache line.
+const LINE: usize = 64;
+/// How much of a block `prefetch_head` loads: 1 to 4 lines measured alike,
+/// 8 a little slower, a whole 4 KiB block slower than none.
+const PREFETCH_HEAD: usize = 4 * LINE;
 
 pub struct RamDisk {
     ptr: *mut AtomicU64,
@@ -124,6 +129,27 @@ impl RamDisk {
         }
     }
 
+    /// Start loading the first lines of bytes `offset..offset + len` into the
+    /// cache. A send's iovecs are copied by the kernel one block after
+    /// another, and each random block's first line misses all the way to
+    /// DRAM; touching the heads of every block in the batch first lets those
+    /// misses overlap, and the hardware streamer carries each block on from
+    /// its head. (Prefetching whole blocks filled the miss buffers and was
+    /// slower than none.) 4 KiB random reads at QD32: 735k -> 840-875k IOPS.
+    pub fn prefetch_head(&self, offset: u64, len: usize) {
+        let head = len.min(PREFETCH_HEAD);
+        let p = self.address(offset, head);
+        #[cfg(target_arch = "x86_64")]
+        for line in (0..head).step_by(LINE) {
+            use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+            // SAFETY: a prefetch never faults, and the range is in the
+            // mapping anyway (checked by `address`).
+            unsafe { _mm_prefetch::<_MM_HINT_T0>(p.add(line) as *const i8) };
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = p;
+    }
+
     pub fn zero(&self, offset: u64, len: u64) {
         for w in self.range(offset, len as usize) {
             w.store(0, Relaxed);
@@ -163,7 +189,6 @@ unsafe fn copy_bytes(dst: *mut u8, src: *const u8, len: usize) {
 /// As `copy_bytes`.
 #[cfg(target_arch = "x86_64")]
 unsafe fn store_bytes(dst: *mut u8, src: *const u8, len: usize) {
-    const LINE: usize = 64;
     if len == 0 || !len.is_multiple_of(LINE) || !(dst as usize).is_multiple_of(16) {
         return copy_bytes(dst, src, len);
     }
@@ -240,5 +265,16 @@ mod tests {
         r.read(4096, &mut out);
         assert!(out[..512].iter().all(|&b| b == 0));
         assert_eq!(&out[512..], &data[512..]);
+    }
+
+    #[test]
+    fn prefetch_head_stays_inside_a_short_last_block() {
+        // A 512-byte block at the very end: the hint must not reach past
+        // the mapping (PREFETCH_HEAD is shorter than 4 KiB but longer
+        // than the 64 bytes checked here).
+        let r = RamDisk::new(8192).unwrap();
+        r.prefetch_head(8192 - 512, 512);
+        r.prefetch_head(8192 - 64, 64);
+        r.prefetch_head(0, 0);
     }
 }

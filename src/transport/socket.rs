@@ -246,6 +246,7 @@ pub async fn send_all<'p, W: AsyncWrite + Unpin>(
             let pj = part(j);
             if o < pj.len() {
                 let (p, len) = pj.iov(o);
+                pj.prefetch(o);
                 iov[n] = libc::iovec {
                     iov_base: p as *mut libc::c_void,
                     iov_len: len,
