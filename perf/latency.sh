@@ -8,15 +8,19 @@
 # QD32, 128 KiB sequential read QD8, 4 KiB 70/30 randrw QD32, and 4 KiB
 # randread on 4 queues at QD8 each, as a multi-queue host loads a core) on each
 # namespace, then measures the target's CPU use with a connected, idle
-# controller. Prints a table and the histograms, and writes
-# perf/results/latency-<date>.md with two SVG plots beside it.
+# controller. Last, with the target stopped, it measures this machine's bare
+# loopback TCP and copy rates (perf/ceiling.rs) on the same two CPUs. Prints
+# a table, the ratios to the SPDK reference and to the bare rates, and the
+# histograms, and writes perf/results/latency-<date>.md with two SVG plots
+# beside it.
 #
 # Environment: PERF_TIME (seconds per run, default 10; PERF_TIME=3 for a
 # quick look), PERF_WARMUP (1), PERF_IDLE (idle window, 10), TARGET_CPU (0),
 # CLIENT_CPU (1), PERF_NO_BUILD=1 (use target/release/nvmf-tpc as it is),
 # PERF_KEEP_RAW=1 (keep the JSON and logs of every run),
 # TARGET_ARGS (extra `serve` flags, e.g. "--idle-poll 0"), PERF_ARGS (extra
-# `perf` flags, e.g. "--idle-poll 0" for a client that sleeps at once).
+# `perf` flags, e.g. "--idle-poll 0" for a client that sleeps at once),
+# PERF_CEILING=0 (skip the bare rates).
 
 # shellcheck source=perf/lib.sh
 source "$(dirname "$0")/lib.sh"
@@ -55,10 +59,26 @@ else
 fi
 stop_target
 
+# The congestion control the target's connections used.
+cc=$(sed -n 's/.*--tcp-congestion[ =]\([^ ]*\).*/\1/p' <<<"${TARGET_ARGS:-}")
+cc=${cc:-$(cat /proc/sys/net/ipv4/tcp_congestion_control 2>/dev/null || echo '?')}
+ceiling=()
+if [[ "${PERF_CEILING:-1}" == 1 ]]; then
+    log ""
+    log "=== this machine's bare loopback TCP and copy rates (perf/ceiling.rs)"
+    if "$ROOT/target/release/examples/ceiling" --send-cpu "$TARGET_CPU" --recv-cpu "$CLIENT_CPU" \
+        --time "$(( PERF_TIME < 3 ? PERF_TIME : 3 ))" --json "$WORK/ceiling.json"; then
+        ceiling=(--ceiling "$WORK/ceiling.json" --cc "$cc")
+    else
+        log "*** bare rates FAILED"
+        FAILED=$((FAILED + 1))
+    fi
+fi
+
 if [[ ${#files[@]} -gt 0 ]]; then
     python3 "$ROOT/perf/report.py" latency --out "$OUT" \
         --title "nvmf-tpc latency, $(date '+%Y-%m-%d %H:%M'), target CPU $TARGET_CPU, client CPU $CLIENT_CPU, ${PERF_TIME} s per run${TARGET_ARGS:+ (target flags: $TARGET_ARGS)}${PERF_ARGS:+ (perf flags: $PERF_ARGS)}" \
-        --note "$(machine_note)" --ns 1=RAM --ns 2=null "${files[@]}"
+        --note "$(machine_note)" --ns 1=RAM --ns 2=null "${ceiling[@]}" "${files[@]}"
 fi
 if [[ "${PERF_KEEP_RAW:-0}" == 1 ]]; then
     mkdir -p "$OUT.raw" && cp "$WORK"/*.json "$WORK"/*.log "$OUT.raw/"

@@ -45,7 +45,7 @@ build_release() {
         return
     fi
     log "building release binary"
-    cargo build --release --quiet --bin nvmf-tpc
+    cargo build --release --quiet --bin nvmf-tpc --example ceiling
 }
 
 free_port() {

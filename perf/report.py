@@ -2,7 +2,8 @@
 """Turns the JSON written by `nvmf-tpc perf --json` into markdown tables and
 SVG plots (standard library only; the SVG is written by hand).
 
-  report.py latency --out PREFIX [--title T] [--note N] [--ns 1=RAM ...] FILE.json...
+  report.py latency --out PREFIX [--title T] [--note N] [--ns 1=RAM ...]
+                    [--ceiling CEILING.json --cc NAME] FILE.json...
       PREFIX.md, PREFIX-percentiles.svg, PREFIX-histograms.svg
   report.py scaling --out PREFIX [--title T] [--note N] CORES=FILE.json...
       PREFIX.md, PREFIX.svg
@@ -207,6 +208,71 @@ PCTS = [
 ]
 
 
+# perf-reference.md: SPDK v24.01 nvmf_tgt driven by spdk_nvme_perf, both
+# polling, 2 vCPUs (AMD EPYC), loopback, median of three 10 s runs.
+# (namespace, rw, block size, QD) -> (IOPS, MiB/s, p50 µs)
+SPDK_REFERENCE = {
+    ("RAM", "randread", 4096, 1): (94844, 370, 9.9),
+    ("RAM", "randread", 4096, 32): (754791, 2948, 40.4),
+    ("RAM", "randwrite", 4096, 32): (572837, 2238, 55.5),
+    ("RAM", "read", 131072, 8): (51345, 6418, 130.8),
+    ("null", "randread", 4096, 32): (1018129, 3977, 30.1),
+}
+
+
+def reference_lines(runs, ns_names):
+    """The runs that perf-reference.md has a figure for, with the ratio."""
+    rows = []
+    for d in runs:
+        c = d["config"]
+        if c.get("queues", 1) != 1:
+            continue
+        key = (ns_names.get(str(c["nsid"])), c["rw"], c["bs"], c["qd"])
+        ref = SPDK_REFERENCE.get(key)
+        if not ref:
+            continue
+        r = d["result"]
+        rows.append([d["label"], grouped(r["iops"]), grouped(ref[0]), f"{r['iops'] / ref[0]:.2f}",
+                     num(r["latency_us"]["p50"]), num(ref[2])])
+    if not rows:
+        return []
+    header = ["workload", "nvmf-tpc IOPS", "SPDK IOPS", "ratio", "nvmf-tpc p50 µs", "SPDK p50 µs"]
+    return [
+        "## Against the SPDK reference\n\n",
+        "SPDK v24.01 `nvmf_tgt` driven by `spdk_nvme_perf`, both polling, measured on 2 vCPUs of "
+        "an AMD EPYC (perf-reference.md). A different CPU and a different client: read the "
+        "ratios with the bare rates below, which are this machine's.\n\n",
+        md_table(header, rows), "\n",
+    ]
+
+
+def ceiling_lines(path, cc, runs, ns_names):
+    """This machine's bare rates (perf/ceiling.rs), and the 128 KiB read
+    against the bare 128 KiB stream of the same congestion control."""
+    rates = load(path)["ceiling"]
+    rows = [[x["name"], num(x["mib_per_s"], 0), grouped(x["blocks_per_s"]),
+             f"{100 * x['sender_busy']:.0f}%"] for x in rates]
+    out = [
+        "## This machine's bare rates\n\n",
+        "`perf/ceiling.rs`, no NVMe/TCP: one core copying out of a 1 GiB RAM region, and one core "
+        "sending a 24-byte header plus a block of that region per iovec pair to a reader on the "
+        "client's core, both polling non-blocking sockets. One way and always full, so a bound "
+        "for large reads; for 4 KiB blocks it is no bound under BBR, which paces a saturated "
+        "stream below what request-driven traffic reaches.\n\n",
+        md_table(["measurement", "MiB/s", "blocks/s", "sender core busy"], rows), "\n",
+    ]
+    stream = next((x for x in rates if x["kind"] == "stream" and x["block"] == 131072
+                   and x["cc"] == cc), None)
+    for d in runs:
+        c = d["config"]
+        if stream and c["rw"] == "read" and c["bs"] == 131072 and \
+                ns_names.get(str(c["nsid"])) == "RAM" and c.get("queues", 1) == 1:
+            mib = d["result"]["mib_s"]
+            out.append(f"{d['label']}: {mib:,.0f} MiB/s = **{mib / stream['mib_per_s']:.2f}** of the "
+                       f"bare 128 KiB stream with {cc} ({stream['mib_per_s']:,.0f} MiB/s).\n\n")
+    return out
+
+
 def latency(args):
     ns_names = dict(s.split("=", 1) for s in args.ns)
     runs, idle = [], None
@@ -256,7 +322,12 @@ def latency(args):
         "bucket error); CPU per I/O is user+sys time over the measured window divided by I/Os "
         "(both sides poll while traffic flows, so at full load it is about 1 / IOPS).\n\n"
     )
-    md += [table, "\n", idle_line, "\n",
+    md += [table, "\n", idle_line, "\n"]
+    extra = reference_lines(runs, ns_names)
+    if args.ceiling:
+        extra += ceiling_lines(args.ceiling, args.cc, runs, ns_names)
+    md += extra
+    md += [
            f"![latency percentiles]({os.path.basename(percentiles_svg)})\n\n",
            f"![latency histograms]({os.path.basename(histograms_svg)})\n\n",
            "## Histograms\n\n"]
@@ -272,6 +343,7 @@ def latency(args):
     for d in runs:
         print(f"{d['label']}:")
         print(text_histogram(d["result"]["histogram"]))
+    print("".join(extra))
     print(f"written: {args.out}.md, {base}-percentiles.svg, {base}-histograms.svg")
 
 
@@ -520,6 +592,8 @@ def main():
         q.add_argument("--note", default="")
         if name == "latency":
             q.add_argument("--ns", action="append", default=[], help="NSID=NAME")
+            q.add_argument("--ceiling", help="JSON from perf/ceiling.rs")
+            q.add_argument("--cc", default="", help="the target's TCP congestion control")
             q.add_argument("files", nargs="+")
         elif name == "scaling":
             q.add_argument("files", nargs="+", help="CORES=FILE.json")
