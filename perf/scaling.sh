@@ -7,7 +7,11 @@
 # perf/results/scaling-<date>.md and .svg.
 #
 # On a 2-CPU machine the client shares the CPUs with the target, so the
-# efficiency measured is a floor, not the design's.
+# efficiency measured is a floor, not the design's: one target core already
+# takes both client cores' load there, and two target cores add little
+# because the client needs the same CPUs. Which target core each connection
+# lands on is the kernel's SO_REUSEPORT hash, so runs with few connections
+# vary; SCALE_QUEUES=4 SCALE_QD=8 spreads the load over more of them.
 #
 # Environment: PERF_TIME (10), PERF_WARMUP (1), SCALE_QUEUES (I/O queues per
 # client core, 1), SCALE_QD (32), PERF_ARGS (extra `perf` flags),
