@@ -128,6 +128,9 @@ pub struct Shard {
     pub stats: RefCell<Vec<SmartCounters>>,
     pub stop: Trigger,
     pub connections: RefCell<HashMap<u64, Rc<Trigger>>>,
+    /// I/O queues of this core with commands outstanding (transport's flow
+    /// batching reads it).
+    pub active_io: Cell<usize>,
     next_conn: Cell<u64>,
     pub started: Instant,
     /// This core's DMA memory for command data (`--dma-memory`).
@@ -181,6 +184,7 @@ impl Shard {
             stats: RefCell::new(vec![SmartCounters::default(); nsub]),
             stop: Trigger::new(),
             connections: RefCell::new(HashMap::new()),
+            active_io: Cell::new(0),
             next_conn: Cell::new(0),
             started: Instant::now(),
             dma,

@@ -113,6 +113,9 @@ pub struct Conn {
     /// One bit per CID in flight.
     inflight: RefCell<Box<[u64]>>,
     outstanding: Cell<u32>,
+    depth: DepthEstimate,
+    /// Counted in the shard's `active_io`.
+    active: Cell<bool>,
     /// Commands between dispatch and completion (AERs leave at once: they
     /// complete only when an event comes).
     executing: Cell<u32>,
@@ -127,11 +130,46 @@ pub struct Conn {
     pdus: Cell<u64>,
 }
 
-/// Completions a reader lets queue up before the writer sends them. Fewer
-/// cost more system calls per I/O, more leave the host idle longer: 12
-/// measured best of 4, 6, 8, 12, 16 and 24 (4 KiB reads at QD32,
-/// perf/README.md).
+/// Most completions a reader lets queue up before the writer sends them
+/// (see `Conn::flow_batch`). Fewer cost more system calls per I/O, more
+/// leave the host idle longer: 12 measured best of 4, 6, 8, 12, 16 and 24
+/// (4 KiB reads at QD32, perf/README.md).
 const FLOW_BATCH: usize = 12;
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        if self.active.get() {
+            let n = self.shard.active_io.get();
+            self.shard.active_io.set(n.saturating_sub(1));
+        }
+    }
+}
+
+/// The host's queue depth on this connection as the target sees it: the most
+/// commands here at once (outstanding plus those already buffered), over
+/// the last one or two windows of `DEPTH_WINDOW` observations.
+#[derive(Default)]
+struct DepthEstimate {
+    current: Cell<usize>,
+    previous: Cell<usize>,
+    seen: Cell<u32>,
+}
+
+const DEPTH_WINDOW: u32 = 4096;
+
+impl DepthEstimate {
+    fn observe(&self, now: usize) -> usize {
+        self.current.set(self.current.get().max(now));
+        let seen = self.seen.get() + 1;
+        if seen >= DEPTH_WINDOW {
+            self.previous.set(self.current.replace(0));
+            self.seen.set(0);
+        } else {
+            self.seen.set(seen);
+        }
+        self.current.get().max(self.previous.get())
+    }
+}
 
 type Reader = RecvBuf<PollingReader<ReadHalf<TcpStream>>>;
 
@@ -229,6 +267,8 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream, kill: Rc<Trigger>) {
         }),
         inflight: RefCell::new(vec![0u64; 65536 / 64].into_boxed_slice()),
         outstanding: Cell::new(0),
+        depth: DepthEstimate::default(),
+        active: Cell::new(false),
         executing: Cell::new(0),
         waiting_mem: Cell::new(0),
         sqhd: Cell::new(0),
@@ -313,6 +353,36 @@ impl Conn {
         }
     }
 
+    /// How many replies to let queue before the writer sends them. Alone on
+    /// its core, a queue splits the host's burst in two: half the host's
+    /// queue depth, up to `FLOW_BATCH` (null 4 KiB randread, our client:
+    /// QD8 447k -> 553k, QD16 636k -> 855k, QD32 and QD64 within 3%, RAM
+    /// 128 KiB QD8 41.8k -> 47.3k). With other busy queues on the core the
+    /// core already works while each host does, and splitting only costs
+    /// sends (4 queues x QD8: 739k -> 580k), so `FLOW_BATCH` stays.
+    fn flow_batch(&self, rb: &Reader) -> usize {
+        let outstanding = self.outstanding.get() as usize;
+        let io = matches!(self.state.borrow().binding, Some(Binding::Io { .. }));
+        let active = io && outstanding > 0;
+        if self.active.get() != active {
+            self.active.set(active);
+            let n = self.shard.active_io.get();
+            self.shard
+                .active_io
+                .set(if active { n + 1 } else { n.saturating_sub(1) });
+        }
+        if self.shard.active_io.get() > 1 {
+            return FLOW_BATCH;
+        }
+        // Commands here now: outstanding, and those already received (a
+        // capsule without data is CH_LEN + SQE_LEN bytes; with data the
+        // count is too high, which only keeps FLOW_BATCH).
+        let depth = self
+            .depth
+            .observe(outstanding + rb.buffered() / (CH_LEN + SQE_LEN));
+        (depth / 2).clamp(2, FLOW_BATCH)
+    }
+
     async fn read_loop(self: &Rc<Self>, rb: &mut Reader) -> Stop {
         loop {
             // A host pipelining many commands sends them in one burst; when
@@ -320,7 +390,7 @@ impl Conn {
             // before reading on, so that the host works on those while this
             // core works on the rest, instead of each side waiting for the
             // other's whole batch.
-            if self.out.queued() >= FLOW_BATCH && self.out.writer_idle() {
+            if self.out.queued() >= self.flow_batch(rb) && self.out.writer_idle() {
                 futures_lite::future::yield_now().await;
             }
             match self.read_pdu(rb).await {
@@ -1095,5 +1165,29 @@ fn encode_done(
     }
     if !skip_resp {
         pdu::encode_capsule_resp(&conn.cqe(cid, resp), d, buf);
+    }
+}
+
+#[cfg(test)]
+mod depth_tests {
+    use super::{DepthEstimate, DEPTH_WINDOW};
+
+    #[test]
+    fn depth_keeps_the_peak_for_a_window_then_follows_the_host_down() {
+        let d = DepthEstimate::default();
+        assert_eq!(d.observe(3), 3);
+        assert_eq!(d.observe(16), 16);
+        // Fewer commands here for a while (the target sent half a burst):
+        // the peak stands for the rest of this window and the next.
+        for _ in 0..DEPTH_WINDOW {
+            assert_eq!(d.observe(8), 16);
+        }
+        // Two windows without it: the estimate is what the host does now.
+        for _ in 0..DEPTH_WINDOW {
+            d.observe(8);
+        }
+        assert_eq!(d.observe(8), 8);
+        // A deeper host is seen at once.
+        assert_eq!(d.observe(64), 64);
     }
 }
