@@ -405,7 +405,7 @@ async fn poll_loop(r: Rc<Readiness>) {
         // IOPS instead of 870-980k. Every 4th idle round measured as well
         // as every 8th on separate CPUs (every round: QD1 -4%).
         if r.activity.get() == last_activity {
-            idle_rounds += 1;
+            idle_rounds = idle_rounds.wrapping_add(1);
             if idle_rounds.is_multiple_of(YIELD_EVERY) {
                 // SAFETY: plain system call.
                 unsafe { libc::sched_yield() };
