@@ -25,7 +25,18 @@ fn icreq(d: Digests) -> Vec<u8> {
     .to_vec()
 }
 
+/// PSDT 01b (SGLs), as every NVMe over Fabrics host sets it.
+const PSDT_SGL: u8 = 0x40;
+
+/// A capsule as a fabrics host sends it (PSDT set to SGL).
 fn capsule(sqe: &Sqe, data: &[u8], d: Digests) -> Vec<u8> {
+    let mut sqe = *sqe;
+    sqe.set_flags(sqe.flags() | PSDT_SGL);
+    capsule_raw(&sqe, data, d)
+}
+
+/// A capsule with the SQE's flags as they are.
+fn capsule_raw(sqe: &Sqe, data: &[u8], d: Digests) -> Vec<u8> {
     let mut out = Vec::new();
     pdu::encode_capsule_cmd(&sqe.0, data.len(), d, &mut out);
     out.extend_from_slice(data);
@@ -855,6 +866,51 @@ fn command_rules_on_io_queues() {
     assert_eq!(p.expect_resp().status, Status::INVALID_OPCODE);
     p.send(&prop_set_cc(13, d));
     assert_eq!(p.expect_resp().status, Status::INVALID_OPCODE);
+    still_serving(&mut admin, 30, d);
+}
+
+/// Fused operations (FUSES = 0 in Identify) and PRP data pointers (fabrics
+/// carry data by SGL only) are refused with Invalid Field, and nothing runs.
+#[test]
+fn fused_and_prp_commands_are_refused() {
+    let t = Target::start(&["--subsystem", NQN, "--namespace", "ram:16M", "--cores", "1"]);
+    let d = Digests::default();
+    let (mut admin, cntlid) = enabled_admin(t.addr, d);
+    let mut p = io_peer(t.addr, d, cntlid, 1, 31);
+    let data = [0x5Au8; 4096];
+    let as_sqe = |pdu: &[u8]| Sqe::from_slice(&pdu[8..8 + 64]);
+    // A fused pair: first (01b) then second (10b) command, each a write.
+    for (cid, fuse) in [(1u16, 0b01u8), (2, 0b10)] {
+        let mut sqe = as_sqe(&write_icd(cid, cid as u64, &data, d));
+        sqe.set_flags(sqe.flags() | fuse);
+        p.send(&capsule(&sqe, &data, d));
+        assert_eq!(p.expect_resp().status, Status::INVALID_FIELD, "fuse {fuse}");
+    }
+    // PRP (PSDT 00b) and the reserved 11b.
+    for (cid, psdt) in [(3u16, 0x00u8), (4, 0xC0)] {
+        let mut sqe = as_sqe(&write_icd(cid, cid as u64, &data, d));
+        sqe.set_flags(psdt);
+        p.send(&capsule_raw(&sqe, &data, d));
+        assert_eq!(
+            p.expect_resp().status,
+            Status::INVALID_FIELD,
+            "psdt {psdt:#x}"
+        );
+    }
+    // PSDT 10b (SGL for metadata too) is an SGL command like 01b.
+    let mut sqe = as_sqe(&write_icd(5, 5, &data, d));
+    sqe.set_flags(0x80);
+    p.send(&capsule_raw(&sqe, &data, d));
+    assert!(p.expect_resp().status.is_success());
+    // None of the refused writes reached the namespace.
+    for lba in 1..=4u64 {
+        p.send(&read_cmd(10 + lba as u16, lba, 1, d));
+        match p.recv() {
+            Some(Rx::Data(_, got, _)) => assert_eq!(got, vec![0u8; 4096], "lba {lba}"),
+            other => panic!("expected data, got {other:?}"),
+        }
+        assert!(p.expect_resp().status.is_success());
+    }
     still_serving(&mut admin, 30, d);
 }
 

@@ -11,9 +11,26 @@ pub mod io;
 
 use crate::config::NamespaceConfig;
 use crate::storage::{Backend, DataBuf};
+use crate::wire::command::Sqe;
 use crate::wire::identify::NamespaceInfo;
 use crate::wire::status::Status;
 use glommio::io::DmaBuffer;
+
+/// PSDT values that describe data by SGL (01b: SGLs, contiguous metadata;
+/// 10b: SGLs, metadata by SGL too). NVMe over Fabrics carries data only by
+/// SGL (NVMe-oF 1.1 §2.1); PRPs (00b) and 11b (reserved) are refused.
+const PSDT_SGL: [u8; 2] = [0b01, 0b10];
+
+/// Checks every command passes before its command set sees it, as nvmet's
+/// request init does: no fused operations (Identify Controller FUSES is 0,
+/// so a fused pair would run as two independent commands, NVMe Base 2.0
+/// §3.4.2), and data described by SGL.
+pub fn check_common(sqe: &Sqe) -> Result<(), Status> {
+    if sqe.fuse() != 0 || !PSDT_SGL.contains(&sqe.psdt()) {
+        return Err(Status::INVALID_FIELD);
+    }
+    Ok(())
+}
 
 /// Data a command moves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -665,6 +665,7 @@ impl Conn {
 
     /// Phase one of dispatch: which command set, is it allowed now, what data.
     fn prepare(&self, sqe: &Sqe) -> Result<(Xfer, Option<Rc<Namespace>>), Status> {
+        crate::target::check_common(sqe)?;
         let mut st = self.state.borrow_mut();
         if sqe.opcode() == command::admin::FABRICS {
             return match (sqe.fctype(), &st.binding) {

@@ -80,6 +80,14 @@ impl Sqe {
     pub fn flags(&self) -> u8 {
         self.0[1]
     }
+    /// Fused operation (CDW0 bits 9:8): 0 for a normal command.
+    pub fn fuse(&self) -> u8 {
+        self.0[1] & 0x3
+    }
+    /// PRP or SGL for Data Transfer (CDW0 bits 15:14).
+    pub fn psdt(&self) -> u8 {
+        self.0[1] >> 6
+    }
     pub fn cid(&self) -> u16 {
         LE::read_u16(&self.0[2..4])
     }
