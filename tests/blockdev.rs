@@ -91,6 +91,40 @@ fn block_device_namespace() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+/// A block device served by one target is claimed (O_EXCL and a lock): a
+/// second target refuses it and names the holder; so is a mounted device.
+#[test]
+fn a_claimed_or_mounted_block_device_is_refused() {
+    let dir = scratch_dir("blkclaim");
+    let img = dir.join("blk.img");
+    std::fs::File::create(&img)
+        .unwrap()
+        .set_len(16 << 20)
+        .unwrap();
+    let lo = Loop::attach(&img);
+    let a = Target::start(&["--subsystem", NQN, "--namespace", &lo.0]);
+    match Target::try_start(&["--subsystem", NQN, "--namespace", &lo.0]) {
+        Ok(t) => panic!("a second target started on {}:\n{}", lo.0, t.output()),
+        Err((_, out)) => assert!(
+            out.contains(&format!("in use by process {}", a.pid())),
+            "{out}"
+        ),
+    }
+    drop(a);
+    sh("mkfs.ext4", &["-q", "-F", &lo.0]).expect("mkfs.ext4");
+    let mnt = dir.join("mnt");
+    std::fs::create_dir_all(&mnt).unwrap();
+    sh("mount", &[&lo.0, mnt.to_str().unwrap()]).expect("mount");
+    let refused = Target::try_start(&["--subsystem", NQN, "--namespace", &lo.0]);
+    let _ = sh("umount", &[mnt.to_str().unwrap()]);
+    match refused {
+        Ok(t) => panic!("served a mounted device:\n{}", t.output()),
+        Err((_, out)) => assert!(out.contains("mounted"), "{out}"),
+    }
+    drop(lo);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
 #[test]
 fn enospc_becomes_a_status_and_the_target_keeps_serving() {
     let dir = scratch_dir("enospc");

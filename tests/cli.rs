@@ -119,3 +119,50 @@ fn help_speaks_to_admins() {
         assert!(s.contains(flag), "help lacks {flag}:\n{s}");
     }
 }
+
+/// A backing served by one target is claimed: a second target on it (on
+/// another port, so nothing else stops it) refuses to start, names the
+/// holder, and writes nothing (the file's mtime and data stay as they were;
+/// before claims, the second start rewrote block 0 before any check).
+#[test]
+fn a_claimed_backing_refuses_a_second_target() {
+    use nvmf_tpc::host::{Controller, HostConfig};
+    use std::os::unix::fs::MetadataExt;
+    let dir = scratch_dir("claim");
+    let img = dir.join("shared.img");
+    std::fs::File::create(&img)
+        .unwrap()
+        .set_len(16 << 20)
+        .unwrap();
+    let path = img.to_str().unwrap().to_string();
+    let a = Target::start(&["--subsystem", NQN, "--namespace", &path, "--cores", "1"]);
+    let addr = a.addr;
+    let data = pattern(4096, 7);
+    let d = data.clone();
+    run(move || async move {
+        let c = Controller::connect(HostConfig::new(addr, NQN))
+            .await
+            .unwrap();
+        let q = c.connect_io_queue(1).await.unwrap();
+        q.write(1, 0, &d, 4096, true).await.unwrap();
+    });
+    let before = std::fs::metadata(&img).unwrap();
+    fails_with(
+        &["--subsystem", NQN, "--namespace", &path],
+        &format!("in use by process {}", a.pid()),
+    );
+    let after = std::fs::metadata(&img).unwrap();
+    assert_eq!(
+        (before.mtime(), before.mtime_nsec()),
+        (after.mtime(), after.mtime_nsec()),
+        "the refused target wrote the backing"
+    );
+    assert_eq!(&std::fs::read(&img).unwrap()[..4096], &data[..]);
+    // One target cannot name the same backing twice either.
+    drop(a);
+    fails_with(
+        &["--namespace", &path, "--namespace", &path],
+        "in use by process",
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -6,7 +6,7 @@
 use glommio::io::{DmaBuffer, DmaFile, OpenOptions, ReadResult};
 use glommio::GlommioError;
 use std::io;
-use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+use std::os::unix::fs::FileTypeExt;
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 
@@ -25,8 +25,9 @@ pub struct Probe {
     pub logical_block: u32,
 }
 
-/// Check at start that `path` exists, opens read-write with O_DIRECT, and
-/// learn its size and logical block size.
+/// Check at start that `path` exists, opens read-write with O_DIRECT and is
+/// no other process's; claim it for this one, and learn its size and
+/// logical block size.
 pub fn probe(path: &Path) -> Result<Probe, String> {
     let meta = std::fs::metadata(path).map_err(|e| format!("{}: {e}", path.display()))?;
     let is_block = meta.file_type().is_block_device();
@@ -36,21 +37,8 @@ pub fn probe(path: &Path) -> Result<Probe, String> {
             path.display()
         ));
     }
-    let f = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .custom_flags(libc::O_DIRECT)
-        .open(path)
-        .map_err(|e| {
-            if e.raw_os_error() == Some(libc::EINVAL) {
-                format!(
-                    "{}: the file system does not support O_DIRECT (tmpfs?); put the file on a disk file system",
-                    path.display()
-                )
-            } else {
-                format!("{}: cannot open read-write with O_DIRECT: {e}", path.display())
-            }
-        })?;
+    // Claimed before anything reads or writes it (see `claim`).
+    let f = super::claim::claim(path, is_block)?;
     let fd = f.as_raw_fd();
     if is_block {
         let mut bs: libc::c_int = 0;

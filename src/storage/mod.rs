@@ -3,6 +3,7 @@
 //! RAM disk that all cores share.
 
 pub mod budget;
+pub mod claim;
 pub mod file;
 pub mod ram;
 
