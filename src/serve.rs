@@ -641,6 +641,11 @@ pub fn run(cfg: TargetConfig) -> Result<(), String> {
                         return;
                     }
                 }
+                // Its thread id, for `top -H`, perf and tests: glommio gives
+                // the executor and its blocking pool the same thread name.
+                // SAFETY: gettid has no arguments and cannot fail.
+                let tid = unsafe { libc::gettid() };
+                log::debug!("core {i} runs on thread {tid} (CPU {cpu})");
                 let started = start_shard(cfg, rams, senders).await;
                 let (shard, listeners) = match started {
                     Ok(x) => x,

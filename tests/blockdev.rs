@@ -125,6 +125,196 @@ fn a_claimed_or_mounted_block_device_is_refused() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+/// The threads of process `pid`: thread id → name.
+fn threads(pid: u32) -> std::collections::HashMap<String, String> {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .map(|e| {
+            let tid = e.unwrap().file_name().to_string_lossy().into_owned();
+            let comm =
+                std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/comm")).unwrap_or_default();
+            (tid, comm.trim().to_string())
+        })
+        .collect()
+}
+
+/// Write Zeroes (BLKZEROOUT) and Deallocate (BLKDISCARD) on a block device
+/// are system calls that can take seconds; they run on the executor's
+/// blocking pool, never on an executor thread (where they stalled every
+/// queue of the core and its keep-alive answers). The kernel's syscall
+/// tracepoint names the thread that issued each ioctl.
+#[test]
+fn block_device_zeroes_and_discards_run_off_the_executor() {
+    let dir = scratch_dir("blkpool");
+    let img = dir.join("blk.img");
+    std::fs::File::create(&img)
+        .unwrap()
+        .set_len(32 << 20)
+        .unwrap();
+    let lo = Loop::attach(&img);
+    let trace = trace::Trace::start(
+        "blkpool",
+        &[("syscalls/sys_enter_ioctl", "cmd == 0x127f || cmd == 0x1277")],
+    );
+    let t = Target::start(&["--subsystem", NQN, "--namespace", &lo.0, "--cores", "1"]);
+    let addr = t.addr;
+    run(move || async move {
+        let c = Controller::connect(HostConfig::new(addr, NQN))
+            .await
+            .unwrap();
+        let q = c.connect_io_queue(1).await.unwrap();
+        let data = pattern(8192, 3);
+        q.write(1, 0, &data, 512, true).await.unwrap();
+        q.write_zeroes(1, 0, 8).await.unwrap();
+        q.deallocate(1, &[(100, 64)]).await.unwrap();
+        assert_eq!(q.read(1, 0, 16, 512).await.unwrap()[..4096], [0u8; 4096]);
+    });
+    let names = threads(t.pid());
+    let executor = t
+        .log()
+        .lines()
+        .find_map(|l| l.split("core 0 runs on thread ").nth(1)?.split(' ').next())
+        .expect("the target logs its executor's thread id")
+        .to_string();
+    let ours: Vec<(String, String)> = trace
+        .lines()
+        .iter()
+        .filter_map(|l| {
+            // "comm-tid [cpu] flags time: sys_ioctl(fd: .., cmd: 127f, ..)"
+            let task = l.split_whitespace().next()?;
+            let tid = task.rsplit('-').next()?.to_string();
+            names.get(&tid)?;
+            let name = if tid == executor { "executor" } else { "other" }.to_string();
+            let cmd = if l.contains("cmd: 0x127f") {
+                "BLKZEROOUT"
+            } else {
+                "BLKDISCARD"
+            };
+            Some((name, cmd.to_string()))
+        })
+        .collect();
+    assert!(
+        ours.iter().any(|(_, c)| c == "BLKZEROOUT") && ours.iter().any(|(_, c)| c == "BLKDISCARD"),
+        "the target's ioctls were not seen: {ours:?}\n{:?}",
+        trace.lines()
+    );
+    for (name, cmd) in &ours {
+        assert_ne!(name, "executor", "{cmd} ran on the executor thread");
+    }
+    assert_eq!(t.stop().code(), Some(0));
+    drop(lo);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// A small ext4 file system, loop-mounted under `dir`, unmounted on drop.
+struct SmallFs(PathBuf);
+
+impl SmallFs {
+    fn mount(dir: &Path, mib: u64) -> SmallFs {
+        let fs_img = dir.join("fs.img");
+        std::fs::File::create(&fs_img)
+            .unwrap()
+            .set_len(mib << 20)
+            .unwrap();
+        sh("mkfs.ext4", &["-q", "-F", fs_img.to_str().unwrap()]).expect("mkfs.ext4");
+        let mnt = dir.join("mnt");
+        std::fs::create_dir_all(&mnt).unwrap();
+        sh(
+            "mount",
+            &[
+                "-o",
+                "loop",
+                fs_img.to_str().unwrap(),
+                mnt.to_str().unwrap(),
+            ],
+        )
+        .expect("mount");
+        SmallFs(mnt)
+    }
+}
+
+impl Drop for SmallFs {
+    fn drop(&mut self) {
+        let _ = sh("umount", &[self.0.to_str().unwrap()]);
+    }
+}
+
+/// Fill the file system under `dir` until it has no room left.
+fn fill(dir: &Path) {
+    use std::io::Write;
+    let mut f = std::fs::File::create(dir.join("filler")).unwrap();
+    let chunk = vec![1u8; 64 << 10];
+    while f.write_all(&chunk).is_ok() {}
+    let _ = f.sync_all();
+}
+
+fn nuse(ns: &[u8]) -> u64 {
+    u64::from_le_bytes(ns[16..24].try_into().unwrap())
+}
+
+/// Write Zeroes without DEAC zeroes a file's range in place: the blocks stay
+/// allocated, so a later write there succeeds on a full file system (it
+/// punched holes, and the write then failed with Capacity Exceeded). With
+/// DEAC the blocks are released. NUSE counts the blocks the file holds.
+#[test]
+fn write_zeroes_keeps_space_unless_deallocate_is_asked() {
+    let dir = scratch_dir("wzspace");
+    let fs = SmallFs::mount(&dir, 16);
+    let backing = fs.0.join("thick.img");
+    std::fs::write(&backing, pattern(4 << 20, 9)).unwrap();
+    let sparse = fs.0.join("sparse.img");
+    std::fs::File::create(&sparse)
+        .unwrap()
+        .set_len(8 << 20)
+        .unwrap();
+    let t = Target::start(&[
+        "--subsystem",
+        NQN,
+        "--namespace",
+        backing.to_str().unwrap(),
+        "--namespace",
+        sparse.to_str().unwrap(),
+    ]);
+    let addr = t.addr;
+    let mnt = fs.0.clone();
+    run(move || async move {
+        let c = Controller::connect(HostConfig::new(addr, NQN))
+            .await
+            .unwrap();
+        let q = c.connect_io_queue(1).await.unwrap();
+        assert_eq!(nuse(&c.identify(cns::NAMESPACE, 1).await.unwrap()), 1024);
+        // A sparse file holds only what was written (and block 0, which
+        // the target rewrites at start, see storage/file.rs).
+        assert_eq!(nuse(&c.identify(cns::NAMESPACE, 2).await.unwrap()), 1);
+        q.write(2, 10, &pattern(3 * 4096, 1), 4096, true)
+            .await
+            .unwrap();
+        assert_eq!(nuse(&c.identify(cns::NAMESPACE, 2).await.unwrap()), 4);
+        q.write_zeroes(1, 0, 256).await.unwrap();
+        for lba in (0..256).step_by(32) {
+            assert_eq!(
+                q.read(1, lba, 32, 4096).await.unwrap(),
+                vec![0u8; 128 << 10]
+            );
+        }
+        assert_eq!(nuse(&c.identify(cns::NAMESPACE, 1).await.unwrap()), 1024);
+        fill(&mnt);
+        for lba in (0..256).step_by(32) {
+            let data = pattern(128 << 10, lba);
+            q.write(1, lba, &data, 4096, true)
+                .await
+                .expect("a zeroed range keeps its space");
+            assert_eq!(q.read(1, lba, 32, 4096).await.unwrap(), data);
+        }
+        q.write_zeroes_deallocate(1, 512, 256).await.unwrap();
+        assert_eq!(q.read(1, 512, 1, 4096).await.unwrap(), vec![0u8; 4096]);
+        assert_eq!(nuse(&c.identify(cns::NAMESPACE, 1).await.unwrap()), 768);
+    });
+    assert_eq!(t.stop().code(), Some(0));
+    drop(fs);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
 #[test]
 fn enospc_becomes_a_status_and_the_target_keeps_serving() {
     let dir = scratch_dir("enospc");

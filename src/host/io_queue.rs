@@ -130,6 +130,17 @@ impl IoQueue {
         Ok(self.queue.submit(sqe, None, 0).await?.cqe)
     }
 
+    /// Write Zeroes with DEAC set: the target may release the blocks.
+    pub async fn write_zeroes_deallocate(
+        &self,
+        nsid: u32,
+        slba: u64,
+        blocks: u32,
+    ) -> Result<Cqe, HostError> {
+        let sqe = rw_sqe(io::WRITE_ZEROES, nsid, slba, nlb0(blocks)? | (1 << 25));
+        Ok(self.queue.submit(sqe, None, 0).await?.cqe)
+    }
+
     /// Dataset Management with the deallocate attribute over `ranges` of
     /// (starting LBA, block count); 1 to 256 ranges.
     pub async fn deallocate(&self, nsid: u32, ranges: &[(u64, u32)]) -> Result<Cqe, HostError> {

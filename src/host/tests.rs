@@ -670,6 +670,7 @@ async fn fake_admin(mut t: Fake) -> (usize, bool) {
                     (identify::cns::NAMESPACE, 1) => {
                         identify::namespace(&identify::NamespaceInfo {
                             blocks: 1000,
+                            used: 1000,
                             lbads: 9,
                             nguid: [0; 16],
                             eui64: [0; 8],

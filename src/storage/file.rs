@@ -7,7 +7,7 @@ use glommio::io::{DmaBuffer, DmaFile, OpenOptions, ReadResult};
 use glommio::GlommioError;
 use std::io;
 use std::os::unix::fs::FileTypeExt;
-use std::os::unix::io::AsRawFd;
+use std::os::unix::io::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
 
 // Linux ioctls (include/uapi/linux/fs.h).
@@ -207,33 +207,112 @@ impl FileBackend {
         self.file.fdatasync().await.map_err(os_error)
     }
 
-    fn ioctl_range(&self, req: libc::c_ulong, offset: u64, len: u64) -> io::Result<()> {
-        let range: [u64; 2] = [offset, len];
-        // SAFETY: BLKDISCARD/BLKZEROOUT read two u64s.
-        let r = unsafe { libc::ioctl(self.file.as_raw_fd(), req, range.as_ptr()) };
-        if r < 0 {
-            Err(io::Error::last_os_error())
-        } else {
-            Ok(())
+    /// Run `op` on a duplicate of the file's descriptor in the executor's
+    /// blocking pool: system calls that may take long (zeroing or
+    /// discarding a large range of a block device, zeroing a file range in
+    /// place) must not stall the other queues of this core, nor its
+    /// control messages (keep-alive queries from other cores time out).
+    /// The duplicate keeps the file open even if the command is dropped.
+    async fn off_executor(
+        &self,
+        op: impl FnOnce(RawFd) -> io::Result<()> + Send + 'static,
+    ) -> io::Result<()> {
+        // SAFETY: dup of a descriptor this backend owns; the result is owned below.
+        let fd = unsafe { libc::dup(self.file.as_raw_fd()) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: `fd` is a fresh descriptor nobody else owns.
+        let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+        glommio::executor()
+            .spawn_blocking(move || op(owned.as_raw_fd()))
+            .await
+    }
+
+    /// Make the range read as zeroes. With `deallocate` (the host set DEAC)
+    /// a file's range becomes a hole; without, it is zeroed in place and
+    /// stays allocated, so a later write there cannot fail for want of
+    /// space (NVM Command Set 1.0 §3.2.8).
+    pub async fn write_zeroes(&self, offset: u64, len: u64, deallocate: bool) -> io::Result<()> {
+        if self.is_block {
+            return self
+                .off_executor(move |fd| ioctl_range(fd, BLKZEROOUT, offset, len))
+                .await;
+        }
+        if deallocate {
+            return self.file.deallocate(offset, len).await.map_err(os_error);
+        }
+        let zeroed = self
+            .off_executor(move |fd| fallocate(fd, ZERO_RANGE, offset, len))
+            .await;
+        match zeroed {
+            Err(e) if e.raw_os_error() == Some(libc::EOPNOTSUPP) => {
+                self.write_zero_buffers(offset, len).await
+            }
+            r => r,
         }
     }
 
-    pub async fn write_zeroes(&self, offset: u64, len: u64) -> io::Result<()> {
-        if self.is_block {
-            self.ioctl_range(BLKZEROOUT, offset, len)
-        } else {
-            // A hole reads as zeroes and costs no space.
-            self.file.deallocate(offset, len).await.map_err(os_error)
+    /// Zeroes written as data, for file systems without FALLOC_FL_ZERO_RANGE.
+    async fn write_zero_buffers(&self, mut offset: u64, len: u64) -> io::Result<()> {
+        let end = offset + len;
+        while offset < end {
+            let n = (end - offset).min(ZERO_CHUNK as u64) as usize;
+            let mut b = super::dma_buffer(n);
+            b.as_bytes_mut().fill(0);
+            let wrote = self.file.write_at(b, offset).await.map_err(os_error)?;
+            if wrote < n {
+                return Err(io::Error::new(io::ErrorKind::WriteZero, "short write"));
+            }
+            offset += n as u64;
         }
+        Ok(())
     }
 
     pub async fn deallocate(&self, offset: u64, len: u64) -> io::Result<()> {
         if self.is_block {
             // Advisory: a device that cannot discard keeps its data.
-            let _ = self.ioctl_range(BLKDISCARD, offset, len);
+            let _ = self
+                .off_executor(move |fd| ioctl_range(fd, BLKDISCARD, offset, len))
+                .await;
             Ok(())
         } else {
             self.file.deallocate(offset, len).await.map_err(os_error)
         }
     }
+
+    /// Bytes the backing really holds: a sparse file's allocated blocks,
+    /// or `size` (a block device is all there).
+    pub fn allocated(&self, size: u64) -> u64 {
+        if self.is_block {
+            return size;
+        }
+        // SAFETY: fstat fills the zeroed struct.
+        let mut st: libc::stat = unsafe { std::mem::zeroed() };
+        if unsafe { libc::fstat(self.file.as_raw_fd(), &mut st) } != 0 {
+            return size;
+        }
+        (st.st_blocks as u64 * 512).min(size)
+    }
+}
+
+/// Zeroes written per command where a file system cannot zero a range.
+const ZERO_CHUNK: usize = 1 << 20;
+const ZERO_RANGE: libc::c_int = libc::FALLOC_FL_ZERO_RANGE | libc::FALLOC_FL_KEEP_SIZE;
+
+fn fallocate(fd: RawFd, mode: libc::c_int, offset: u64, len: u64) -> io::Result<()> {
+    // SAFETY: plain system call on a descriptor the caller owns.
+    if unsafe { libc::fallocate(fd, mode, offset as i64, len as i64) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+fn ioctl_range(fd: RawFd, req: libc::c_ulong, offset: u64, len: u64) -> io::Result<()> {
+    let range: [u64; 2] = [offset, len];
+    // SAFETY: BLKDISCARD/BLKZEROOUT read two u64s.
+    if unsafe { libc::ioctl(fd, req, range.as_ptr()) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }

@@ -199,12 +199,13 @@ impl Backend {
         }
     }
 
-    /// Make the range read as zeroes.
-    pub async fn write_zeroes(&self, offset: u64, len: u64) -> io::Result<()> {
+    /// Make the range read as zeroes; `deallocate` lets the backing
+    /// release it (the host set DEAC).
+    pub async fn write_zeroes(&self, offset: u64, len: u64, deallocate: bool) -> io::Result<()> {
         match self {
             Backend::File(f) => {
                 let _io = IoWait::new();
-                f.write_zeroes(offset, len).await
+                f.write_zeroes(offset, len, deallocate).await
             }
             Backend::Ram(r) => {
                 r.zero(offset, len);
@@ -251,6 +252,14 @@ impl Backend {
     /// Commands on this backing complete without waiting for anything.
     pub fn is_synchronous(&self) -> bool {
         matches!(self, Backend::Ram(_) | Backend::Null(_))
+    }
+
+    /// Bytes of `size` the backing really holds (NUSE).
+    pub fn allocated(&self, size: u64) -> u64 {
+        match self {
+            Backend::File(f) => f.allocated(size),
+            _ => size,
+        }
     }
 
     pub fn thin(&self) -> bool {

@@ -182,7 +182,10 @@ fn identify(shard: &Shard, ctrl: &Controller, sqe: &Sqe) -> Response {
             Response::data(identify::active_ns_list(&ids, nsid))
         }
         // I/O command set specific Identify Controller for the NVM set (CSI
-        // 0): all limits zero, meaning none beyond MDTS (NVM Command Set 1.0 §4.1.5.3).
+        // 0): all limits zero, meaning none beyond MDTS and the commands' own
+        // fields (NVM Command Set 1.0 §4.1.5.3). That is honest for WZSL,
+        // DMRL, DMRSL and DMSL: Write Zeroes and Deallocate of any size run
+        // in the executor's blocking pool or io_uring, never stalling a core.
         cns::CTRL_CSI if sqe.cdw(11) >> 24 == 0 => Response::data(vec![0; identify::IDENTIFY_LEN]),
         cns::NS_DESCRIPTORS => match shard.namespace(si, nsid) {
             Some(ns) => Response::data(identify::ns_descriptors(&ns.info())),

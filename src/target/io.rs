@@ -97,7 +97,7 @@ pub async fn execute(sqe: &Sqe, ns: &Namespace, data: Option<DmaBuffer>) -> Resp
             Ok(()) => Response::ok(),
             Err(e) => Response::status(io_status(&e, true)),
         },
-        io::WRITE_ZEROES => match ns.backend.write_zeroes(offset, len).await {
+        io::WRITE_ZEROES => match ns.backend.write_zeroes(offset, len, sqe.deac()).await {
             Ok(()) => {
                 if sqe.fua() {
                     if let Err(e) = ns.backend.flush().await {

@@ -144,6 +144,7 @@ impl Namespace {
     pub fn info(&self) -> NamespaceInfo {
         NamespaceInfo {
             blocks: self.blocks(),
+            used: self.backend.allocated(self.cfg.size_bytes) >> self.block_shift,
             lbads: self.block_shift as u8,
             nguid: self.cfg.nguid,
             eui64: self.cfg.eui64,

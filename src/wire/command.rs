@@ -142,6 +142,10 @@ impl Sqe {
     pub fn nlb(&self) -> u16 {
         self.cdw(12) as u16
     }
+    /// Deallocate (Write Zeroes CDW12 bit 25): the range may be released.
+    pub fn deac(&self) -> bool {
+        self.cdw(12) & (1 << 25) != 0
+    }
     /// Force Unit Access (CDW12 bit 30).
     pub fn fua(&self) -> bool {
         self.cdw(12) & (1 << 30) != 0

@@ -129,6 +129,9 @@ pub fn controller(c: &ControllerInfo) -> Vec<u8> {
 #[derive(Debug, Clone)]
 pub struct NamespaceInfo {
     pub blocks: u64,
+    /// Blocks the backing really holds (NUSE): fewer than `blocks` for a
+    /// sparse file.
+    pub used: u64,
     /// log2 of the block size.
     pub lbads: u8,
     pub nguid: [u8; 16],
@@ -143,7 +146,7 @@ pub fn namespace(n: &NamespaceInfo) -> Vec<u8> {
     let mut b = vec![0u8; IDENTIFY_LEN];
     LE::write_u64(&mut b[0..8], n.blocks); // NSZE
     LE::write_u64(&mut b[8..16], n.blocks); // NCAP
-    LE::write_u64(&mut b[16..24], n.blocks); // NUSE
+    LE::write_u64(&mut b[16..24], n.used.min(n.blocks)); // NUSE
     b[24] = n.thin as u8; // NSFEAT
     b[25] = 0; // NLBAF: one format
     b[26] = 0; // FLBAS: format 0
@@ -233,6 +236,7 @@ mod tests {
         assert_eq!(LE::read_u32(&b[8..12]), 0);
         let n = NamespaceInfo {
             blocks: 100,
+            used: 40,
             lbads: 12,
             nguid: [1; 16],
             eui64: [2; 8],
@@ -247,6 +251,7 @@ mod tests {
         assert_eq!((d[32], d[33]), (3, 16));
         let ns = namespace(&n);
         assert_eq!(LE::read_u64(&ns[0..8]), 100);
+        assert_eq!(LE::read_u64(&ns[16..24]), 40);
         assert_eq!(ns[130], 12);
     }
 }

@@ -2,6 +2,8 @@
 //! port and drives it with the host library inside a glommio executor.
 #![allow(dead_code)]
 
+pub mod trace;
+
 use std::io::{BufRead, BufReader, Read};
 use std::net::{SocketAddr, TcpListener};
 use std::process::{Child, Command, ExitStatus, Stdio};
