@@ -630,7 +630,7 @@ pub fn run(cfg: TargetConfig) -> Result<(), String> {
                     Ok(x) => x,
                     Err(_) => {
                         let _ = ready.send(Err("cannot join the control mesh".into()));
-                        return;
+                        return true;
                     }
                 };
                 // This core's epoll set, made now: a failure shows at start,
@@ -638,7 +638,7 @@ pub fn run(cfg: TargetConfig) -> Result<(), String> {
                 if !cfg.idle_poll.is_zero() {
                     if let Err(e) = crate::transport::readiness::prepare() {
                         let _ = ready.send(Err(format!("cannot create an epoll set: {e}")));
-                        return;
+                        return true;
                     }
                 }
                 // Its thread id, for `top -H`, perf and tests: glommio gives
@@ -651,7 +651,7 @@ pub fn run(cfg: TargetConfig) -> Result<(), String> {
                     Ok(x) => x,
                     Err(e) => {
                         let _ = ready.send(Err(e));
-                        return;
+                        return true;
                     }
                 };
                 shard.spawn_receivers(receivers);
@@ -660,7 +660,8 @@ pub fn run(cfg: TargetConfig) -> Result<(), String> {
                 }
                 let _ = ready.send(Ok(()));
                 shard::wait_for_stop().await;
-                shard.shutdown().await;
+                // True when every backing flushed.
+                shard.shutdown().await
             })
             .map_err(|e| format!("cannot start an executor on CPU {cpu}: {e}"))?;
         handles.push(h);
@@ -687,10 +688,18 @@ pub fn run(cfg: TargetConfig) -> Result<(), String> {
     }
     print!("{}", banner(&cfg));
     log::info!("serving; stop with SIGINT or SIGTERM");
+    let mut flushed = true;
     for h in handles {
-        if h.join().is_err() {
-            return Err("an executor failed".into());
+        match h.join() {
+            Ok(ok) => flushed &= ok,
+            Err(_) => return Err("an executor failed".into()),
         }
+    }
+    if !flushed {
+        return Err(
+            "stopped, but a backing failed to flush: data acknowledged without FUA may be lost"
+                .into(),
+        );
     }
     log::info!("stopped");
     Ok(())

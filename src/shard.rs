@@ -748,8 +748,10 @@ impl Shard {
     }
 
     /// Graceful stop: close every connection (each finishes its in-flight
-    /// commands), wait for them, flush the backings.
-    pub async fn shutdown(self: &Rc<Self>) {
+    /// commands), wait for them, flush the backings. False when a flush
+    /// failed: data acknowledged without FUA may not be on stable storage,
+    /// and the process must say so in its exit status.
+    pub async fn shutdown(self: &Rc<Self>) -> bool {
         self.stop.fire();
         let conns: Vec<_> = self.connections.borrow().values().cloned().collect();
         for k in conns {
@@ -759,11 +761,17 @@ impl Shard {
         while !self.connections.borrow().is_empty() && Instant::now() < deadline {
             glommio::timer::sleep(Duration::from_millis(20)).await;
         }
+        let mut flushed = true;
         for ns in self.namespaces.iter().flatten() {
             if let Err(e) = ns.backend.flush().await {
-                log::error!("namespace {}: flush at shutdown failed: {e}", ns.cfg.nsid);
+                log::error!(
+                    "namespace {}: flush at shutdown failed: {e}; data written without FUA may be lost",
+                    ns.cfg.nsid
+                );
+                flushed = false;
             }
         }
+        flushed
     }
 }
 

@@ -378,3 +378,116 @@ fn enospc_becomes_a_status_and_the_target_keeps_serving() {
     });
     assert_eq!(t.stop().code(), Some(0));
 }
+
+/// A file system whose device runs out of room underneath (a loop device
+/// over a sparse file on a 6 MiB tmpfs: thin provisioning gone wrong).
+/// Failed writes and flushes complete with DNR (a retried flush could
+/// succeed over lost data), and a flush that fails at SIGTERM makes the
+/// target log it and exit non-zero.
+#[test]
+fn a_failing_device_fails_writes_and_flushes_for_good_and_the_exit_status_says_so() {
+    let dir = scratch_dir("thinfail");
+    let tm = dir.join("tm");
+    std::fs::create_dir_all(&tm).unwrap();
+    sh(
+        "mount",
+        &[
+            "-t",
+            "tmpfs",
+            "-o",
+            "size=6M",
+            "tmpfs",
+            tm.to_str().unwrap(),
+        ],
+    )
+    .expect("tmpfs");
+    struct Unmount(PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = sh("umount", &[self.0.to_str().unwrap()]);
+        }
+    }
+    let _tm = Unmount(tm.clone());
+    let dev = tm.join("dev.img");
+    std::fs::File::create(&dev)
+        .unwrap()
+        .set_len(64 << 20)
+        .unwrap();
+    let lo = Loop::attach(&dev);
+    // A journal left unwritten by mkfs takes room on the device when it
+    // is first written, so its first commit after the device is full fails.
+    sh(
+        "mkfs.ext4",
+        &[
+            "-q",
+            "-F",
+            "-E",
+            "lazy_journal_init=1,lazy_itable_init=1",
+            &lo.0,
+        ],
+    )
+    .expect("mkfs.ext4");
+    let mnt = dir.join("mnt");
+    std::fs::create_dir_all(&mnt).unwrap();
+    // Journal commits every second, so the file system meets the full
+    // device soon.
+    sh("mount", &["-o", "commit=1", &lo.0, mnt.to_str().unwrap()]).expect("mount");
+    let _mnt = Unmount(mnt.clone());
+    let ns = mnt.join("ns.img");
+    std::fs::File::create(&ns)
+        .unwrap()
+        .set_len(32 << 20)
+        .unwrap();
+    let t = Target::start(&[
+        "--subsystem",
+        NQN,
+        "--namespace",
+        ns.to_str().unwrap(),
+        "--cores",
+        "1",
+    ]);
+    let addr = t.addr;
+    run(move || async move {
+        let c = Controller::connect(HostConfig::new(addr, NQN))
+            .await
+            .unwrap();
+        let q = c.connect_io_queue(1).await.unwrap();
+        let chunk = pattern(128 << 10, 5);
+        let mut failed = None;
+        for lba in (0..(32u64 << 20) / 4096).step_by(32) {
+            if let Err(e) = q.write(1, lba, &chunk, 4096, false).await {
+                failed = Some(e.status().expect("a status, not a transport failure"));
+                break;
+            }
+        }
+        let s = failed.expect("6 MiB of device took 32 MiB of writes");
+        assert!(s.dnr(), "failed write without DNR: {s}");
+        // The file system fails too once its journal cannot be written
+        // (then every flush fails): wait for that, with a deadline.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        let mut lba = 0;
+        let f = loop {
+            if let Err(e) = q.flush(1).await {
+                break e.status().expect("a status");
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no flush failed on a device without room"
+            );
+            let _ = q.write(1, lba, &chunk[..4096], 4096, false).await;
+            lba = (lba + 97) % 8192;
+        };
+        assert!(f.dnr(), "failed flush without DNR: {f}");
+        // The kernel reported the error once; the target keeps reporting it.
+        assert!(status_of(q.flush(1).await).dnr());
+        assert!(status_of(q.write(1, 0, &chunk[..4096], 4096, true).await).dnr());
+    });
+    let st = t.stop_with_output();
+    assert_ne!(
+        st.0.code(),
+        Some(0),
+        "exit status 0 after a failed flush:\n{}",
+        st.1
+    );
+    assert!(st.1.contains("flush at shutdown failed"), "{}", st.1);
+}

@@ -5,6 +5,7 @@
 
 use glommio::io::{DmaBuffer, DmaFile, OpenOptions, ReadResult};
 use glommio::GlommioError;
+use std::cell::Cell;
 use std::io;
 use std::os::unix::fs::FileTypeExt;
 use std::os::unix::io::{AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -161,6 +162,11 @@ pub struct FileBackend {
     file: DmaFile,
     pub is_block: bool,
     pub path: PathBuf,
+    /// A flush of this handle failed once. The kernel reports a write-back
+    /// error once per file handle and may drop the data it could not write,
+    /// so a later flush would succeed over lost data: every later flush
+    /// (and FUA write) fails too, until the target restarts.
+    flush_failed: Cell<bool>,
 }
 
 impl FileBackend {
@@ -175,6 +181,7 @@ impl FileBackend {
             file,
             is_block,
             path: path.to_owned(),
+            flush_failed: Cell::new(false),
         })
     }
 
@@ -198,13 +205,25 @@ impl FileBackend {
             return Err(io::Error::new(io::ErrorKind::WriteZero, "short write"));
         }
         if fua {
-            self.file.fdatasync().await.map_err(os_error)?;
+            self.flush().await?;
         }
         Ok(())
     }
 
     pub async fn flush(&self) -> io::Result<()> {
-        self.file.fdatasync().await.map_err(os_error)
+        if self.flush_failed.get() {
+            // EIO, as the failed flush itself most likely was.
+            return Err(io::Error::from_raw_os_error(libc::EIO));
+        }
+        let r = self.file.fdatasync().await.map_err(os_error);
+        if let Err(e) = &r {
+            log::error!(
+                "{}: flush failed ({e}); every later flush fails too",
+                self.path.display()
+            );
+            self.flush_failed.set(true);
+        }
+        r
     }
 
     /// Run `op` on a duplicate of the file's descriptor in the executor's

@@ -62,13 +62,24 @@ fn check_range(ns: &Namespace, slba: u64, blocks: u64) -> Result<(), Status> {
     }
 }
 
+/// The status of a failed backing I/O. A failed write, flush or zeroing
+/// is never to be retried (DNR): the kernel reports a write-back error once
+/// per file handle, so a retried Flush could succeed over data that was
+/// lost, and a retried write would hide that its first attempt may have
+/// landed in part (nvmet answers such errors with DNR too). A failed read
+/// changes nothing and may be retried.
 fn io_status(e: &std::io::Error, write: bool) -> Status {
     log::warn!("backing I/O error: {e}");
-    match e.raw_os_error() {
+    let s = match e.raw_os_error() {
         Some(libc::ENOSPC) => Status::CAPACITY_EXCEEDED,
         Some(libc::EIO) if write => Status::WRITE_FAULT,
         Some(libc::EIO) => Status::UNRECOVERED_READ_ERROR,
         _ => Status::INTERNAL_ERROR,
+    };
+    if write {
+        s.with_dnr()
+    } else {
+        s
     }
 }
 
@@ -157,4 +168,21 @@ async fn dsm(sqe: &Sqe, ns: &Namespace, data: Option<DmaBuffer>) -> Response {
         }
     }
     Response::ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Error;
+
+    #[test]
+    fn failed_writes_and_flushes_are_not_retried() {
+        for errno in [libc::EIO, libc::ENOSPC, libc::EROFS, libc::EINVAL] {
+            let e = Error::from_raw_os_error(errno);
+            assert!(io_status(&e, true).dnr(), "errno {errno}");
+        }
+        let eio = Error::from_raw_os_error(libc::EIO);
+        assert_eq!(io_status(&eio, false), Status::UNRECOVERED_READ_ERROR);
+        assert!(!io_status(&eio, false).dnr());
+    }
 }

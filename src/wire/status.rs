@@ -49,6 +49,10 @@ impl Status {
     pub const UNRECOVERED_READ_ERROR: Status = sf(2, 0x81, false);
     pub const COMPARE_FAILURE: Status = sf(2, 0x85, true);
 
+    /// The same status with Do Not Retry set.
+    pub const fn with_dnr(self) -> Status {
+        Status(self.0 | DNR)
+    }
     pub fn is_success(self) -> bool {
         self.0 & 0x7FF == 0
     }

@@ -195,6 +195,20 @@ impl Target {
         }
     }
 
+    /// SIGTERM, wait for the exit status, and return it with all output.
+    pub fn stop_with_output(self) -> (ExitStatus, String) {
+        let (stdout, stderr) = (self.stdout.clone(), self.stderr.clone());
+        let st = self.stop();
+        // The pumps finish once the pipes close.
+        std::thread::sleep(Duration::from_millis(100));
+        let out = format!(
+            "--- stdout\n{}--- stderr\n{}",
+            stdout.lock().unwrap(),
+            stderr.lock().unwrap()
+        );
+        (st, out)
+    }
+
     pub fn kill9(mut self) {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
