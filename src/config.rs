@@ -116,6 +116,16 @@ impl SubsystemConfig {
     pub fn host_allowed(&self, hostnqn: &str) -> bool {
         self.allow_any_host || self.hosts.iter().any(|h| h == hostnqn)
     }
+
+    /// Does a write need a flush to survive power loss on some namespace?
+    /// Files and block devices: yes (the device's cache, the file system's
+    /// metadata). RAM and null namespaces have no cache to flush: RAM holds
+    /// data only as long as the process, null keeps nothing.
+    pub fn has_volatile_write_cache(&self) -> bool {
+        self.namespaces
+            .iter()
+            .any(|n| matches!(n.backing, Backing::File(_) | Backing::Block(_)))
+    }
     pub fn namespace(&self, nsid: u32) -> Option<&NamespaceConfig> {
         self.namespaces.iter().find(|n| n.nsid == nsid)
     }

@@ -7,6 +7,7 @@
 
 pub mod config;
 pub mod cpus;
+pub mod fault;
 pub mod host;
 pub mod perf;
 pub mod serve;

@@ -42,11 +42,25 @@ pub enum CtlMsg {
     },
     /// An I/O queue closed (only the queue `token` names: a new queue with
     /// the same qid may already be attached).
-    DetachIo { cntlid: u16, qid: u16, token: u64 },
+    DetachIo {
+        cntlid: u16,
+        qid: u16,
+        token: u64,
+    },
     /// Close every I/O queue of this controller served by the receiver.
-    Teardown { cntlid: u16 },
-    /// The controller's CSTS.RDY changed.
-    Ready { cntlid: u16, ready: bool },
+    Teardown {
+        cntlid: u16,
+    },
+    /// The controller's state that its I/O queues follow changed; with
+    /// `ack`, the receiver answers `StateAck` once it applies.
+    State {
+        cntlid: u16,
+        state: IoState,
+        ack: Option<(u64, usize)>,
+    },
+    StateAck {
+        req: u64,
+    },
     /// A command failed on an I/O queue: add it to the controller's error log.
     Error {
         cntlid: u16,
@@ -74,13 +88,27 @@ pub enum CtlMsg {
 #[derive(Debug, Clone, Copy)]
 pub struct AttachInfo {
     pub subsys: usize,
+    pub state: IoState,
+}
+
+/// What a controller's I/O queues follow of its state, stamped with the
+/// owner's sequence number: messages and Connect replies may arrive in any
+/// order, and only a newer state replaces an older one.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct IoState {
+    pub seq: u64,
+    /// CSTS.RDY: I/O commands may run.
     pub ready: bool,
+    /// The host disabled the volatile write cache: every write is durable
+    /// before its completion (Volatile Write Cache feature, NVMe Base 2.0
+    /// §5.27.1.4).
+    pub write_through: bool,
 }
 
 /// I/O queues of one controller served by this shard.
 pub struct LocalIoCtrl {
     pub cntlid: u16,
-    pub ready: Cell<bool>,
+    state: Cell<IoState>,
     /// Commands seen on these queues; counting is cheaper than reading the
     /// clock per command. Keep-alive queries turn it into an idle time.
     pub commands: Cell<u64>,
@@ -91,6 +119,21 @@ pub struct LocalIoCtrl {
 }
 
 impl LocalIoCtrl {
+    pub fn ready(&self) -> bool {
+        self.state.get().ready
+    }
+
+    pub fn write_through(&self) -> bool {
+        self.state.get().write_through
+    }
+
+    /// Take `s` if it is newer than what this core has.
+    fn apply(&self, s: IoState) {
+        if s.seq > self.state.get().seq {
+            self.state.set(s);
+        }
+    }
+
     /// Time since the last command here, as precise as the queries are
     /// frequent: a count that moved since the previous query means "now".
     fn idle(&self) -> Duration {
@@ -274,11 +317,17 @@ impl Shard {
             } => {
                 let result =
                     self.check_attach(from, token, cntlid, qid, &hostnqn, &hostid, &subnqn);
+                if let (Ok(_), Some(d)) = (&result, crate::fault::attach_reply_delay()) {
+                    log::warn!(
+                        "fault injection: attach reply for controller {cntlid} queue {qid} delayed"
+                    );
+                    glommio::timer::sleep(d).await;
+                }
                 self.send(from, CtlMsg::AttachIoResp { req, result }).await;
             }
-            CtlMsg::AttachIoResp { req, .. } | CtlMsg::QueryResp { req, .. } => {
-                self.reply(req, msg)
-            }
+            CtlMsg::AttachIoResp { req, .. }
+            | CtlMsg::QueryResp { req, .. }
+            | CtlMsg::StateAck { req } => self.reply(req, msg),
             CtlMsg::DetachIo { cntlid, qid, token } => self.detached(cntlid, qid, token),
             CtlMsg::Teardown { cntlid } => {
                 if let Some(l) = self.io_ctrls.borrow_mut().remove(&cntlid) {
@@ -299,9 +348,12 @@ impl Shard {
                     o.ctrl.record_error(sqid, cid, status, nsid, lba);
                 }
             }
-            CtlMsg::Ready { cntlid, ready } => {
+            CtlMsg::State { cntlid, state, ack } => {
                 if let Some(l) = self.io_ctrls.borrow().get(&cntlid) {
-                    l.ready.set(ready);
+                    l.apply(state);
+                }
+                if let Some((req, from)) = ack {
+                    self.send(from, CtlMsg::StateAck { req }).await;
                 }
             }
             CtlMsg::Query {
@@ -418,6 +470,12 @@ impl Shard {
         let SubsysRef::Nvm(si) = c.subsys else {
             return Err(invalid(false, connect_offset::QID));
         };
+        // A controller that is not enabled (never yet, or being reset)
+        // takes no I/O queues: they would join a controller whose queues
+        // are being torn down. SPDK answers the same, naming the QID.
+        if !c.ready() {
+            return Err(invalid(false, connect_offset::QID));
+        }
         if self.cfg.subsystems[si].nqn != subnqn {
             return Err(invalid(true, connect_offset::SUBNQN));
         }
@@ -441,7 +499,7 @@ impl Shard {
         q.insert(qid, (from, token));
         Ok(AttachInfo {
             subsys: si,
-            ready: c.ready(),
+            state: c.io_state(),
         })
     }
 
@@ -460,8 +518,12 @@ impl Shard {
             ipo(true, connect_offset::CNTLID),
         ))?;
         let token = NEXT_QUEUE_TOKEN.fetch_add(1, Ordering::Relaxed);
-        let info = if owner == self.id {
-            self.check_attach(self.id, token, cntlid, qid, hostnqn, &hostid, subnqn)?
+        // Registered here before the owner hears of it: a Teardown or a
+        // state change the owner sends once it has attached the queue can
+        // then never arrive before there is something here to apply it to.
+        let local = self.pending_io(cntlid, qid, token, kill.clone());
+        let result = if owner == self.id {
+            self.check_attach(self.id, token, cntlid, qid, hostnqn, &hostid, subnqn)
         } else {
             let (h, s) = (hostnqn.to_string(), subnqn.to_string());
             let from = self.id;
@@ -478,10 +540,34 @@ impl Shard {
                 })
                 .await
             {
-                Some(CtlMsg::AttachIoResp { result, .. }) => result?,
-                _ => return Err((Status::INTERNAL_ERROR, 0)),
+                Some(CtlMsg::AttachIoResp { result, .. }) => result,
+                // No answer: the owner may still attach it; undo that too.
+                _ => Err((Status::INTERNAL_ERROR, 0)),
             }
         };
+        let torn_down = kill.fired();
+        match result {
+            Ok(info) if !torn_down => {
+                local.apply(info.state);
+                Ok((info, local, token))
+            }
+            Ok(_) => {
+                self.detach_io(cntlid, qid, token);
+                Err((
+                    Status::CONNECT_INVALID_PARAMETERS,
+                    ipo(true, connect_offset::CNTLID),
+                ))
+            }
+            Err(e) => {
+                self.detach_io(cntlid, qid, token);
+                Err(e)
+            }
+        }
+    }
+
+    /// This core's entry for a controller's I/O queues, with a queue that
+    /// is still connecting added to it.
+    fn pending_io(&self, cntlid: u16, qid: u16, token: u64, kill: Rc<Trigger>) -> Rc<LocalIoCtrl> {
         let local = self
             .io_ctrls
             .borrow_mut()
@@ -489,16 +575,15 @@ impl Shard {
             .or_insert_with(|| {
                 Rc::new(LocalIoCtrl {
                     cntlid,
-                    ready: Cell::new(info.ready),
+                    state: Cell::new(IoState::default()),
                     commands: Cell::new(0),
                     seen: Cell::new((0, Instant::now())),
                     queues: RefCell::new(Vec::new()),
                 })
             })
             .clone();
-        local.ready.set(info.ready);
         local.queues.borrow_mut().push((qid, token, kill));
-        Ok((info, local, token))
+        local
     }
 
     /// An I/O queue served here closed.
@@ -570,16 +655,48 @@ impl Shard {
         }
     }
 
-    pub fn announce_ready(self: &Rc<Self>, ctrl: &Controller) {
+    /// Tell the cores serving a controller's I/O queues its new state.
+    pub fn announce_state(self: &Rc<Self>, ctrl: &Controller) {
+        let state = ctrl.next_io_state();
         for core in ctrl.io_cores() {
             self.post(
                 core,
-                CtlMsg::Ready {
+                CtlMsg::State {
                     cntlid: ctrl.cntlid,
-                    ready: ctrl.ready(),
+                    state,
+                    ack: None,
                 },
             );
         }
+    }
+
+    /// The same, returning once every such core has applied it (false if
+    /// one did not answer).
+    pub async fn publish_state(self: &Rc<Self>, ctrl: &Controller) -> bool {
+        let state = ctrl.next_io_state();
+        let mut all = true;
+        for core in ctrl.io_cores() {
+            let (from, cntlid) = (self.id, ctrl.cntlid);
+            let ack = self
+                .request(core, |req| CtlMsg::State {
+                    cntlid,
+                    state,
+                    ack: Some((req, from)),
+                })
+                .await;
+            all &= matches!(ack, Some(CtlMsg::StateAck { .. }));
+        }
+        all
+    }
+
+    /// Flush every namespace of subsystem `si` through this core's handles
+    /// (a flush of one handle covers the file or device, whichever core
+    /// wrote it).
+    pub async fn flush_subsystem(&self, si: usize) -> std::io::Result<()> {
+        for ns in self.namespaces.get(si).into_iter().flatten() {
+            ns.backend.flush().await?;
+        }
+        Ok(())
     }
 
     /// Destroy a controller owned here: its I/O queues everywhere and its admin queue.

@@ -80,6 +80,9 @@ pub async fn execute(
     match sqe.opcode() {
         admin::IDENTIFY => identify(shard, ctrl, sqe).into(),
         admin::GET_LOG_PAGE => get_log_page(shard, ctrl, sqe, local).await.into(),
+        admin::SET_FEATURES if sqe.cdw(10) as u8 == fid::VOLATILE_WRITE_CACHE => {
+            set_write_cache(shard, ctrl, sqe).await.into()
+        }
         admin::SET_FEATURES => set_features(ctrl, sqe).into(),
         admin::GET_FEATURES => get_features(ctrl, sqe).into(),
         admin::KEEP_ALIVE => Response::ok().into(),
@@ -138,7 +141,7 @@ pub fn controller_info(shard: &Shard, ctrl: &Controller) -> ControllerInfo {
         subnqn,
         kas: ctrl.kas(),
         in_capsule_data: cfg.in_capsule_data,
-        volatile_write_cache: true,
+        volatile_write_cache: ctrl.vwc_present,
         acl: ABORT_LIMIT - 1,
         aerl: (AER_LIMIT - 1) as u8,
         elpe: (ERROR_LOG_ENTRIES - 1) as u8,
@@ -302,7 +305,6 @@ fn set_features(ctrl: &Controller, sqe: &Sqe) -> Response {
             }
             feat.error_recovery = v & 0xFFFF;
         }
-        fid::VOLATILE_WRITE_CACHE => feat.volatile_write_cache = v & 1 != 0,
         fid::NUMBER_OF_QUEUES => {
             if !ctrl.io_queues.borrow().is_empty() {
                 return Response::status(Status::COMMAND_SEQUENCE_ERROR);
@@ -325,6 +327,43 @@ fn set_features(ctrl: &Controller, sqe: &Sqe) -> Response {
     Response::ok()
 }
 
+/// Set Features, Volatile Write Cache (NVMe Base 2.0 §5.27.1.4). Turning
+/// it off makes every later write durable before its completion (the I/O
+/// queues write through, on every core, before this completes) and flushes
+/// what earlier writes left in the cache. Without a cache (RAM and null
+/// namespaces only) there is nothing to set.
+async fn set_write_cache(shard: &Rc<Shard>, ctrl: &Rc<Controller>, sqe: &Sqe) -> Response {
+    if !ctrl.vwc_present || ctrl.is_discovery() {
+        return Response::status(Status::INVALID_FIELD);
+    }
+    if sqe.cdw(10) & (1 << 31) != 0 {
+        return Response::status(Status::FEATURE_NOT_SAVEABLE);
+    }
+    let on = sqe.cdw(11) & 1 != 0;
+    ctrl.features.borrow_mut().volatile_write_cache = on;
+    if !shard.publish_state(ctrl).await {
+        return Response::status(Status::INTERNAL_ERROR);
+    }
+    if let SubsysRef::Nvm(si) = ctrl.subsys {
+        if !on {
+            if let Err(e) = shard.flush_subsystem(si).await {
+                log::error!("controller {}: flush for VWC off failed: {e}", ctrl.cntlid);
+                return Response::status(super::io::io_status(&e, true));
+            }
+        }
+    }
+    log::info!(
+        "controller {}: volatile write cache {}",
+        ctrl.cntlid,
+        if on {
+            "on"
+        } else {
+            "off (writes are durable before they complete)"
+        }
+    );
+    Response::ok()
+}
+
 fn get_features(ctrl: &Controller, sqe: &Sqe) -> Response {
     let cdw10 = sqe.cdw(10);
     let f = cdw10 as u8;
@@ -334,13 +373,17 @@ fn get_features(ctrl: &Controller, sqe: &Sqe) -> Response {
     }
     if sel == 3 {
         // Supported capabilities: changeable, not saveable, not per namespace.
-        let changeable = f != fid::HOST_IDENTIFIER;
+        let changeable = match f {
+            fid::HOST_IDENTIFIER => false,
+            fid::VOLATILE_WRITE_CACHE => ctrl.vwc_present,
+            _ => true,
+        };
         return Response::dw0((changeable as u32) << 2);
     }
     if sel > 3 {
         return Response::status(Status::INVALID_FIELD);
     }
-    let defaults = super::controller::Features::default();
+    let defaults = super::controller::Features::defaults(ctrl.vwc_present);
     let current = ctrl.features.borrow();
     let feat = if sel == 0 { &*current } else { &defaults };
     let max = (ctrl.max_io_queues - 1) as u32;

@@ -3,6 +3,7 @@
 //! queues may live on any core and reach it only by control messages.
 
 use crate::config::{TargetConfig, KEEP_ALIVE_GRANULARITY_100MS};
+use crate::shard::IoState;
 use crate::wire::fabrics::{cc, csts, property};
 use crate::wire::log_page::ErrorEntry;
 use crate::wire::status::Status;
@@ -40,14 +41,15 @@ pub struct Features {
     pub async_event_config: u32,
 }
 
-impl Default for Features {
-    fn default() -> Self {
+impl Features {
+    /// Defaults; the write cache is on where there is one (`vwc_present`).
+    pub fn defaults(vwc_present: bool) -> Self {
         Features {
             arbitration: 0,
             power_management: 0,
             temperature_threshold: 343,
             error_recovery: 0,
-            volatile_write_cache: true,
+            volatile_write_cache: vwc_present,
             number_of_queues: None,
             async_event_config: 0,
         }
@@ -60,8 +62,11 @@ pub enum CcEffect {
     None,
     /// Controller became ready: I/O queues may run.
     Enabled,
-    /// CC.EN 1→0 or a shutdown: every I/O queue is torn down.
+    /// CC.EN 1→0: every I/O queue is torn down.
     Reset,
+    /// Shutdown notification: I/O queues are torn down, the backings
+    /// flushed, and then CSTS.SHST says complete (`shutdown_done`).
+    Shutdown,
 }
 
 pub struct Controller {
@@ -73,6 +78,12 @@ pub struct Controller {
     pub cc: Cell<u32>,
     pub csts: Cell<u32>,
     pub features: RefCell<Features>,
+    /// Some namespace of the subsystem has a volatile write cache (a file
+    /// or block device: the page cache is bypassed, but the device's cache
+    /// and the file system's metadata need a flush).
+    pub vwc_present: bool,
+    /// Sequence number of the state its I/O queues follow (`IoState`).
+    io_state_seq: Cell<u64>,
     /// I/O queues attached: qid → core (peer id) that serves it.
     /// qid → (core serving it, its token).
     pub io_queues: RefCell<BTreeMap<u16, (usize, u64)>>,
@@ -98,6 +109,13 @@ impl Controller {
         kato_ms: u32,
         cfg: &TargetConfig,
     ) -> Controller {
+        let vwc_present = match subsys {
+            SubsysRef::Nvm(i) => cfg
+                .subsystems
+                .get(i)
+                .is_some_and(|s| s.has_volatile_write_cache()),
+            SubsysRef::Discovery => false,
+        };
         Controller {
             cntlid,
             subsys,
@@ -106,7 +124,9 @@ impl Controller {
             kato_ms: Cell::new(kato_ms),
             cc: Cell::new(0),
             csts: Cell::new(0),
-            features: RefCell::new(Features::default()),
+            features: RefCell::new(Features::defaults(vwc_present)),
+            vwc_present,
+            io_state_seq: Cell::new(1),
             io_queues: RefCell::new(BTreeMap::new()),
             max_io_queues: cfg.max_io_queues,
             last_activity: Cell::new(Instant::now()),
@@ -125,6 +145,36 @@ impl Controller {
 
     pub fn ready(&self) -> bool {
         self.csts.get() & csts::RDY != 0
+    }
+
+    /// The state its I/O queues follow, as of now.
+    pub fn io_state(&self) -> IoState {
+        IoState {
+            seq: self.io_state_seq.get(),
+            ready: self.ready(),
+            write_through: !self.features.borrow().volatile_write_cache,
+        }
+    }
+
+    /// The state as of now, under a new sequence number (to announce a change).
+    pub fn next_io_state(&self) -> IoState {
+        self.io_state_seq.set(self.io_state_seq.get() + 1);
+        self.io_state()
+    }
+
+    /// Shutdown processing finished (NVMe Base 2.0 §3.6.2): SHST complete,
+    /// unless the host cleared SHN or reset meanwhile; a failed flush also
+    /// sets Controller Fatal Status.
+    pub fn shutdown_done(&self, flushed: bool) {
+        let c = self.csts.get();
+        if c & csts::SHST_MASK != csts::SHST_OCCURRING {
+            return;
+        }
+        let mut c = (c & !csts::SHST_MASK) | csts::SHST_COMPLETE;
+        if !flushed {
+            c |= csts::CFS;
+        }
+        self.csts.set(c);
     }
 
     /// Controller Capabilities (§3.1.3.1).
@@ -187,11 +237,10 @@ impl Controller {
         }
         let shn = cc::shn(new);
         if shn != 0 && cc::shn(old) == 0 {
-            // Nothing is cached in the target beyond the backings' own
-            // flushes, which teardown issues: report shutdown complete.
+            // Complete once the backings are flushed (`shutdown_done`).
             self.csts
-                .set((self.csts.get() & !csts::SHST_MASK) | csts::SHST_COMPLETE);
-            effect = CcEffect::Reset;
+                .set((self.csts.get() & !csts::SHST_MASK) | csts::SHST_OCCURRING);
+            effect = CcEffect::Shutdown;
         } else if shn == 0 && cc::shn(old) != 0 {
             self.csts.set(self.csts.get() & !csts::SHST_MASK);
         }
@@ -296,8 +345,11 @@ mod tests {
         let e = c
             .property_set(property::CC, false, CC_GOOD | (1 << 14))
             .unwrap();
-        assert_eq!(e, CcEffect::Reset);
+        assert_eq!(e, CcEffect::Shutdown);
+        assert_eq!(c.csts.get() & csts::SHST_MASK, csts::SHST_OCCURRING);
+        c.shutdown_done(true);
         assert_eq!(c.csts.get() & csts::SHST_MASK, csts::SHST_COMPLETE);
+        assert_eq!(c.csts.get() & csts::CFS, 0);
     }
 
     #[test]

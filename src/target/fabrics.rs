@@ -153,7 +153,7 @@ pub fn property_get(ctrl: &Controller, sqe: &Sqe) -> Response {
     }
 }
 
-pub fn property_set(shard: &Rc<Shard>, ctrl: &Controller, sqe: &Sqe) -> Response {
+pub fn property_set(shard: &Rc<Shard>, ctrl: &Rc<Controller>, sqe: &Sqe) -> Response {
     if !PropertyCmd::attrib_valid(sqe) {
         return Response::status(Status::INVALID_FIELD);
     }
@@ -162,7 +162,35 @@ pub fn property_set(shard: &Rc<Shard>, ctrl: &Controller, sqe: &Sqe) -> Response
         Ok(CcEffect::None) => Response::ok(),
         Ok(CcEffect::Enabled) => {
             log::info!("controller {} enabled", ctrl.cntlid);
-            shard.announce_ready(ctrl);
+            shard.announce_state(ctrl);
+            Response::ok()
+        }
+        Ok(CcEffect::Shutdown) => {
+            log::info!(
+                "controller {} shutting down: closing its I/O queues, flushing",
+                ctrl.cntlid
+            );
+            shard.teardown_io(ctrl);
+            // The host polls CSTS.SHST; it reads complete once every
+            // namespace of the subsystem is flushed (§3.6.2).
+            let (shard, ctrl) = (shard.clone(), ctrl.clone());
+            glommio::spawn_local(async move {
+                let flushed = match ctrl.subsys {
+                    SubsysRef::Nvm(si) => match shard.flush_subsystem(si).await {
+                        Ok(()) => true,
+                        Err(e) => {
+                            log::error!(
+                                "controller {}: flush at shutdown failed: {e}",
+                                ctrl.cntlid
+                            );
+                            false
+                        }
+                    },
+                    SubsysRef::Discovery => true,
+                };
+                ctrl.shutdown_done(flushed);
+            })
+            .detach();
             Response::ok()
         }
         Ok(CcEffect::Reset) => {

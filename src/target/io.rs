@@ -68,7 +68,7 @@ fn check_range(ns: &Namespace, slba: u64, blocks: u64) -> Result<(), Status> {
 /// lost, and a retried write would hide that its first attempt may have
 /// landed in part (nvmet answers such errors with DNR too). A failed read
 /// changes nothing and may be retried.
-fn io_status(e: &std::io::Error, write: bool) -> Status {
+pub fn io_status(e: &std::io::Error, write: bool) -> Status {
     log::warn!("backing I/O error: {e}");
     let s = match e.raw_os_error() {
         Some(libc::ENOSPC) => Status::CAPACITY_EXCEEDED,
@@ -83,8 +83,16 @@ fn io_status(e: &std::io::Error, write: bool) -> Status {
     }
 }
 
-/// Phase two: run the command on this core's backend.
-pub async fn execute(sqe: &Sqe, ns: &Namespace, data: Option<DmaBuffer>) -> Response {
+/// Phase two: run the command on this core's backend. With
+/// `write_through` (the host turned the volatile write cache off) every
+/// write is durable before it completes, as if it had FUA.
+pub async fn execute(
+    sqe: &Sqe,
+    ns: &Namespace,
+    data: Option<DmaBuffer>,
+    write_through: bool,
+) -> Response {
+    let fua = sqe.fua() || write_through;
     let offset = sqe.slba() << ns.block_shift;
     let len = ((sqe.nlb() as u64) + 1) << ns.block_shift;
     match sqe.opcode() {
@@ -99,7 +107,7 @@ pub async fn execute(sqe: &Sqe, ns: &Namespace, data: Option<DmaBuffer>) -> Resp
             let Some(buf) = data else {
                 return Response::status(Status::DATA_TRANSFER_ERROR);
             };
-            match ns.write(offset, buf, sqe.fua()).await {
+            match ns.write(offset, buf, fua).await {
                 Ok(()) => Response::ok(),
                 Err(e) => Response::status(io_status(&e, true)),
             }
@@ -110,7 +118,7 @@ pub async fn execute(sqe: &Sqe, ns: &Namespace, data: Option<DmaBuffer>) -> Resp
         },
         io::WRITE_ZEROES => match ns.backend.write_zeroes(offset, len, sqe.deac()).await {
             Ok(()) => {
-                if sqe.fua() {
+                if fua {
                     if let Err(e) = ns.backend.flush().await {
                         return Response::status(io_status(&e, true));
                     }
@@ -119,7 +127,7 @@ pub async fn execute(sqe: &Sqe, ns: &Namespace, data: Option<DmaBuffer>) -> Resp
             }
             Err(e) => Response::status(io_status(&e, true)),
         },
-        io::DATASET_MANAGEMENT => dsm(sqe, ns, data).await,
+        io::DATASET_MANAGEMENT => dsm(sqe, ns, data, write_through).await,
         io::COMPARE => {
             let Some(expect) = data else {
                 return Response::status(Status::DATA_TRANSFER_ERROR);
@@ -139,7 +147,7 @@ pub async fn execute(sqe: &Sqe, ns: &Namespace, data: Option<DmaBuffer>) -> Resp
     }
 }
 
-async fn dsm(sqe: &Sqe, ns: &Namespace, data: Option<DmaBuffer>) -> Response {
+async fn dsm(sqe: &Sqe, ns: &Namespace, data: Option<DmaBuffer>, write_through: bool) -> Response {
     // Only deallocate does anything; the integral-read/write hints are advisory.
     if sqe.cdw(11) & DSM_AD == 0 {
         return Response::ok();
@@ -164,6 +172,12 @@ async fn dsm(sqe: &Sqe, ns: &Namespace, data: Option<DmaBuffer>) -> Response {
     }
     for (off, len) in todo {
         if let Err(e) = ns.backend.deallocate(off, len).await {
+            return Response::status(io_status(&e, true));
+        }
+    }
+    // Without a write cache, a deallocation is durable when it completes.
+    if write_through {
+        if let Err(e) = ns.backend.flush().await {
             return Response::status(io_status(&e, true));
         }
     }

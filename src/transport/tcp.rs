@@ -693,7 +693,7 @@ impl Conn {
                 local.commands.set(local.commands.get() + 1);
                 // I/O before CC.EN=1 (or after a reset) breaks the bring-up
                 // sequence; Linux nvmet answers the same.
-                if !local.ready.get() {
+                if !local.ready() {
                     return Err(Status::COMMAND_SEQUENCE_ERROR);
                 }
                 let ns = self.shard.namespace(*subsys, sqe.nsid()).cloned();
@@ -833,17 +833,17 @@ impl Conn {
             let st = self.state.borrow();
             match &st.binding {
                 Some(Binding::Admin(c)) => Ok(c.clone()),
-                Some(Binding::Io { subsys, .. }) => Err(*subsys),
+                Some(Binding::Io { subsys, local, .. }) => Err((*subsys, local.write_through())),
                 None => return Status::COMMAND_SEQUENCE_ERROR.into(),
             }
         };
         match binding {
             Ok(ctrl) => admin::execute(&self.shard, &ctrl, sqe, data, self.local).await,
-            Err(subsys) => {
+            Err((subsys, write_through)) => {
                 let Some(ns) = ns else {
                     return Status::INVALID_NAMESPACE.into();
                 };
-                let r = io::execute(sqe, &ns, data).await;
+                let r = io::execute(sqe, &ns, data, write_through).await;
                 self.count_io(subsys, sqe, &ns, &r);
                 r.into()
             }

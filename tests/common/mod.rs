@@ -86,17 +86,29 @@ impl Target {
     }
 
     pub fn start_in(dir: &std::path::Path, args: &[&str]) -> Target {
-        match Target::spawn(dir, args) {
+        match Target::spawn(dir, args, &[]) {
             Ok(t) => t,
             Err((status, out)) => panic!("target did not start ({status:?}):\n{out}"),
         }
     }
 
     pub fn try_start(args: &[&str]) -> Result<Target, (Option<ExitStatus>, String)> {
-        Target::spawn(&std::env::temp_dir(), args)
+        Target::spawn(&std::env::temp_dir(), args, &[])
     }
 
-    fn spawn(dir: &std::path::Path, args: &[&str]) -> Result<Target, (Option<ExitStatus>, String)> {
+    /// Start with extra environment variables (fault injection, src/fault.rs).
+    pub fn start_env(args: &[&str], env: &[(&str, &str)]) -> Target {
+        match Target::spawn(&std::env::temp_dir(), args, env) {
+            Ok(t) => t,
+            Err((status, out)) => panic!("target did not start ({status:?}):\n{out}"),
+        }
+    }
+
+    fn spawn(
+        dir: &std::path::Path,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Result<Target, (Option<ExitStatus>, String)> {
         let port = free_port();
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
         let mut cmd = Command::new(bin());
@@ -105,6 +117,7 @@ impl Target {
             cmd.args(["--listen", &addr.to_string()]);
         }
         cmd.args(args)
+            .envs(env.iter().copied())
             .env(
                 "RUST_LOG",
                 std::env::var("TARGET_LOG").unwrap_or_else(|_| "debug".into()),
