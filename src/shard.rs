@@ -493,7 +493,8 @@ impl Shard {
             return Err(invalid(false, connect_offset::QID));
         }
         let mut q = c.io_queues.borrow_mut();
-        if q.contains_key(&qid) {
+        // A torn-down queue's commands may still run at the backing.
+        if q.contains_key(&qid) || c.retiring.borrow().contains_key(&qid) {
             return Err(invalid(false, connect_offset::QID));
         }
         q.insert(qid, (from, token));
@@ -607,11 +608,22 @@ impl Shard {
     /// Owner side of a closed I/O queue: its qid is free again, unless a new
     /// queue took it meanwhile.
     fn detached(&self, cntlid: u16, qid: u16, token: u64) {
-        if let Some(o) = self.controllers.borrow().get(&cntlid) {
-            let mut q = o.ctrl.io_queues.borrow_mut();
-            if q.get(&qid).is_some_and(|(_, t)| *t == token) {
-                q.remove(&qid);
+        let release = {
+            let map = self.controllers.borrow();
+            let Some(o) = map.get(&cntlid) else {
+                return;
+            };
+            for q in [&o.ctrl.io_queues, &o.ctrl.retiring] {
+                let mut q = q.borrow_mut();
+                if q.get(&qid).is_some_and(|(_, t)| *t == token) {
+                    q.remove(&qid);
+                }
             }
+            o.ctrl.destroyed.fired() && o.ctrl.queues_gone()
+        };
+        if release {
+            self.controllers.borrow_mut().remove(&cntlid);
+            log::info!("controller {cntlid}: every queue finished; cntlid released");
         }
     }
 
@@ -639,12 +651,12 @@ impl Shard {
     }
 
     /// Close every I/O queue of a controller owned here, on every core.
+    /// They retire: each holds its qid until it has detached.
     pub fn teardown_io(self: &Rc<Self>, ctrl: &Controller) {
+        let live = std::mem::take(&mut *ctrl.io_queues.borrow_mut());
         let cores: std::collections::BTreeSet<usize> =
-            std::mem::take(&mut *ctrl.io_queues.borrow_mut())
-                .into_values()
-                .map(|(core, _)| core)
-                .collect();
+            live.values().map(|(core, _)| *core).collect();
+        ctrl.retiring.borrow_mut().extend(live);
         for core in cores {
             self.post(
                 core,
@@ -700,17 +712,23 @@ impl Shard {
     }
 
     /// Destroy a controller owned here: its I/O queues everywhere and its admin queue.
+    /// The cntlid stays taken (and the controller counted) until every
+    /// I/O queue has finished its commands and detached (`detached`).
     pub fn destroy_controller(self: &Rc<Self>, cntlid: u16, why: &str) {
-        let Some(o) = self.controllers.borrow_mut().remove(&cntlid) else {
-            return;
+        let (ctrl, kill) = match self.controllers.borrow().get(&cntlid) {
+            Some(o) if !o.ctrl.destroyed.fired() => (o.ctrl.clone(), o.admin_kill.clone()),
+            _ => return,
         };
-        o.ctrl.destroyed.fire();
-        self.teardown_io(&o.ctrl);
-        o.admin_kill.fire();
+        ctrl.destroyed.fire();
+        self.teardown_io(&ctrl);
+        kill.fire();
         log::info!(
             "controller {cntlid} of host {} destroyed: {why}",
-            o.ctrl.hostnqn
+            ctrl.hostnqn
         );
+        if ctrl.queues_gone() {
+            self.controllers.borrow_mut().remove(&cntlid);
+        }
     }
 
     /// Keep-alive timer of a controller owned here (NVMe Base 2.0 §3.9). With

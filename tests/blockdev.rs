@@ -4,44 +4,13 @@
 //! become an NVMe status while the target keeps serving.
 
 mod common;
+use common::devices::{sh, Loop};
 use common::*;
 use nvmf_tpc::host::{Controller, HostConfig, HostError};
 use nvmf_tpc::wire::identify::cns;
 use nvmf_tpc::wire::log_page::lid;
 use nvmf_tpc::wire::status::Status;
 use std::path::{Path, PathBuf};
-use std::process::Command;
-
-fn sh(cmd: &str, args: &[&str]) -> Result<String, String> {
-    let out = Command::new(cmd)
-        .args(args)
-        .output()
-        .map_err(|e| format!("{cmd}: {e}"))?;
-    if !out.status.success() {
-        return Err(format!(
-            "{cmd} {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        ));
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
-}
-
-/// A loop device over `file`, detached on drop.
-struct Loop(String);
-
-impl Loop {
-    fn attach(file: &Path) -> Loop {
-        let dev = sh("losetup", &["-f", "--show", file.to_str().unwrap()])
-            .expect("loop devices are needed (run as root)");
-        Loop(dev)
-    }
-}
-
-impl Drop for Loop {
-    fn drop(&mut self) {
-        let _ = sh("losetup", &["-d", &self.0]);
-    }
-}
 
 #[test]
 fn block_device_namespace() {
@@ -372,8 +341,13 @@ fn enospc_becomes_a_status_and_the_target_keeps_serving() {
         assert_eq!(s, Status::CAPACITY_EXCEEDED, "after {at} chunks");
         // Earlier data is intact and the queue still works.
         assert_eq!(q.read(1, 0, 32, 4096).await.unwrap(), chunk);
-        let el = c.get_log_page(lid::ERROR, 0, 0, 64).await.unwrap();
-        assert_ne!(el[0], 0, "error log entry");
+        // The entry reaches the controller's core by message, after the
+        // completion: look until it is there.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while c.get_log_page(lid::ERROR, 0, 0, 64).await.unwrap()[0] == 0 {
+            assert!(std::time::Instant::now() < deadline, "no error log entry");
+            glommio::timer::sleep(std::time::Duration::from_millis(10)).await;
+        }
         q.read(1, 0, 1, 4096).await.unwrap();
     });
     assert_eq!(t.stop().code(), Some(0));

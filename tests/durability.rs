@@ -221,3 +221,64 @@ fn soak_many_connections_with_random_disconnects() {
     warm();
     eprintln!("soak: {total} I/O queue connections; fds {fd0} -> {fd1}; RSS {rss0} -> {rss1} KiB");
 }
+
+/// A connection dropped while a write is still running at the backing (a
+/// loop device throttled to 4 KiB/s: a 32 KiB write takes 8 s) keeps its
+/// qid until that write has finished: a host that reconnects cannot get a
+/// queue, and so cannot write the same blocks, while the old write may
+/// still land over them. (The drain used to give up after 5 s.)
+#[test]
+fn a_dropped_queue_keeps_its_qid_until_its_writes_have_landed() {
+    use common::devices::{Loop, Throttle};
+    let dir = scratch_dir("drain");
+    let img = dir.join("slow.img");
+    std::fs::File::create(&img)
+        .unwrap()
+        .set_len(16 << 20)
+        .unwrap();
+    let lo = std::sync::Arc::new(Loop::attach(&img));
+    let t = Target::start(&["--subsystem", NQN, "--namespace", &lo.0, "--cores", "1"]);
+    let throttle = std::sync::Arc::new(Throttle::new("drain", &lo, 4096, t.pid()));
+    let addr = t.addr;
+    let lo2 = lo.clone();
+    let th = throttle.clone();
+    let (before, at_reuse) = run(move || async move {
+        let c = Controller::connect(HostConfig::new(addr, NQN))
+            .await
+            .unwrap();
+        let q = Rc::new(c.connect_io_queue(1).await.unwrap());
+        let before = lo2.sectors_written();
+        let submitted = th.writes_submitted();
+        let w = q.clone();
+        let write = glommio::spawn_local(async move {
+            let _ = w.write(1, 0, &vec![0xA5; 32 << 10], 512, false).await;
+        });
+        // Wait until the target has handed the write to the device.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while th.writes_submitted() == submitted {
+            assert!(
+                Instant::now() < deadline,
+                "the write never reached the device"
+            );
+            glommio::timer::sleep(Duration::from_millis(10)).await;
+        }
+        q.queue.close().await;
+        drop(write);
+        // Reconnect qid 1 until the target lets it go.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if c.connect_io_queue(1).await.is_ok() {
+                return (before, lo2.sectors_written());
+            }
+            assert!(Instant::now() < deadline, "qid 1 never came back");
+            glommio::timer::sleep(Duration::from_millis(100)).await;
+        }
+    });
+    assert!(
+        at_reuse >= before + 64,
+        "qid 1 was given out again while the dropped queue's write was still running ({} of 64 sectors written)",
+        at_reuse - before
+    );
+    drop(throttle);
+    drop(t);
+}

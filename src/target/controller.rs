@@ -84,9 +84,12 @@ pub struct Controller {
     pub vwc_present: bool,
     /// Sequence number of the state its I/O queues follow (`IoState`).
     io_state_seq: Cell<u64>,
-    /// I/O queues attached: qid → core (peer id) that serves it.
-    /// qid → (core serving it, its token).
+    /// I/O queues attached: qid → (core serving it, its token).
     pub io_queues: RefCell<BTreeMap<u16, (usize, u64)>>,
+    /// I/O queues torn down whose commands may still be running at the
+    /// backing: their qids (and the controller's cntlid) are not reused
+    /// until each has detached.
+    pub retiring: RefCell<BTreeMap<u16, (usize, u64)>>,
     pub max_io_queues: u16,
     /// Last command seen on the admin queue (and, with TBKAS, learnt from I/O queues).
     pub last_activity: Cell<Instant>,
@@ -128,6 +131,7 @@ impl Controller {
             vwc_present,
             io_state_seq: Cell::new(1),
             io_queues: RefCell::new(BTreeMap::new()),
+            retiring: RefCell::new(BTreeMap::new()),
             max_io_queues: cfg.max_io_queues,
             last_activity: Cell::new(Instant::now()),
             aers: RefCell::new(VecDeque::new()),
@@ -254,6 +258,11 @@ impl Controller {
 
     pub fn touch(&self) {
         self.last_activity.set(Instant::now());
+    }
+
+    /// Has every I/O queue, live or torn down, detached?
+    pub fn queues_gone(&self) -> bool {
+        self.io_queues.borrow().is_empty() && self.retiring.borrow().is_empty()
     }
 
     /// The cores that serve this controller's I/O queues.

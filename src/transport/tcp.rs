@@ -37,8 +37,9 @@ use std::time::{Duration, Instant};
 
 /// Send buffer capacity before it is flushed mid-batch.
 const SEND_BUF_LEN: usize = 256 * 1024;
-/// How long a closing queue waits for its in-flight commands.
-const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+/// How often a closing queue whose commands are still running at the
+/// backing says so.
+const DRAIN_REPORT_INTERVAL: Duration = Duration::from_secs(5);
 /// Longest interval between two looks of a connection's watchdog.
 const WATCHDOG_TICK_MAX: Duration = Duration::from_secs(5);
 /// Highest HPDA a host may ask for (§3.6.2.2: 0..=31).
@@ -963,8 +964,11 @@ impl Conn {
         .encode()
     }
 
-    /// Stop reading new commands: let in-flight ones finish (bounded), then
-    /// let the writer drain and release the queue's controller binding.
+    /// Stop reading new commands: let in-flight ones finish, however long
+    /// they take, then let the writer drain and release the queue's
+    /// controller binding. Until then the qid (and, for an admin queue, the
+    /// controller) stays taken: a write still running must not land after
+    /// the host has reconnected and rewritten the same blocks.
     async fn finish_connection(self: &Rc<Self>) {
         // The queue is closing: commands waiting for memory give up (Command
         // Aborted due to SQ Deletion), the watchdog ends, and writes still
@@ -972,14 +976,21 @@ impl Conn {
         // memory, which the waiting commands may be waiting for.
         self.kill.fire();
         self.r2t.borrow_mut().clear();
-        let deadline = Instant::now() + DRAIN_TIMEOUT;
         // Writes still waiting for H2CData can never finish now: only
-        // commands running or waiting for memory are waited for.
-        while self.executing.get() + self.waiting_mem.get() > 0
-            && Instant::now() < deadline
-            && !self.out.is_closed()
-        {
+        // commands running or waiting for memory are waited for, whether
+        // or not their completions can still be sent.
+        let mut report = Instant::now() + DRAIN_REPORT_INTERVAL;
+        while self.executing.get() + self.waiting_mem.get() > 0 {
             glommio::timer::sleep(Duration::from_millis(1)).await;
+            if Instant::now() >= report {
+                log::warn!(
+                    "{}: queue {} closed with {} commands still running at the backing; its qid stays taken until they finish",
+                    self.peer,
+                    self.state.borrow().qid,
+                    self.executing.get()
+                );
+                report += DRAIN_REPORT_INTERVAL;
+            }
         }
         self.out.close();
         let (binding, qid) = {

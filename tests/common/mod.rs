@@ -2,6 +2,7 @@
 //! port and drives it with the host library inside a glommio executor.
 #![allow(dead_code)]
 
+pub mod devices;
 pub mod trace;
 
 use std::io::{BufRead, BufReader, Read};

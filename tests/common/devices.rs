@@ -1,0 +1,101 @@
+//! Real block devices for tests: loop devices over files, and a blkio
+//! cgroup that makes one device slow for the target's process (a real slow
+//! backing, throttled by the kernel, not a hope that the machine is slow).
+
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+pub fn sh(cmd: &str, args: &[&str]) -> Result<String, String> {
+    let out = Command::new(cmd)
+        .args(args)
+        .output()
+        .map_err(|e| format!("{cmd}: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "{cmd} {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+/// A loop device over `file`, detached on drop.
+pub struct Loop(pub String);
+
+impl Loop {
+    pub fn attach(file: &Path) -> Loop {
+        let dev = sh("losetup", &["-f", "--show", file.to_str().unwrap()])
+            .expect("loop devices are needed (run as root)");
+        Loop(dev)
+    }
+
+    /// "major:minor" of the device.
+    pub fn dev_t(&self) -> String {
+        let rdev = std::fs::metadata(&self.0).unwrap().rdev();
+        format!("{}:{}", libc::major(rdev), libc::minor(rdev))
+    }
+
+    /// Sectors written to the device so far, counted as writes complete
+    /// (field 7 of /sys/block/DEV/stat).
+    pub fn sectors_written(&self) -> u64 {
+        let name = self.0.trim_start_matches("/dev/");
+        let stat = std::fs::read_to_string(format!("/sys/block/{name}/stat")).unwrap();
+        stat.split_whitespace().nth(6).unwrap().parse().unwrap()
+    }
+}
+
+impl Drop for Loop {
+    fn drop(&mut self) {
+        let _ = sh("losetup", &["-d", &self.0]);
+    }
+}
+
+const BLKIO: &str = "/sys/fs/cgroup/blkio";
+
+/// A blkio cgroup (v1) holding one process, whose writes to one device are
+/// throttled to a byte rate. The process leaves it on drop.
+pub struct Throttle {
+    dir: PathBuf,
+    dev: String,
+    pid: u32,
+}
+
+impl Throttle {
+    pub fn new(name: &str, dev: &Loop, write_bps: u64, pid: u32) -> Throttle {
+        assert!(
+            Path::new(BLKIO).join("cgroup.procs").exists(),
+            "the blkio cgroup controller is needed at {BLKIO}"
+        );
+        let dir = Path::new(BLKIO).join(format!("nvmf-tpc-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir(&dir);
+        std::fs::create_dir(&dir).unwrap();
+        let dev = dev.dev_t();
+        std::fs::write(
+            dir.join("blkio.throttle.write_bps_device"),
+            format!("{dev} {write_bps}"),
+        )
+        .unwrap();
+        std::fs::write(dir.join("cgroup.procs"), pid.to_string()).unwrap();
+        Throttle { dir, dev, pid }
+    }
+
+    /// Writes the process has submitted to the device (counted when they
+    /// enter the throttle, before they are let through).
+    pub fn writes_submitted(&self) -> u64 {
+        let s = std::fs::read_to_string(self.dir.join("blkio.throttle.io_serviced")).unwrap();
+        s.lines()
+            .find_map(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                (f.len() == 3 && f[0] == self.dev && f[1] == "Write").then(|| f[2].parse().unwrap())
+            })
+            .unwrap_or(0)
+    }
+}
+
+impl Drop for Throttle {
+    fn drop(&mut self) {
+        let _ = std::fs::write(Path::new(BLKIO).join("cgroup.procs"), self.pid.to_string());
+        let _ = std::fs::remove_dir(&self.dir);
+    }
+}
