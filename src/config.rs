@@ -153,6 +153,8 @@ pub struct TargetConfig {
     pub max_connections: usize,
     /// Controllers owned per core.
     pub max_controllers: usize,
+    /// Controllers one host NQN may hold on the whole target.
+    pub max_controllers_per_host: usize,
     pub dma_memory: usize,
     /// Executors poll this long after their last work before they park.
     pub idle_poll: std::time::Duration,

@@ -5,6 +5,7 @@
 //! connections), `shard` (one executor), `serve` (start and stop), and `host`
 //! (an initiator used by tests and the perf tool).
 
+pub mod admission;
 pub mod config;
 pub mod cpus;
 pub mod fault;

@@ -4,6 +4,7 @@
 use crate::config::*;
 use crate::cpus::{allowed_cpus, parse_cpu_list};
 use crate::shard::{self, Shard, STOP};
+use crate::storage::block_lock::BlockLocks;
 use crate::storage::{file, Backend, FileBackend, RamDisk};
 use crate::target::Namespace;
 use clap::{ArgAction, Args, FromArgMatches};
@@ -68,6 +69,11 @@ pub struct ServeArgs {
     /// "controller busy".
     #[arg(long, default_value_t = DEFAULT_CONTROLLERS_PER_CORE)]
     pub max_controllers: u32,
+    /// Controllers one host NQN may hold at once on the whole target
+    /// (discovery included), so that one host cannot lock the others out;
+    /// Connects beyond get "controller busy".
+    #[arg(long, default_value_t = crate::admission::DEFAULT_CONTROLLERS_PER_HOST)]
+    pub max_controllers_per_host: u32,
     /// DMA memory per core for command data, e.g. 64M. When it is in use a
     /// core stops reading from its sockets until commands complete.
     #[arg(long, default_value = "64M", value_name = "SIZE")]
@@ -230,6 +236,11 @@ fn build_config(
     if !(1..=MAX_CONTROLLERS_PER_CORE).contains(&args.max_controllers) {
         return Err(format!(
             "--max-controllers: 1 to {MAX_CONTROLLERS_PER_CORE}"
+        ));
+    }
+    if !(1..=MAX_CONTROLLERS_PER_CORE).contains(&args.max_controllers_per_host) {
+        return Err(format!(
+            "--max-controllers-per-host: 1 to {MAX_CONTROLLERS_PER_CORE}"
         ));
     }
     let timeout = |flag: &str, v: &str| -> Result<std::time::Duration, String> {
@@ -396,6 +407,7 @@ fn build_config(
         max_io_queues: args.max_io_queues,
         max_connections: args.max_connections as usize,
         max_controllers: args.max_controllers as usize,
+        max_controllers_per_host: args.max_controllers_per_host as usize,
         dma_memory,
         idle_poll,
         connect_timeout,
@@ -405,9 +417,11 @@ fn build_config(
 }
 
 fn resolve_namespace(nqn: &str, nsid: u32, spec: NamespaceSpec) -> Result<NamespaceConfig, String> {
+    let mut physical = 0;
     let (backing, size, min_block, default_bs) = match spec.backing {
         Backing::File(p) => {
             let probe = file::probe(&p)?;
+            physical = probe.physical_block;
             let bs_default = if probe.is_block {
                 probe.logical_block
             } else {
@@ -441,6 +455,14 @@ fn resolve_namespace(nqn: &str, nsid: u32, spec: NamespaceSpec) -> Result<Namesp
         return Err(format!(
             "{what}: size {size} is not a multiple of the block size {bs}"
         ));
+    }
+    // Identify promises that one block survives a power cut whole (AWUPF
+    // 0, the least NVMe can say); a device that writes smaller units
+    // atomically may tear a larger block.
+    if physical != 0 && bs > physical {
+        log::warn!(
+            "{what}: block size {bs} is larger than the device's physical block ({physical} bytes): a block may be torn by a power cut; serve it with bs={physical} to keep Identify's promise"
+        );
     }
     let blocks = size / bs as u64;
     if let Some((a, b)) = spec.bad_blocks.iter().find(|(_, b)| *b >= blocks) {
@@ -610,12 +632,24 @@ pub fn run(cfg: TargetConfig) -> Result<(), String> {
         rams.push(v);
     }
     let rams = Arc::new(rams);
+    // One block lock table per namespace, whichever core serves it.
+    let locks: Arc<Vec<Vec<Arc<BlockLocks>>>> = Arc::new(
+        cfg.subsystems
+            .iter()
+            .map(|s| s.namespaces.iter().map(|_| Arc::default()).collect())
+            .collect(),
+    );
     let mesh = shard::mesh(cfg.cpus.len());
+    let hosts = Arc::new(crate::admission::HostTable::new(
+        cfg.max_controllers_per_host,
+    ));
     let (ready_tx, ready_rx) = mpsc::channel::<Result<(), String>>();
     let mut handles = Vec::new();
     for (i, &cpu) in cfg.cpus.iter().enumerate() {
         let cfg = cfg.clone();
         let rams = rams.clone();
+        let locks = locks.clone();
+        let hosts = hosts.clone();
         let mesh = mesh.clone();
         let ready = ready_tx.clone();
         let mut b = LocalExecutorBuilder::new(Placement::Fixed(cpu))
@@ -646,7 +680,7 @@ pub fn run(cfg: TargetConfig) -> Result<(), String> {
                 // SAFETY: gettid has no arguments and cannot fail.
                 let tid = unsafe { libc::gettid() };
                 log::debug!("core {i} runs on thread {tid} (CPU {cpu})");
-                let started = start_shard(cfg, rams, senders).await;
+                let started = start_shard(cfg, rams, locks, senders, hosts).await;
                 let (shard, listeners) = match started {
                     Ok(x) => x,
                     Err(e) => {
@@ -708,7 +742,9 @@ pub fn run(cfg: TargetConfig) -> Result<(), String> {
 async fn start_shard(
     cfg: Arc<TargetConfig>,
     rams: Arc<Vec<Vec<Option<Arc<RamDisk>>>>>,
+    locks: Arc<Vec<Vec<Arc<BlockLocks>>>>,
     senders: glommio::channels::channel_mesh::Senders<shard::CtlMsg>,
+    hosts: Arc<crate::admission::HostTable>,
 ) -> Result<(Rc<Shard>, Vec<TcpListener>), String> {
     let mut namespaces = Vec::new();
     let mut zeroes = None;
@@ -734,7 +770,11 @@ async fn start_shard(
                         .clone(),
                 ),
             };
-            v.push(Rc::new(Namespace::new(n.clone(), backend)));
+            v.push(Rc::new(Namespace::new(
+                n.clone(),
+                backend,
+                locks[si][ni].clone(),
+            )));
         }
         namespaces.push(v);
     }
@@ -742,7 +782,10 @@ async fn start_shard(
     for a in &cfg.listen {
         listeners.push(TcpListener::bind(a).map_err(|e| format!("cannot listen on {a}: {e}"))?);
     }
-    Ok((Rc::new(Shard::new(cfg, namespaces, senders)), listeners))
+    Ok((
+        Rc::new(Shard::new(cfg, namespaces, senders, hosts)),
+        listeners,
+    ))
 }
 
 /// Install SIGINT/SIGTERM handling: the first signal stops the target.

@@ -3,6 +3,7 @@
 //! the immutable config and RAM disks; the control plane between them is
 //! messages over a glommio channel mesh (never per I/O command).
 
+use crate::admission::HostTable;
 use crate::config::{TargetConfig, DISCOVERY_DEFAULT_KATO_MS};
 use crate::storage::DmaBudget;
 use crate::target::controller::{Controller, SubsysRef};
@@ -178,6 +179,8 @@ pub struct Shard {
     pub started: Instant,
     /// This core's DMA memory for command data (`--dma-memory`).
     pub dma: Rc<DmaBudget>,
+    /// Controllers per host NQN, shared by every core.
+    hosts: Arc<HostTable>,
 }
 
 /// Controller ids 1..=0xFFEF are split into one contiguous slice per shard,
@@ -204,6 +207,7 @@ impl Shard {
         cfg: Arc<TargetConfig>,
         namespaces: Vec<Vec<Rc<Namespace>>>,
         senders: Senders<CtlMsg>,
+        hosts: Arc<HostTable>,
     ) -> Shard {
         let id = senders.peer_id();
         let peers = senders.nr_consumers().max(1);
@@ -231,6 +235,7 @@ impl Shard {
             next_conn: Cell::new(0),
             started: Instant::now(),
             dma,
+            hosts,
         }
     }
 
@@ -392,6 +397,13 @@ impl Shard {
         admin_kill: Rc<Trigger>,
     ) -> Result<Rc<Controller>, Status> {
         let cntlid = self.alloc_cntlid().ok_or(Status::CONNECT_CONTROLLER_BUSY)?;
+        if !self.hosts.admit(&hostnqn) {
+            log::warn!(
+                "connect refused: host {hostnqn} holds {} controllers, its limit (--max-controllers-per-host)",
+                self.hosts.limit()
+            );
+            return Err(Status::CONNECT_CONTROLLER_BUSY);
+        }
         let kato_ms = if kato_ms == 0 && subsys == SubsysRef::Discovery {
             DISCOVERY_DEFAULT_KATO_MS
         } else {
@@ -622,7 +634,7 @@ impl Shard {
             o.ctrl.destroyed.fired() && o.ctrl.queues_gone()
         };
         if release {
-            self.controllers.borrow_mut().remove(&cntlid);
+            self.release_controller(cntlid);
             log::info!("controller {cntlid}: every queue finished; cntlid released");
         }
     }
@@ -727,7 +739,15 @@ impl Shard {
             ctrl.hostnqn
         );
         if ctrl.queues_gone() {
-            self.controllers.borrow_mut().remove(&cntlid);
+            self.release_controller(cntlid);
+        }
+    }
+
+    /// A destroyed controller's resources are free: its cntlid, and its
+    /// place in its host's count.
+    fn release_controller(&self, cntlid: u16) {
+        if let Some(o) = self.controllers.borrow_mut().remove(&cntlid) {
+            self.hosts.release(&o.ctrl.hostnqn);
         }
     }
 

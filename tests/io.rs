@@ -369,3 +369,104 @@ fn file_data_persists_across_restart() {
     drop(t);
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// A block stamped with `version` in every 16 bytes (and the offset).
+fn stamped(version: u64) -> Vec<u8> {
+    let mut b = vec![0u8; 4096];
+    for (i, c) in b.chunks_exact_mut(16).enumerate() {
+        c[..8].copy_from_slice(&version.to_le_bytes());
+        c[8..].copy_from_slice(&(i as u64).to_le_bytes());
+    }
+    b
+}
+
+/// The version of a block that is one write whole (0 for never written),
+/// or None for a torn block.
+fn version_of(b: &[u8]) -> Option<u64> {
+    if b.iter().all(|&x| x == 0) {
+        return Some(0);
+    }
+    let v = u64::from_le_bytes(b[..8].try_into().unwrap());
+    (b == stamped(v).as_slice()).then_some(v)
+}
+
+/// Identify says one block is written atomically (AWUN = 0): queues on both
+/// cores rewrite one block, each write stamping its own version in every 16
+/// bytes, while other queues read it; every read must return one version
+/// whole, never part of one write and part of another. RAM and file
+/// namespaces.
+#[test]
+fn one_block_is_read_and_written_whole() {
+    let dir = scratch_dir("atomic");
+    let img = dir.join("atomic.img");
+    std::fs::File::create(&img)
+        .unwrap()
+        .set_len(16 << 20)
+        .unwrap();
+    let t = Target::start(&[
+        "--subsystem",
+        NQN,
+        "--namespace",
+        "ram:16M",
+        "--namespace",
+        img.to_str().unwrap(),
+        "--cores",
+        "2",
+    ]);
+    let addr = t.addr;
+    run(move || async move {
+        let c = Controller::connect(HostConfig::new(addr, NQN))
+            .await
+            .unwrap();
+        c.set_number_of_queues(8).await.unwrap();
+        let mut qs = Vec::new();
+        for qid in 1..=8 {
+            qs.push(Rc::new(c.connect_io_queue(qid).await.unwrap()));
+        }
+        let mut report = Vec::new();
+        // (namespace, writes per writer task): files are slower.
+        for (nsid, writes) in [(1u32, 6000u64), (2, 1500)] {
+            let done = Rc::new(std::cell::Cell::new(0usize));
+            let torn = Rc::new(std::cell::Cell::new(0usize));
+            let reads = Rc::new(std::cell::Cell::new(0usize));
+            let mut tasks = Vec::new();
+            // Writers: queues 0-3, two tasks each; readers: queues 4-7.
+            for w in 0..8u64 {
+                let (q, done) = (qs[(w % 4) as usize].clone(), done.clone());
+                tasks.push(glommio::spawn_local(async move {
+                    for i in 0..writes {
+                        let v = (w + 1) << 32 | i;
+                        q.write(nsid, 5, &stamped(v), 4096, false).await.unwrap();
+                    }
+                    done.set(done.get() + 1);
+                }));
+            }
+            for r in 0..8 {
+                let q = qs[4 + r % 4].clone();
+                let (done, torn, reads) = (done.clone(), torn.clone(), reads.clone());
+                tasks.push(glommio::spawn_local(async move {
+                    while done.get() < 8 {
+                        let b = q.read(nsid, 5, 1, 4096).await.unwrap();
+                        reads.set(reads.get() + 1);
+                        if version_of(&b).is_none() {
+                            torn.set(torn.get() + 1);
+                        }
+                    }
+                }));
+            }
+            for t in tasks {
+                t.await;
+            }
+            let last = qs[0].read(nsid, 5, 1, 4096).await.unwrap();
+            assert!(
+                version_of(&last).is_some_and(|v| v > 0),
+                "namespace {nsid}: torn at rest"
+            );
+            report.push((nsid, torn.get(), reads.get()));
+        }
+        assert!(
+            report.iter().all(|&(_, torn, _)| torn == 0),
+            "torn reads (namespace, torn, reads): {report:?}"
+        );
+    });
+}

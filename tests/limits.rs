@@ -275,3 +275,51 @@ fn accepted_sockets_probe_silent_peers() {
     }
     assert_eq!(seen, Some((1, 2)), "target socket (state, timer)");
 }
+
+/// One host NQN cannot take every controller: past
+/// `--max-controllers-per-host` (counted over every core, discovery
+/// included) its Connects get Controller Busy, while another host still
+/// connects; a released controller makes room again.
+#[test]
+fn one_host_cannot_lock_the_others_out() {
+    let t = Target::start(&[
+        "--subsystem",
+        NQN,
+        "--namespace",
+        "null:1M",
+        "--cores",
+        "2",
+        "--max-controllers-per-host",
+        "3",
+    ]);
+    let addr = t.addr;
+    run(move || async move {
+        let a = HostConfig::new(addr, NQN);
+        let b = HostConfig::new(addr, NQN).with_hostid(*b"another-host\0\0\0\x02");
+        let mut held = vec![Controller::connect(a.clone()).await.unwrap()];
+        held.push(Controller::connect(a.clone()).await.unwrap());
+        held.push(Controller::connect_discovery(addr).await.unwrap());
+        for _ in 0..4 {
+            assert_eq!(
+                status_of(Controller::connect(a.clone()).await.map(|_| ())),
+                Status::CONNECT_CONTROLLER_BUSY
+            );
+        }
+        let other = Controller::connect(b).await.unwrap();
+        other.keep_alive().await.unwrap();
+        // Released: its admin queue closes, the target frees its place.
+        held.pop().unwrap().shutdown().await.unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            match Controller::connect(a.clone()).await {
+                Ok(c) => break held.push(c),
+                Err(e) => assert_eq!(e.status(), Some(Status::CONNECT_CONTROLLER_BUSY)),
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the place was never freed"
+            );
+            glommio::timer::sleep(Duration::from_millis(20)).await;
+        }
+    });
+}

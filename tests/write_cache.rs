@@ -91,9 +91,21 @@ fn turning_the_write_cache_off_makes_every_write_durable_on_every_core() {
         c.set_features(VWC, 0, None).await.unwrap();
         syncs(&tr);
         drop(qs);
+        // The closed queues give their qids back once the target has seen
+        // them close (as a host does, try again until then).
         let mut qs = Vec::new();
         for qid in 1..=4 {
-            qs.push(c.connect_io_queue(qid).await.unwrap());
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+            loop {
+                match c.connect_io_queue(qid).await {
+                    Ok(q) => break qs.push(q),
+                    Err(e) if std::time::Instant::now() < deadline => {
+                        assert_eq!(e.status(), Some(Status::CONNECT_INVALID_PARAMETERS));
+                        glommio::timer::sleep(std::time::Duration::from_millis(10)).await;
+                    }
+                    Err(e) => panic!("qid {qid} never came back: {e:?}"),
+                }
+            }
         }
         plain_writes(&qs, 8).await;
         assert!(syncs(&tr) >= 8);

@@ -104,11 +104,12 @@ async fn build_env() -> Env {
         for n in &sub.namespaces {
             // As serve::start_shard: one per-core handle on the shared disk.
             let backend = Backend::Ram(Rc::new(ram.clone()));
-            v.push(Rc::new(Namespace::new(n.clone(), backend)));
+            v.push(Rc::new(Namespace::new(n.clone(), backend, Arc::default())));
         }
         namespaces.push(v);
     }
-    let shard = Rc::new(Shard::new(cfg, namespaces, senders));
+    let hosts = Arc::new(nvmf_tpc::admission::HostTable::new(16));
+    let shard = Rc::new(Shard::new(cfg, namespaces, senders, hosts));
     shard.spawn_receivers(receivers);
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
     let addr = listener.local_addr().expect("listener address");

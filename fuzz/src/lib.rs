@@ -99,6 +99,7 @@ pub fn target_config() -> TargetConfig {
         max_io_queues: 4,
         max_connections: 64,
         max_controllers: 16,
+        max_controllers_per_host: 16,
         dma_memory: 4 << 20,
         idle_poll: Duration::ZERO,
         connect_timeout: Duration::from_millis(200),
@@ -123,6 +124,9 @@ pub fn icreq(d: Digests) -> Vec<u8> {
 /// A CapsuleCmd with optional in-capsule data (and its digest).
 pub fn capsule(sqe: &Sqe, data: &[u8], d: Digests) -> Vec<u8> {
     let mut out = Vec::new();
+    // PSDT 01b (SGLs), as every fabrics host sets it.
+    let mut sqe = *sqe;
+    sqe.set_flags(sqe.flags() | 0x40);
     pdu::encode_capsule_cmd(&sqe.0, data.len(), d, &mut out);
     out.extend_from_slice(data);
     if d.data && !data.is_empty() {

@@ -7,7 +7,7 @@ use glommio::io::{DmaBuffer, DmaFile, OpenOptions, ReadResult};
 use glommio::GlommioError;
 use std::cell::Cell;
 use std::io;
-use std::os::unix::fs::FileTypeExt;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::os::unix::io::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
 
@@ -24,6 +24,21 @@ pub struct Probe {
     pub size: u64,
     /// Smallest O_DIRECT unit: the device's logical block size.
     pub logical_block: u32,
+    /// The device's physical block: the largest unit the kernel says it
+    /// writes atomically (what survives a power cut whole). 0 if unknown.
+    pub physical_block: u32,
+}
+
+/// The physical block size of the device behind `dev` (a block device
+/// number: the device itself, or the one a file's file system is on).
+fn physical_block(dev: u64) -> u32 {
+    let base = format!("/sys/dev/block/{}:{}", libc::major(dev), libc::minor(dev));
+    // A partition has no queue/ of its own: its disk's is one level up.
+    ["queue/physical_block_size", "../queue/physical_block_size"]
+        .iter()
+        .find_map(|q| std::fs::read_to_string(format!("{base}/{q}")).ok())
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(0)
 }
 
 /// Check at start that `path` exists, opens read-write with O_DIRECT and is
@@ -60,6 +75,7 @@ pub fn probe(path: &Path) -> Result<Probe, String> {
             is_block,
             size,
             logical_block: bs as u32,
+            physical_block: physical_block(meta.rdev()),
         })
     } else {
         // Files: O_DIRECT needs the underlying device's logical block alignment;
@@ -83,6 +99,7 @@ pub fn probe(path: &Path) -> Result<Probe, String> {
             is_block,
             size: meta.len(),
             logical_block: align,
+            physical_block: physical_block(meta.dev()),
         })
     }
 }
@@ -198,14 +215,11 @@ impl FileBackend {
         Ok(r)
     }
 
-    pub async fn write(&self, offset: u64, buf: DmaBuffer, fua: bool) -> io::Result<()> {
+    pub async fn write(&self, offset: u64, buf: DmaBuffer) -> io::Result<()> {
         let len = buf.len();
         let n = self.file.write_at(buf, offset).await.map_err(os_error)?;
         if n < len {
             return Err(io::Error::new(io::ErrorKind::WriteZero, "short write"));
-        }
-        if fua {
-            self.flush().await?;
         }
         Ok(())
     }

@@ -2,6 +2,7 @@
 //! its own O_DIRECT file handle on its own io_uring, or a reference to the
 //! RAM disk that all cores share.
 
+pub mod block_lock;
 pub mod budget;
 pub mod claim;
 pub mod file;
@@ -17,6 +18,7 @@ pub use file::FileBackend;
 pub use ram::RamDisk;
 
 use crate::transport::readiness::IoWait;
+use block_lock::BlockHold;
 
 /// Data on its way to the host: a DMA buffer, what glommio read, a small
 /// heap buffer built by an admin command, or a range of a RAM disk.
@@ -28,7 +30,10 @@ pub enum DataBuf {
     Shared(Rc<DmaBuffer>, usize),
     /// `len` bytes at `offset` of a RAM disk, sent from the disk itself: the
     /// kernel copies them into the socket, with no copy of ours before.
-    Ram(Rc<Arc<RamDisk>>, u64, usize),
+    /// Its blocks are held (shared) until this is dropped, after the send:
+    /// no write changes them meanwhile, so each goes out as it was at one
+    /// moment (`block_lock`).
+    Ram(Rc<Arc<RamDisk>>, u64, usize, Option<BlockHold>),
 }
 
 impl DataBuf {
@@ -37,7 +42,7 @@ impl DataBuf {
             DataBuf::Dma(b) => b.len(),
             DataBuf::Read(r) => r.len(),
             DataBuf::Vec(v) => v.len(),
-            DataBuf::Shared(_, len) | DataBuf::Ram(_, _, len) => *len,
+            DataBuf::Shared(_, len) | DataBuf::Ram(_, _, len, _) => *len,
         }
     }
 
@@ -61,7 +66,7 @@ impl DataBuf {
     /// copied (for a digest or a comparison over stable bytes).
     pub fn owned(self) -> DataBuf {
         match self {
-            DataBuf::Ram(disk, offset, len) => {
+            DataBuf::Ram(disk, offset, len, _held) => {
                 let mut b = dma_buffer(len);
                 disk.read(offset, &mut b.as_bytes_mut()[..len]);
                 DataBuf::Dma(b)
@@ -74,7 +79,7 @@ impl DataBuf {
     /// send owned copies (see `owned`), so the RAM case here is a fallback.
     pub fn digest(&self, range: std::ops::Range<usize>) -> u32 {
         match self {
-            DataBuf::Ram(disk, offset, _) => {
+            DataBuf::Ram(disk, offset, ..) => {
                 let mut copy = vec![0u8; range.len()];
                 disk.read(offset + range.start as u64, &mut copy);
                 crate::wire::pdu::digest(&copy)
@@ -86,7 +91,7 @@ impl DataBuf {
     /// Bytes `range` as a piece of a socket send.
     pub fn part(&self, range: std::ops::Range<usize>) -> SendPart<'_> {
         match self {
-            DataBuf::Ram(disk, offset, _) => {
+            DataBuf::Ram(disk, offset, ..) => {
                 SendPart::Ram(disk, offset + range.start as u64, range.len())
             }
             other => SendPart::Bytes(&other.bytes().unwrap_or(&[])[range]),
@@ -164,7 +169,7 @@ impl Backend {
                 let _io = IoWait::new();
                 f.read(offset, len).await.map(DataBuf::Read)
             }
-            Backend::Ram(r) => Ok(DataBuf::Ram(r.clone(), offset, len)),
+            Backend::Ram(r) => Ok(DataBuf::Ram(r.clone(), offset, len, None)),
             Backend::Null(z) if len <= z.len() => Ok(DataBuf::Shared(z.clone(), len)),
             Backend::Null(_) => {
                 let mut b = dma_buffer(len);
@@ -174,12 +179,12 @@ impl Backend {
         }
     }
 
-    /// Write all of `buf` at byte `offset`; with `fua` it is durable on return.
-    pub async fn write(&self, offset: u64, buf: DmaBuffer, fua: bool) -> io::Result<()> {
+    /// Write all of `buf` at byte `offset` (durable after `flush`).
+    pub async fn write(&self, offset: u64, buf: DmaBuffer) -> io::Result<()> {
         match self {
             Backend::File(f) => {
                 let _io = IoWait::new();
-                f.write(offset, buf, fua).await
+                f.write(offset, buf).await
             }
             Backend::Ram(r) => {
                 r.write(offset, buf.as_bytes());

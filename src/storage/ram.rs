@@ -1,6 +1,7 @@
-//! A RAM disk shared by every core. Words are atomics with relaxed ordering:
-//! concurrent writes to one block from two queues may interleave (NVMe makes
-//! no promise there either) but there is no data race in the Rust sense.
+//! A RAM disk shared by every core. Words are atomics with relaxed ordering,
+//! so there is no data race in the Rust sense; that a block is read and
+//! written whole, never interleaved with another command, is the blocks'
+//! lock's work (`block_lock`), held by reads until their data is sent.
 //!
 //! The memory is mapped and faulted in at start (on huge pages where the
 //! kernel has them): a page fault on first touch costs more than the I/O.

@@ -308,6 +308,7 @@ mod tests {
             max_io_queues: DEFAULT_IO_QUEUES,
             max_connections: 16,
             max_controllers: 16,
+            max_controllers_per_host: 16,
             dma_memory: 1 << 20,
             idle_poll: std::time::Duration::ZERO,
             connect_timeout: std::time::Duration::from_secs(10),

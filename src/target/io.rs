@@ -116,7 +116,7 @@ pub async fn execute(
             Ok(()) => Response::ok(),
             Err(e) => Response::status(io_status(&e, true)),
         },
-        io::WRITE_ZEROES => match ns.backend.write_zeroes(offset, len, sqe.deac()).await {
+        io::WRITE_ZEROES => match ns.write_zeroes(offset, len, sqe.deac()).await {
             Ok(()) => {
                 if fua {
                     if let Err(e) = ns.backend.flush().await {
@@ -171,7 +171,7 @@ async fn dsm(sqe: &Sqe, ns: &Namespace, data: Option<DmaBuffer>, write_through: 
         todo.push((slba << ns.block_shift, nlb << ns.block_shift));
     }
     for (off, len) in todo {
-        if let Err(e) = ns.backend.deallocate(off, len).await {
+        if let Err(e) = ns.deallocate(off, len).await {
             return Response::status(io_status(&e, true));
         }
     }

@@ -10,11 +10,14 @@ pub mod fabrics;
 pub mod io;
 
 use crate::config::NamespaceConfig;
+use crate::storage::block_lock::{self, BlockHold, BlockLocks, LocksHandle};
 use crate::storage::{Backend, DataBuf};
 use crate::wire::command::Sqe;
 use crate::wire::identify::NamespaceInfo;
 use crate::wire::status::Status;
 use glommio::io::DmaBuffer;
+use std::rc::Rc;
+use std::sync::Arc;
 
 /// PSDT values that describe data by SGL (01b: SGLs, contiguous metadata;
 /// 10b: SGLs, metadata by SGL too). NVMe over Fabrics carries data only by
@@ -101,21 +104,40 @@ impl From<Status> for Outcome {
     }
 }
 
-/// A namespace as one core sees it: its config and this core's backend handle.
+/// Blocks a Write Zeroes or Deallocate locks at a time: each block is
+/// still zeroed whole, and reads and writes of other blocks go on between
+/// the pieces of a large range.
+const ZERO_CHUNK_BLOCKS: u64 = 1024;
+
+/// A namespace as one core sees it: its config, this core's backend handle,
+/// and the lock table every core shares for it (`block_lock`).
 pub struct Namespace {
     pub cfg: NamespaceConfig,
     pub backend: Backend,
     pub block_shift: u32,
+    locks: LocksHandle,
 }
 
 impl Namespace {
-    pub fn new(cfg: NamespaceConfig, backend: Backend) -> Namespace {
+    pub fn new(cfg: NamespaceConfig, backend: Backend, locks: Arc<BlockLocks>) -> Namespace {
         let block_shift = cfg.block_size.trailing_zeros();
         Namespace {
             cfg,
             backend,
             block_shift,
+            locks: Rc::new(locks),
         }
+    }
+
+    /// Hold the blocks of bytes `offset..offset + len` for the command's
+    /// access to the backing (none for null namespaces: no data to tear).
+    async fn hold(&self, offset: u64, len: u64, exclusive: bool) -> Option<BlockHold> {
+        if matches!(self.backend, Backend::Null(_)) || len == 0 {
+            return None;
+        }
+        let first = offset >> self.block_shift;
+        let last = (offset + len - 1) >> self.block_shift;
+        Some(block_lock::hold(&self.locks, first, last - first + 1, exclusive).await)
     }
     pub fn blocks(&self) -> u64 {
         self.cfg.blocks()
@@ -129,16 +151,67 @@ impl Namespace {
         Ok(())
     }
 
-    /// Read `len` bytes at byte `offset` from this core's backend.
+    /// Read `len` bytes at byte `offset` from this core's backend: each
+    /// block as it was at one moment. A RAM range is sent from the disk
+    /// itself, so it keeps its blocks held until it is sent.
     pub async fn read(&self, offset: u64, len: usize) -> std::io::Result<DataBuf> {
         self.check_bad_blocks(offset, len as u64)?;
-        self.backend.read(offset, len).await
+        let held = self.hold(offset, len as u64, false).await;
+        Ok(match self.backend.read(offset, len).await? {
+            DataBuf::Ram(disk, at, n, None) => DataBuf::Ram(disk, at, n, held),
+            data => data,
+        })
     }
 
-    /// Write `buf` at byte `offset`; with `fua` it is durable on return.
+    /// Make the range read as zeroes (`deallocate`: it may be released),
+    /// each block whole.
+    pub async fn write_zeroes(
+        &self,
+        offset: u64,
+        len: u64,
+        deallocate: bool,
+    ) -> std::io::Result<()> {
+        self.in_chunks(offset, len, |o, l| {
+            self.backend.write_zeroes(o, l, deallocate)
+        })
+        .await
+    }
+
+    /// Release the range (Dataset Management, deallocate), each block whole.
+    pub async fn deallocate(&self, offset: u64, len: u64) -> std::io::Result<()> {
+        self.in_chunks(offset, len, |o, l| self.backend.deallocate(o, l))
+            .await
+    }
+
+    async fn in_chunks<'a, F, Fut>(&'a self, offset: u64, len: u64, op: F) -> std::io::Result<()>
+    where
+        F: Fn(u64, u64) -> Fut,
+        Fut: std::future::Future<Output = std::io::Result<()>> + 'a,
+    {
+        let chunk = ZERO_CHUNK_BLOCKS << self.block_shift;
+        let end = offset + len;
+        let mut at = offset;
+        while at < end {
+            let n = (end - at).min(chunk);
+            let _held = self.hold(at, n, true).await;
+            op(at, n).await?;
+            at += n;
+        }
+        Ok(())
+    }
+
+    /// Write `buf` at byte `offset`, each block whole; with `fua` it is
+    /// durable on return (the flush runs after the blocks are let go).
     pub async fn write(&self, offset: u64, buf: DmaBuffer, fua: bool) -> std::io::Result<()> {
         self.check_bad_blocks(offset, buf.len() as u64)?;
-        self.backend.write(offset, buf, fua).await
+        {
+            let _held = self.hold(offset, buf.len() as u64, true).await;
+            self.backend.write(offset, buf).await?;
+        }
+        if fua {
+            self.backend.flush().await?;
+        }
+        Ok(())
     }
 
     pub fn info(&self) -> NamespaceInfo {
