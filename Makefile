@@ -3,7 +3,7 @@
 CARGO ?= cargo
 BIN := target/release/nvmf-tpc
 
-.PHONY: all build run test unit interop lint fmt clean fuzz fuzz-smoke fuzz-tools
+.PHONY: all build run test unit interop lint fmt clean fuzz fuzz-smoke fuzz-tools soak
 
 all: build
 
@@ -23,6 +23,12 @@ unit:
 
 interop: build
 	tests/interop/matrix.py $(BIN)
+
+## Longer runs of the tests that sample at random: many more power cuts
+## (tests/power_cut.rs; `make test` takes 10).
+SOAK_CUTS ?= 60
+soak:
+	POWERCUT_CUTS=$(SOAK_CUTS) $(CARGO) test --release --test power_cut -- --nocapture
 
 ## Coverage-guided fuzzing (fuzz/): the PDU header check, the wire decoders, and
 ## the queue state machine (byte streams against a live connection). cargo-fuzz needs

@@ -4,13 +4,13 @@
 //! become an NVMe status while the target keeps serving.
 
 mod common;
-use common::devices::{sh, Loop};
+use common::devices::{sh, Loop, Mount};
 use common::*;
 use nvmf_tpc::host::{Controller, HostConfig, HostError};
 use nvmf_tpc::wire::identify::cns;
 use nvmf_tpc::wire::log_page::lid;
 use nvmf_tpc::wire::status::Status;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 #[test]
 fn block_device_namespace() {
@@ -91,11 +91,9 @@ fn a_claimed_or_mounted_block_device_is_refused() {
     }
     drop(a);
     sh("mkfs.ext4", &["-q", "-F", &lo.0]).expect("mkfs.ext4");
-    let mnt = dir.join("mnt");
-    std::fs::create_dir_all(&mnt).unwrap();
-    sh("mount", &[&lo.0, mnt.to_str().unwrap()]).expect("mount");
+    let mounted = Mount::new(&[&lo.0], &dir.join("mnt"));
     let refused = Target::try_start(&["--subsystem", NQN, "--namespace", &lo.0]);
-    let _ = sh("umount", &[mnt.to_str().unwrap()]);
+    drop(mounted);
     match refused {
         Ok(t) => panic!("served a mounted device:\n{}", t.output()),
         Err((_, out)) => assert!(out.contains("mounted"), "{out}"),
@@ -185,39 +183,6 @@ fn block_device_zeroes_and_discards_run_off_the_executor() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
-/// A small ext4 file system, loop-mounted under `dir`, unmounted on drop.
-struct SmallFs(PathBuf);
-
-impl SmallFs {
-    fn mount(dir: &Path, mib: u64) -> SmallFs {
-        let fs_img = dir.join("fs.img");
-        std::fs::File::create(&fs_img)
-            .unwrap()
-            .set_len(mib << 20)
-            .unwrap();
-        sh("mkfs.ext4", &["-q", "-F", fs_img.to_str().unwrap()]).expect("mkfs.ext4");
-        let mnt = dir.join("mnt");
-        std::fs::create_dir_all(&mnt).unwrap();
-        sh(
-            "mount",
-            &[
-                "-o",
-                "loop",
-                fs_img.to_str().unwrap(),
-                mnt.to_str().unwrap(),
-            ],
-        )
-        .expect("mount");
-        SmallFs(mnt)
-    }
-}
-
-impl Drop for SmallFs {
-    fn drop(&mut self) {
-        let _ = sh("umount", &[self.0.to_str().unwrap()]);
-    }
-}
-
 /// Fill the file system under `dir` until it has no room left.
 fn fill(dir: &Path) {
     use std::io::Write;
@@ -238,7 +203,7 @@ fn nuse(ns: &[u8]) -> u64 {
 #[test]
 fn write_zeroes_keeps_space_unless_deallocate_is_asked() {
     let dir = scratch_dir("wzspace");
-    let fs = SmallFs::mount(&dir, 16);
+    let fs = Mount::small_ext4(&dir, 16);
     let backing = fs.0.join("thick.img");
     std::fs::write(&backing, pattern(4 << 20, 9)).unwrap();
     let sparse = fs.0.join("sparse.img");
@@ -297,31 +262,8 @@ fn write_zeroes_keeps_space_unless_deallocate_is_asked() {
 #[test]
 fn enospc_becomes_a_status_and_the_target_keeps_serving() {
     let dir = scratch_dir("enospc");
-    let fs_img = dir.join("fs.img");
-    std::fs::File::create(&fs_img)
-        .unwrap()
-        .set_len(16 << 20)
-        .unwrap();
-    sh("mkfs.ext4", &["-q", "-F", fs_img.to_str().unwrap()]).expect("mkfs.ext4");
-    let mnt = dir.join("mnt");
-    std::fs::create_dir_all(&mnt).unwrap();
-    sh(
-        "mount",
-        &[
-            "-o",
-            "loop",
-            fs_img.to_str().unwrap(),
-            mnt.to_str().unwrap(),
-        ],
-    )
-    .expect("mount");
-    struct Unmount(PathBuf);
-    impl Drop for Unmount {
-        fn drop(&mut self) {
-            let _ = sh("umount", &[self.0.to_str().unwrap()]);
-        }
-    }
-    let _mounted = Unmount(mnt.clone());
+    let fs = Mount::small_ext4(&dir, 16);
+    let mnt = fs.0.clone();
     // A 64 MiB sparse file on a 16 MiB file system.
     let backing = mnt.join("thin.img");
     std::fs::File::create(&backing)
@@ -373,25 +315,7 @@ fn a_failing_device_fails_writes_and_flushes_for_good_and_the_exit_status_says_s
     let dir = scratch_dir("thinfail");
     let tm = dir.join("tm");
     std::fs::create_dir_all(&tm).unwrap();
-    sh(
-        "mount",
-        &[
-            "-t",
-            "tmpfs",
-            "-o",
-            "size=6M",
-            "tmpfs",
-            tm.to_str().unwrap(),
-        ],
-    )
-    .expect("tmpfs");
-    struct Unmount(PathBuf);
-    impl Drop for Unmount {
-        fn drop(&mut self) {
-            let _ = sh("umount", &[self.0.to_str().unwrap()]);
-        }
-    }
-    let _tm = Unmount(tm.clone());
+    let _tm = Mount::new(&["-t", "tmpfs", "-o", "size=6M", "tmpfs"], &tm);
     let dev = tm.join("dev.img");
     std::fs::File::create(&dev)
         .unwrap()
@@ -411,12 +335,10 @@ fn a_failing_device_fails_writes_and_flushes_for_good_and_the_exit_status_says_s
         ],
     )
     .expect("mkfs.ext4");
-    let mnt = dir.join("mnt");
-    std::fs::create_dir_all(&mnt).unwrap();
     // Journal commits every second, so the file system meets the full
     // device soon.
-    sh("mount", &["-o", "commit=1", &lo.0, mnt.to_str().unwrap()]).expect("mount");
-    let _mnt = Unmount(mnt.clone());
+    let mounted = Mount::new(&["-o", "commit=1", &lo.0], &dir.join("mnt"));
+    let mnt = mounted.0.clone();
     let ns = mnt.join("ns.img");
     std::fs::File::create(&ns)
         .unwrap()

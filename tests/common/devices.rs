@@ -51,6 +51,37 @@ impl Drop for Loop {
     }
 }
 
+/// A mount at a directory of the test's, unmounted on drop.
+pub struct Mount(pub PathBuf);
+
+impl Mount {
+    /// `mount ARGS... AT`.
+    pub fn new(args: &[&str], at: &Path) -> Mount {
+        std::fs::create_dir_all(at).unwrap();
+        let mut a = args.to_vec();
+        a.push(at.to_str().unwrap());
+        sh("mount", &a).expect("mount");
+        Mount(at.to_owned())
+    }
+
+    /// A fresh ext4 file system of `mib` MiB in `dir`, loop-mounted at dir/mnt.
+    pub fn small_ext4(dir: &Path, mib: u64) -> Mount {
+        let img = dir.join("fs.img");
+        std::fs::File::create(&img)
+            .unwrap()
+            .set_len(mib << 20)
+            .unwrap();
+        sh("mkfs.ext4", &["-q", "-F", img.to_str().unwrap()]).expect("mkfs.ext4");
+        Mount::new(&["-o", "loop", img.to_str().unwrap()], &dir.join("mnt"))
+    }
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        let _ = sh("umount", &[self.0.to_str().unwrap()]);
+    }
+}
+
 const BLKIO: &str = "/sys/fs/cgroup/blkio";
 
 /// A blkio cgroup (v1) holding one process, whose writes to one device are

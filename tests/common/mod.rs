@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod devices;
+pub mod logwrites;
 pub mod trace;
 
 use std::io::{BufRead, BufReader, Read};
