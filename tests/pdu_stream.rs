@@ -1053,3 +1053,67 @@ fn partial_pdus_then_close_or_silence_free_everything() {
         t.log()
     );
 }
+
+/// A RAM read keeps its blocks held until its data is sent, so that each
+/// block goes out whole; a host that stops reading its socket must not
+/// keep them held (and another host's writes to them waiting) for as long
+/// as it likes. A peer with a tiny receive buffer asks for block 0 many
+/// times and reads nothing; another host's write of block 0 must complete,
+/// and the stalled peer, once it reads, gets every block whole.
+#[test]
+fn a_host_that_stops_reading_does_not_hold_blocks_against_writers() {
+    use nvmf_tpc::host::{Controller, HostConfig};
+    let t = Target::start(&["--subsystem", NQN, "--namespace", "ram:16M", "--cores", "1"]);
+    let d = Digests::default();
+    let (_admin, cntlid) = enabled_admin(t.addr, d);
+    // A receive buffer of a few KiB: the target's sends stall at once.
+    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    sock.set_recv_buffer_size(4096).unwrap();
+    sock.connect(&t.addr.into()).unwrap();
+    let s: TcpStream = sock.into();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut p = Peer { s, d };
+    p.send(&icreq(d));
+    p.send(&connect_sized(1, 1, cntlid, 31, d));
+    assert!(matches!(p.recv(), Some(Rx::IcResp)));
+    assert!(p.expect_resp().status.is_success());
+    for cid in 10..40u16 {
+        p.send(&read_cmd(cid, 0, 32, d));
+    }
+    // Another host writes block 0 while those reads sit unsent.
+    let addr = t.addr;
+    let wrote = std::thread::spawn(move || {
+        run(move || async move {
+            let c = Controller::connect(HostConfig::new(addr, NQN))
+                .await
+                .unwrap();
+            let q = c.connect_io_queue(1).await.unwrap();
+            q.write(1, 0, &[0xEE; 4096], 4096, false).await.is_ok()
+        })
+    });
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !wrote.is_finished() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "a write waited 20 s behind a host that does not read"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(wrote.join().unwrap());
+    // Every block the stalled peer gets is one version whole.
+    let mut got = 0;
+    while got < 30 {
+        match p.recv() {
+            Some(Rx::Data(_, data, _)) => {
+                for b in data.chunks(4096) {
+                    assert!(b.iter().all(|&x| x == b[0]), "a torn block");
+                }
+            }
+            Some(Rx::Resp(c)) => {
+                assert!(c.status.is_success());
+                got += 1;
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+}

@@ -14,6 +14,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 
 pub use budget::{Charge, DmaBudget};
+
 pub use file::FileBackend;
 pub use ram::RamDisk;
 
@@ -33,7 +34,30 @@ pub enum DataBuf {
     /// Its blocks are held (shared) until this is dropped, after the send:
     /// no write changes them meanwhile, so each goes out as it was at one
     /// moment (`block_lock`).
-    Ram(Rc<Arc<RamDisk>>, u64, usize, Option<BlockHold>),
+    Ram(Rc<Arc<RamDisk>>, u64, usize, RamHold),
+}
+
+/// The blocks a RAM range keeps held until it is sent, and the copy that
+/// stands in for the range once its send has to wait for room in the
+/// socket: a host that stops reading must not keep other hosts' writes to
+/// those blocks waiting (`DataBuf::release_hold`).
+#[derive(Default)]
+pub struct RamHold {
+    hold: std::cell::RefCell<Option<BlockHold>>,
+    copy: std::cell::OnceCell<Box<[u8]>>,
+}
+
+impl RamHold {
+    pub fn new(hold: Option<BlockHold>) -> RamHold {
+        RamHold {
+            hold: std::cell::RefCell::new(hold),
+            copy: std::cell::OnceCell::new(),
+        }
+    }
+
+    pub fn is_held(&self) -> bool {
+        self.hold.borrow().is_some()
+    }
 }
 
 impl DataBuf {
@@ -58,7 +82,20 @@ impl DataBuf {
             DataBuf::Read(r) => Some(r),
             DataBuf::Vec(v) => Some(v),
             DataBuf::Shared(b, len) => Some(&b.as_bytes()[..*len]),
-            DataBuf::Ram(..) => None,
+            DataBuf::Ram(_, _, _, h) => h.copy.get().map(|c| &c[..]),
+        }
+    }
+
+    /// Let go of the blocks a RAM range holds, keeping a copy of them taken
+    /// while still held (called when its send must wait for the socket).
+    pub fn release_hold(&self) {
+        if let DataBuf::Ram(disk, offset, len, h) = self {
+            if h.is_held() && h.copy.get().is_none() {
+                let mut copy = vec![0u8; *len].into_boxed_slice();
+                disk.read(*offset, &mut copy);
+                let _ = h.copy.set(copy);
+            }
+            h.hold.borrow_mut().take();
         }
     }
 
@@ -66,8 +103,12 @@ impl DataBuf {
     /// copied (for a digest or a comparison over stable bytes).
     pub fn owned(self) -> DataBuf {
         match self {
-            DataBuf::Ram(disk, offset, len, _held) => {
+            DataBuf::Ram(disk, offset, len, h) => {
                 let mut b = dma_buffer(len);
+                if let Some(c) = h.copy.get() {
+                    b.as_bytes_mut()[..len].copy_from_slice(c);
+                    return DataBuf::Dma(b);
+                }
                 disk.read(offset, &mut b.as_bytes_mut()[..len]);
                 DataBuf::Dma(b)
             }
@@ -79,7 +120,7 @@ impl DataBuf {
     /// send owned copies (see `owned`), so the RAM case here is a fallback.
     pub fn digest(&self, range: std::ops::Range<usize>) -> u32 {
         match self {
-            DataBuf::Ram(disk, offset, ..) => {
+            DataBuf::Ram(disk, offset, _, h) if h.copy.get().is_none() => {
                 let mut copy = vec![0u8; range.len()];
                 disk.read(offset + range.start as u64, &mut copy);
                 crate::wire::pdu::digest(&copy)
@@ -91,7 +132,7 @@ impl DataBuf {
     /// Bytes `range` as a piece of a socket send.
     pub fn part(&self, range: std::ops::Range<usize>) -> SendPart<'_> {
         match self {
-            DataBuf::Ram(disk, offset, ..) => {
+            DataBuf::Ram(disk, offset, _, h) if h.copy.get().is_none() => {
                 SendPart::Ram(disk, offset + range.start as u64, range.len())
             }
             other => SendPart::Bytes(&other.bytes().unwrap_or(&[])[range]),
@@ -169,7 +210,7 @@ impl Backend {
                 let _io = IoWait::new();
                 f.read(offset, len).await.map(DataBuf::Read)
             }
-            Backend::Ram(r) => Ok(DataBuf::Ram(r.clone(), offset, len, None)),
+            Backend::Ram(r) => Ok(DataBuf::Ram(r.clone(), offset, len, RamHold::default())),
             Backend::Null(z) if len <= z.len() => Ok(DataBuf::Shared(z.clone(), len)),
             Backend::Null(_) => {
                 let mut b = dma_buffer(len);

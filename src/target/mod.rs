@@ -11,7 +11,7 @@ pub mod io;
 
 use crate::config::NamespaceConfig;
 use crate::storage::block_lock::{self, BlockHold, BlockLocks, LocksHandle};
-use crate::storage::{Backend, DataBuf};
+use crate::storage::{Backend, DataBuf, RamHold};
 use crate::wire::command::Sqe;
 use crate::wire::identify::NamespaceInfo;
 use crate::wire::status::Status;
@@ -158,7 +158,7 @@ impl Namespace {
         self.check_bad_blocks(offset, len as u64)?;
         let held = self.hold(offset, len as u64, false).await;
         Ok(match self.backend.read(offset, len).await? {
-            DataBuf::Ram(disk, at, n, None) => DataBuf::Ram(disk, at, n, held),
+            DataBuf::Ram(disk, at, n, _) => DataBuf::Ram(disk, at, n, RamHold::new(held)),
             data => data,
         })
     }

@@ -13,6 +13,9 @@ pub struct Outbox<T> {
     closed: Cell<bool>,
     /// The writer is waiting for items (not busy sending a batch).
     writer_idle: Cell<bool>,
+    /// The writer waits for room in the socket, for as long as the peer
+    /// decides.
+    stalled: Cell<bool>,
 }
 
 impl<T> Default for Outbox<T> {
@@ -22,6 +25,7 @@ impl<T> Default for Outbox<T> {
             waker: RefCell::new(None),
             closed: Cell::new(false),
             writer_idle: Cell::new(false),
+            stalled: Cell::new(false),
         }
     }
 }
@@ -52,6 +56,20 @@ impl<T> Outbox<T> {
     /// Items queued and not yet taken by the writer.
     pub fn queued(&self) -> usize {
         self.q.borrow().len()
+    }
+
+    pub fn set_stalled(&self, stalled: bool) {
+        self.stalled.set(stalled);
+    }
+
+    /// The writer waits for the peer to make room (see `set_stalled`).
+    pub fn stalled(&self) -> bool {
+        self.stalled.get()
+    }
+
+    /// Look at every item queued and not yet taken by the writer.
+    pub fn for_each_queued(&self, f: impl Fn(&T)) {
+        self.q.borrow().iter().for_each(f);
     }
 
     /// The writer waits for items: once it runs, it sends at once.

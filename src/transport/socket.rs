@@ -228,6 +228,7 @@ pub async fn send_all<'p, W: AsyncWrite + Unpin>(
     reg: Option<&Registration>,
     count: usize,
     part: impl Fn(usize) -> SendPart<'p>,
+    release: impl Fn(),
 ) -> io::Result<()> {
     let (mut i, mut off) = (0usize, 0usize);
     while i < count {
@@ -283,7 +284,10 @@ pub async fn send_all<'p, W: AsyncWrite + Unpin>(
                 }
             }
             Try::WouldBlock => {
-                // The socket is full: while the core polls, wait for room
+                // The socket is full, for how long the host decides: what
+                // the batch still holds of RAM disks becomes copies first.
+                release();
+                // While the core polls, wait for room
                 // with the readers; once it parks, the rest of this piece
                 // waits in io_uring.
                 if let Some(reg) = reg {

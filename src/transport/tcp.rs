@@ -59,6 +59,19 @@ enum Out {
     Term(FatalError, Vec<u8>),
 }
 
+impl Out {
+    /// A RAM range's data stops holding its blocks (`DataBuf::release_hold`).
+    fn release_hold(&self) {
+        if let Out::Done {
+            resp: Response { data: Some(d), .. },
+            ..
+        } = self
+        {
+            d.release_hold();
+        }
+    }
+}
+
 /// What a checked command does next.
 enum Plan {
     /// Run it; `usize` is the data it may send to the host.
@@ -190,8 +203,17 @@ impl Sender {
         &mut self,
         count: usize,
         part: impl Fn(usize) -> SendPart<'p>,
+        release: impl Fn(),
     ) -> std::io::Result<()> {
-        socket::send_all(self.fd, &mut self.w, self.reg.as_deref(), count, part).await
+        socket::send_all(
+            self.fd,
+            &mut self.w,
+            self.reg.as_deref(),
+            count,
+            part,
+            release,
+        )
+        .await
     }
 }
 
@@ -944,12 +966,16 @@ impl Conn {
     /// that stops reading cannot make the outbox grow without bound.
     fn complete(&self, cid: u16, resp: Response, max_len: usize, charge: Option<Charge>) {
         self.set_cid(cid, false);
-        self.out.push(Out::Done {
+        let done = Out::Done {
             cid,
             resp,
             max_len,
             _charge: charge,
-        });
+        };
+        if self.out.stalled() {
+            done.release_hold();
+        }
+        self.out.push(done);
     }
 
     fn cqe(&self, cid: u16, r: &Response) -> [u8; command::CQE_LEN] {
@@ -1109,7 +1135,16 @@ async fn writer(conn: Rc<Conn>, mut tx: Sender) {
                 _ => SendPart::Bytes(&[]),
             },
         };
-        let sent = tx.send(segs.len(), part).await;
+        // Blocks of RAM disks stay held until sent; if the host makes the
+        // send wait, let go of them, in this batch, in what is queued, and
+        // in what is queued until the send is done (`Conn::complete`).
+        let release = || {
+            conn.out.set_stalled(true);
+            batch.iter().for_each(Out::release_hold);
+            conn.out.for_each_queued(Out::release_hold);
+        };
+        let sent = tx.send(segs.len(), part, release).await;
+        conn.out.set_stalled(false);
         batch.clear();
         buf.clear();
         segs.clear();
