@@ -16,10 +16,7 @@ use std::path::Path;
 fn block_device_namespace() {
     let dir = scratch_dir("blk");
     let img = dir.join("blk.img");
-    std::fs::File::create(&img)
-        .unwrap()
-        .set_len(32 << 20)
-        .unwrap();
+    sparse_file(&img, 32 << 20);
     let lo = Loop::attach(&img);
     let t = Target::start(&["--subsystem", NQN, "--namespace", &lo.0]);
     assert!(t.output().contains("block device"), "{}", t.output());
@@ -76,10 +73,7 @@ fn block_device_namespace() {
 fn a_claimed_or_mounted_block_device_is_refused() {
     let dir = scratch_dir("blkclaim");
     let img = dir.join("blk.img");
-    std::fs::File::create(&img)
-        .unwrap()
-        .set_len(16 << 20)
-        .unwrap();
+    sparse_file(&img, 16 << 20);
     let lo = Loop::attach(&img);
     let a = Target::start(&["--subsystem", NQN, "--namespace", &lo.0]);
     match Target::try_start(&["--subsystem", NQN, "--namespace", &lo.0]) {
@@ -124,10 +118,7 @@ fn threads(pid: u32) -> std::collections::HashMap<String, String> {
 fn block_device_zeroes_and_discards_run_off_the_executor() {
     let dir = scratch_dir("blkpool");
     let img = dir.join("blk.img");
-    std::fs::File::create(&img)
-        .unwrap()
-        .set_len(32 << 20)
-        .unwrap();
+    sparse_file(&img, 32 << 20);
     let lo = Loop::attach(&img);
     let trace = trace::Trace::start(
         "blkpool",
@@ -207,10 +198,7 @@ fn write_zeroes_keeps_space_unless_deallocate_is_asked() {
     let backing = fs.0.join("thick.img");
     std::fs::write(&backing, pattern(4 << 20, 9)).unwrap();
     let sparse = fs.0.join("sparse.img");
-    std::fs::File::create(&sparse)
-        .unwrap()
-        .set_len(8 << 20)
-        .unwrap();
+    sparse_file(&sparse, 8 << 20);
     let t = Target::start(&[
         "--subsystem",
         NQN,
@@ -266,10 +254,7 @@ fn enospc_becomes_a_status_and_the_target_keeps_serving() {
     let mnt = fs.0.clone();
     // A 64 MiB sparse file on a 16 MiB file system.
     let backing = mnt.join("thin.img");
-    std::fs::File::create(&backing)
-        .unwrap()
-        .set_len(64 << 20)
-        .unwrap();
+    sparse_file(&backing, 64 << 20);
     let t = Target::start(&["--subsystem", NQN, "--namespace", backing.to_str().unwrap()]);
     let addr = t.addr;
     run(move || async move {
@@ -317,10 +302,7 @@ fn a_failing_device_fails_writes_and_flushes_for_good_and_the_exit_status_says_s
     std::fs::create_dir_all(&tm).unwrap();
     let _tm = Mount::new(&["-t", "tmpfs", "-o", "size=6M", "tmpfs"], &tm);
     let dev = tm.join("dev.img");
-    std::fs::File::create(&dev)
-        .unwrap()
-        .set_len(64 << 20)
-        .unwrap();
+    sparse_file(&dev, 64 << 20);
     let lo = Loop::attach(&dev);
     // A journal left unwritten by mkfs takes room on the device when it
     // is first written, so its first commit after the device is full fails.
@@ -340,10 +322,7 @@ fn a_failing_device_fails_writes_and_flushes_for_good_and_the_exit_status_says_s
     let mounted = Mount::new(&["-o", "commit=1", &lo.0], &dir.join("mnt"));
     let mnt = mounted.0.clone();
     let ns = mnt.join("ns.img");
-    std::fs::File::create(&ns)
-        .unwrap()
-        .set_len(32 << 20)
-        .unwrap();
+    sparse_file(&ns, 32 << 20);
     let t = Target::start(&[
         "--subsystem",
         NQN,

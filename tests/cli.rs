@@ -43,10 +43,7 @@ fn unusable_backings_are_refused() {
     let missing = dir.join("missing.img");
     fails_with(&["--namespace", missing.to_str().unwrap()], "missing.img");
     let odd = dir.join("odd.img");
-    std::fs::File::create(&odd)
-        .unwrap()
-        .set_len(4096 * 10 + 512)
-        .unwrap();
+    sparse_file(&odd, 4096 * 10 + 512);
     fails_with(&["--namespace", odd.to_str().unwrap()], "not a multiple");
     let empty = dir.join("empty.img");
     std::fs::File::create(&empty).unwrap();
@@ -130,10 +127,7 @@ fn a_claimed_backing_refuses_a_second_target() {
     use std::os::unix::fs::MetadataExt;
     let dir = scratch_dir("claim");
     let img = dir.join("shared.img");
-    std::fs::File::create(&img)
-        .unwrap()
-        .set_len(16 << 20)
-        .unwrap();
+    sparse_file(&img, 16 << 20);
     let path = img.to_str().unwrap().to_string();
     let a = Target::start(&["--subsystem", NQN, "--namespace", &path, "--cores", "1"]);
     let addr = a.addr;

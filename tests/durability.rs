@@ -22,10 +22,7 @@ fn block(lba: u64, round: u64) -> Vec<u8> {
 fn sigkill_loses_no_acknowledged_write() {
     let dir = scratch_dir("crash");
     let file = dir.join("crash.img");
-    std::fs::File::create(&file)
-        .unwrap()
-        .set_len(64 << 20)
-        .unwrap();
+    sparse_file(&file, 64 << 20);
     let path = file.to_str().unwrap().to_string();
     for round in 1..=3u64 {
         let t = Target::start(&["--subsystem", NQN, "--namespace", &path, "--cores", "2"]);
@@ -232,10 +229,7 @@ fn a_dropped_queue_keeps_its_qid_until_its_writes_have_landed() {
     use common::devices::{Loop, Throttle};
     let dir = scratch_dir("drain");
     let img = dir.join("slow.img");
-    std::fs::File::create(&img)
-        .unwrap()
-        .set_len(16 << 20)
-        .unwrap();
+    sparse_file(&img, 16 << 20);
     let lo = std::sync::Arc::new(Loop::attach(&img));
     let t = Target::start(&["--subsystem", NQN, "--namespace", &lo.0, "--cores", "1"]);
     let throttle = std::sync::Arc::new(Throttle::new("drain", &lo, 4096, t.pid()));

@@ -142,10 +142,7 @@ fn host_pdu_data_alignment_is_honoured() {
 fn commands_flush_zeroes_deallocate_compare() {
     let dir = scratch_dir("cmds");
     let file = dir.join("ns.img");
-    std::fs::File::create(&file)
-        .unwrap()
-        .set_len(16 << 20)
-        .unwrap();
+    sparse_file(&file, 16 << 20);
     let t = Target::start(&[
         "--subsystem",
         NQN,
@@ -280,10 +277,7 @@ fn many_in_flight_complete_out_of_order() {
     // the same queue must not wait for it.
     let dir = scratch_dir("ooo");
     let file = dir.join("slow.img");
-    std::fs::File::create(&file)
-        .unwrap()
-        .set_len(64 << 20)
-        .unwrap();
+    sparse_file(&file, 64 << 20);
     let t = Target::start(&[
         "--subsystem",
         NQN,
@@ -341,10 +335,7 @@ fn many_in_flight_complete_out_of_order() {
 fn file_data_persists_across_restart() {
     let dir = scratch_dir("persist");
     let file = dir.join("p.img");
-    std::fs::File::create(&file)
-        .unwrap()
-        .set_len(8 << 20)
-        .unwrap();
+    sparse_file(&file, 8 << 20);
     let args = ["--subsystem", NQN, "--namespace", file.to_str().unwrap()];
     let t = Target::start(&args);
     let addr = t.addr;
@@ -399,10 +390,7 @@ fn version_of(b: &[u8]) -> Option<u64> {
 fn one_block_is_read_and_written_whole() {
     let dir = scratch_dir("atomic");
     let img = dir.join("atomic.img");
-    std::fs::File::create(&img)
-        .unwrap()
-        .set_len(16 << 20)
-        .unwrap();
+    sparse_file(&img, 16 << 20);
     let t = Target::start(&[
         "--subsystem",
         NQN,

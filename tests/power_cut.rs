@@ -146,10 +146,7 @@ fn initrd(g: &Guest, work: &Path, fault: &str) -> PathBuf {
 /// The disk as the guest first sees it: ext4 holding a sparse ns.img.
 fn base_disk(work: &Path) -> PathBuf {
     let base = work.join("base.img");
-    std::fs::File::create(&base)
-        .unwrap()
-        .set_len(64 << 20)
-        .unwrap();
+    sparse_file(&base, 64 << 20);
     let b = base.to_str().unwrap();
     // No lazy initialisation: the guest writes only what the target causes.
     sh(
@@ -166,9 +163,7 @@ fn base_disk(work: &Path) -> PathBuf {
     let mnt = work.join("mnt");
     std::fs::create_dir_all(&mnt).unwrap();
     sh("mount", &["-o", "loop", b, mnt.to_str().unwrap()]).unwrap();
-    let ns = std::fs::File::create(mnt.join("ns.img")).unwrap();
-    ns.set_len(NS_BYTES).unwrap();
-    drop(ns);
+    sparse_file(&mnt.join("ns.img"), NS_BYTES);
     sh("umount", &[mnt.to_str().unwrap()]).unwrap();
     base
 }

@@ -18,10 +18,7 @@ const SYNC: &str = "ext4_sync_file_enter";
 fn file_backing(name: &str) -> (std::path::PathBuf, Trace) {
     let dir = scratch_dir(name);
     let img = dir.join("ns.img");
-    std::fs::File::create(&img)
-        .unwrap()
-        .set_len(16 << 20)
-        .unwrap();
+    sparse_file(&img, 16 << 20);
     let ino = std::fs::metadata(&img).unwrap().ino();
     let trace = Trace::start(name, &[(&format!("ext4/{SYNC}"), &format!("ino == {ino}"))]);
     (img, trace)

@@ -46,6 +46,13 @@ pub fn scratch_dir(name: &str) -> std::path::PathBuf {
     d
 }
 
+/// Create (or truncate) a sparse file of `size` bytes.
+pub fn sparse_file(path: &std::path::Path, size: u64) {
+    std::fs::File::create(path)
+        .and_then(|f| f.set_len(size))
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+}
+
 /// A free TCP port on 127.0.0.1 (bound once, then released).
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
