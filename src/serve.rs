@@ -667,6 +667,11 @@ pub fn run(cfg: TargetConfig) -> Result<(), String> {
                         return true;
                     }
                 };
+                crate::storage::uring::set_window(if cfg.idle_poll.is_zero() {
+                    std::time::Duration::ZERO
+                } else {
+                    crate::storage::uring::IO_POLL
+                });
                 // This core's epoll set, made now: a failure shows at start,
                 // and the descriptor count stays flat while hosts come and go.
                 if !cfg.idle_poll.is_zero() {
@@ -755,7 +760,6 @@ async fn start_shard(
                 Backing::File(p) | Backing::Block(p) => {
                     let is_block = matches!(n.backing, Backing::Block(_));
                     let f = FileBackend::open(p, is_block)
-                        .await
                         .map_err(|e| format!("{}: {e}", p.display()))?;
                     Backend::File(Rc::new(f))
                 }

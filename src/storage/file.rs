@@ -1,15 +1,14 @@
-//! Files and block devices, opened O_DIRECT through glommio's `DmaFile` on the
-//! executor's own io_uring. Block devices are opened with an explicit
-//! O_DIRECT flag: glommio sees /dev as tmpfs and would otherwise use the page
-//! cache (DESIGN.md §9).
+//! Files and block devices, opened O_DIRECT, read and written through the
+//! executor's own storage ring (`uring`).
 
-use glommio::io::{DmaBuffer, DmaFile, OpenOptions, ReadResult};
-use glommio::GlommioError;
+use super::uring::Ring;
+use glommio::io::DmaBuffer;
 use std::cell::Cell;
 use std::io;
-use std::os::unix::fs::{FileTypeExt, MetadataExt};
-use std::os::unix::io::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
+use std::os::unix::io::{AsRawFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
+use std::rc::Rc;
 
 // Linux ioctls (include/uapi/linux/fs.h).
 const BLKSSZGET: libc::c_ulong = 0x1268;
@@ -87,14 +86,6 @@ pub fn probe(path: &Path) -> Result<Probe, String> {
         if r < 0 && io::Error::last_os_error().raw_os_error() == Some(libc::EINVAL) {
             align = 4096;
         }
-        if meta.len() >= align as u64 {
-            settle_first_block(
-                fd,
-                &mut buf,
-                (meta.len().min(4096) as usize / align as usize) * align as usize,
-            )
-            .map_err(|e| format!("{}: {e}", path.display()))?;
-        }
         Ok(Probe {
             is_block,
             size: meta.len(),
@@ -102,30 +93,6 @@ pub fn probe(path: &Path) -> Result<Probe, String> {
             physical_block: physical_block(meta.dev()),
         })
     }
-}
-
-/// glommio decides whether a device supports io_uring polling by reading the
-/// first block of the first file it opens on it, and believes "yes" when the
-/// read succeeds. A hole (sparse file) or an unwritten extent reads without
-/// touching the device, so it succeeds and every later real read or write
-/// fails with EOPNOTSUPP. Rewriting the first block with its own contents
-/// makes it a written extent (the data is unchanged), so the probe tells the
-/// truth.
-fn settle_first_block(fd: i32, buf: &mut AlignedBuf, len: usize) -> io::Result<()> {
-    // SAFETY: buf holds 4096 bytes, 4096-aligned; len ≤ 4096.
-    unsafe {
-        let p = buf.ptr() as *mut libc::c_void;
-        if libc::pread(fd, p, len, 0) != len as isize {
-            return Err(io::Error::last_os_error());
-        }
-        if libc::pwrite(fd, p, len, 0) != len as isize {
-            return Err(io::Error::last_os_error());
-        }
-        if libc::fdatasync(fd) != 0 {
-            return Err(io::Error::last_os_error());
-        }
-    }
-    Ok(())
 }
 
 struct AlignedBuf {
@@ -166,17 +133,9 @@ pub fn create_sparse(path: &Path, size: u64) -> Result<(), String> {
         .map_err(|e| format!("{}: {e}", path.display()))
 }
 
-/// glommio wraps I/O errors with context and keeps only their kind; the
-/// status we return depends on the errno (EIO, ENOSPC), so take the original.
-fn os_error<T>(e: GlommioError<T>) -> io::Error {
-    match e {
-        GlommioError::EnhancedIoError { source, .. } => source,
-        other => other.into(),
-    }
-}
-
 pub struct FileBackend {
-    file: DmaFile,
+    file: Rc<OwnedFd>,
+    ring: Rc<Ring>,
     pub is_block: bool,
     pub path: PathBuf,
     /// A flush of this handle failed once. The kernel reports a write-back
@@ -187,38 +146,35 @@ pub struct FileBackend {
 }
 
 impl FileBackend {
-    pub async fn open(path: &Path, is_block: bool) -> io::Result<FileBackend> {
-        let file = OpenOptions::new()
+    /// Open `path` O_DIRECT for this executor's ring.
+    pub fn open(path: &Path, is_block: bool) -> io::Result<FileBackend> {
+        let file = std::fs::OpenOptions::new()
             .read(true)
             .write(true)
-            .custom_flags(libc::O_DIRECT)
-            .dma_open(path)
-            .await?;
+            .custom_flags(libc::O_DIRECT | libc::O_CLOEXEC)
+            .open(path)?;
         Ok(FileBackend {
-            file,
+            file: Rc::new(file.into()),
+            ring: Ring::current()?,
             is_block,
             path: path.to_owned(),
             flush_failed: Cell::new(false),
         })
     }
 
-    pub async fn read(&self, offset: u64, len: usize) -> io::Result<ReadResult> {
-        let r = self
-            .file
-            .read_at_aligned(offset, len)
-            .await
-            .map_err(os_error)?;
-        if r.len() < len {
+    pub async fn read(&self, offset: u64, len: usize) -> io::Result<DmaBuffer> {
+        let buf = super::dma_buffer(len);
+        let (r, buf) = self.ring.read(&self.file, offset, buf).await;
+        if r? < len {
             // Reading past the end of a file that shrank under us.
             return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "short read"));
         }
-        Ok(r)
+        Ok(buf)
     }
 
     pub async fn write(&self, offset: u64, buf: DmaBuffer) -> io::Result<()> {
         let len = buf.len();
-        let n = self.file.write_at(buf, offset).await.map_err(os_error)?;
-        if n < len {
+        if self.ring.write(&self.file, offset, buf).await.0? < len {
             return Err(io::Error::new(io::ErrorKind::WriteZero, "short write"));
         }
         Ok(())
@@ -232,7 +188,7 @@ impl FileBackend {
         if crate::fault::skip_flush() {
             return Ok(());
         }
-        let r = self.file.fdatasync().await.map_err(os_error);
+        let r = self.ring.fdatasync(&self.file).await;
         if let Err(e) = &r {
             log::error!(
                 "{}: flush failed ({e}); every later flush fails too",
@@ -244,22 +200,18 @@ impl FileBackend {
     }
 
     /// Run `op` on a duplicate of the file's descriptor in the executor's
-    /// blocking pool: system calls that may take long (zeroing or
-    /// discarding a large range of a block device, zeroing a file range in
-    /// place) must not stall the other queues of this core, nor its
-    /// control messages (keep-alive queries from other cores time out).
-    /// The duplicate keeps the file open even if the command is dropped.
+    /// blocking pool: ioctls that may take long (zeroing or discarding a
+    /// large range of a block device) must not stall the other queues of
+    /// this core, nor its control messages (keep-alive queries from other
+    /// cores time out). The duplicate keeps the file open even if the
+    /// command is dropped.
     async fn off_executor(
         &self,
         op: impl FnOnce(RawFd) -> io::Result<()> + Send + 'static,
     ) -> io::Result<()> {
-        // SAFETY: dup of a descriptor this backend owns; the result is owned below.
-        let fd = unsafe { libc::dup(self.file.as_raw_fd()) };
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: `fd` is a fresh descriptor nobody else owns.
-        let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+        let owned = self.file.try_clone()?;
+        // Its completion comes through glommio's ring: see `IoWait`.
+        let _io = crate::transport::readiness::IoWait::new();
         glommio::executor()
             .spawn_blocking(move || op(owned.as_raw_fd()))
             .await
@@ -275,14 +227,9 @@ impl FileBackend {
                 .off_executor(move |fd| ioctl_range(fd, BLKZEROOUT, offset, len))
                 .await;
         }
-        if deallocate {
-            return self.file.deallocate(offset, len).await.map_err(os_error);
-        }
-        let zeroed = self
-            .off_executor(move |fd| fallocate(fd, ZERO_RANGE, offset, len))
-            .await;
-        match zeroed {
-            Err(e) if e.raw_os_error() == Some(libc::EOPNOTSUPP) => {
+        let mode = if deallocate { PUNCH_HOLE } else { ZERO_RANGE };
+        match self.ring.fallocate(&self.file, mode, offset, len).await {
+            Err(e) if e.raw_os_error() == Some(libc::EOPNOTSUPP) && !deallocate => {
                 self.write_zero_buffers(offset, len).await
             }
             r => r,
@@ -296,10 +243,7 @@ impl FileBackend {
             let n = (end - offset).min(ZERO_CHUNK as u64) as usize;
             let mut b = super::dma_buffer(n);
             b.as_bytes_mut().fill(0);
-            let wrote = self.file.write_at(b, offset).await.map_err(os_error)?;
-            if wrote < n {
-                return Err(io::Error::new(io::ErrorKind::WriteZero, "short write"));
-            }
+            self.write(offset, b).await?;
             offset += n as u64;
         }
         Ok(())
@@ -313,7 +257,9 @@ impl FileBackend {
                 .await;
             Ok(())
         } else {
-            self.file.deallocate(offset, len).await.map_err(os_error)
+            self.ring
+                .fallocate(&self.file, PUNCH_HOLE, offset, len)
+                .await
         }
     }
 
@@ -335,14 +281,7 @@ impl FileBackend {
 /// Zeroes written per command where a file system cannot zero a range.
 const ZERO_CHUNK: usize = 1 << 20;
 const ZERO_RANGE: libc::c_int = libc::FALLOC_FL_ZERO_RANGE | libc::FALLOC_FL_KEEP_SIZE;
-
-fn fallocate(fd: RawFd, mode: libc::c_int, offset: u64, len: u64) -> io::Result<()> {
-    // SAFETY: plain system call on a descriptor the caller owns.
-    if unsafe { libc::fallocate(fd, mode, offset as i64, len as i64) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
-}
+const PUNCH_HOLE: libc::c_int = libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE;
 
 fn ioctl_range(fd: RawFd, req: libc::c_ulong, offset: u64, len: u64) -> io::Result<()> {
     let range: [u64; 2] = [offset, len];

@@ -7,8 +7,9 @@ pub mod budget;
 pub mod claim;
 pub mod file;
 pub mod ram;
+pub mod uring;
 
-use glommio::io::{DmaBuffer, ReadResult};
+use glommio::io::DmaBuffer;
 use std::io;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -18,14 +19,12 @@ pub use budget::{Charge, DmaBudget};
 pub use file::FileBackend;
 pub use ram::RamDisk;
 
-use crate::transport::readiness::IoWait;
 use block_lock::BlockHold;
 
-/// Data on its way to the host: a DMA buffer, what glommio read, a small
+/// Data on its way to the host: a DMA buffer (what a file read), a small
 /// heap buffer built by an admin command, or a range of a RAM disk.
 pub enum DataBuf {
     Dma(DmaBuffer),
-    Read(ReadResult),
     Vec(Vec<u8>),
     /// The first `len` bytes of a shared buffer (the null backing's zeroes).
     Shared(Rc<DmaBuffer>, usize),
@@ -64,7 +63,6 @@ impl DataBuf {
     pub fn len(&self) -> usize {
         match self {
             DataBuf::Dma(b) => b.len(),
-            DataBuf::Read(r) => r.len(),
             DataBuf::Vec(v) => v.len(),
             DataBuf::Shared(_, len) | DataBuf::Ram(_, _, len, _) => *len,
         }
@@ -79,7 +77,6 @@ impl DataBuf {
     pub fn bytes(&self) -> Option<&[u8]> {
         match self {
             DataBuf::Dma(b) => Some(b.as_bytes()),
-            DataBuf::Read(r) => Some(r),
             DataBuf::Vec(v) => Some(v),
             DataBuf::Shared(b, len) => Some(&b.as_bytes()[..*len]),
             DataBuf::Ram(_, _, _, h) => h.copy.get().map(|c| &c[..]),
@@ -206,10 +203,7 @@ impl Backend {
     /// Read `len` bytes at byte `offset` (both block aligned).
     pub async fn read(&self, offset: u64, len: usize) -> io::Result<DataBuf> {
         match self {
-            Backend::File(f) => {
-                let _io = IoWait::new();
-                f.read(offset, len).await.map(DataBuf::Read)
-            }
+            Backend::File(f) => f.read(offset, len).await.map(DataBuf::Dma),
             Backend::Ram(r) => Ok(DataBuf::Ram(r.clone(), offset, len, RamHold::default())),
             Backend::Null(z) if len <= z.len() => Ok(DataBuf::Shared(z.clone(), len)),
             Backend::Null(_) => {
@@ -223,10 +217,7 @@ impl Backend {
     /// Write all of `buf` at byte `offset` (durable after `flush`).
     pub async fn write(&self, offset: u64, buf: DmaBuffer) -> io::Result<()> {
         match self {
-            Backend::File(f) => {
-                let _io = IoWait::new();
-                f.write(offset, buf).await
-            }
+            Backend::File(f) => f.write(offset, buf).await,
             Backend::Ram(r) => {
                 r.write(offset, buf.as_bytes());
                 Ok(())
@@ -237,10 +228,7 @@ impl Backend {
 
     pub async fn flush(&self) -> io::Result<()> {
         match self {
-            Backend::File(f) => {
-                let _io = IoWait::new();
-                f.flush().await
-            }
+            Backend::File(f) => f.flush().await,
             _ => Ok(()),
         }
     }
@@ -249,10 +237,7 @@ impl Backend {
     /// release it (the host set DEAC).
     pub async fn write_zeroes(&self, offset: u64, len: u64, deallocate: bool) -> io::Result<()> {
         match self {
-            Backend::File(f) => {
-                let _io = IoWait::new();
-                f.write_zeroes(offset, len, deallocate).await
-            }
+            Backend::File(f) => f.write_zeroes(offset, len, deallocate).await,
             Backend::Ram(r) => {
                 r.zero(offset, len);
                 Ok(())
@@ -265,10 +250,7 @@ impl Backend {
     /// zeroes afterwards where `dealloc_reads_zero` says so.
     pub async fn deallocate(&self, offset: u64, len: u64) -> io::Result<()> {
         match self {
-            Backend::File(f) => {
-                let _io = IoWait::new();
-                f.deallocate(offset, len).await
-            }
+            Backend::File(f) => f.deallocate(offset, len).await,
             Backend::Ram(r) => {
                 r.zero(offset, len);
                 Ok(())

@@ -20,6 +20,7 @@
 //! io_uring completion could wait that long. When the poller is running it
 //! sees the parked socket's data first and wakes its reader.
 
+use crate::storage::uring;
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::future::poll_fn;
@@ -211,6 +212,24 @@ impl Readiness {
         }
     }
 
+    /// Moves whenever the core receives data or its storage ring queues or
+    /// completes an operation.
+    fn busyness(&self) -> u64 {
+        self.activity.get().wrapping_add(uring::events())
+    }
+
+    /// How long the core may see no news before its readers park: the
+    /// poll window, or while storage I/O is in flight, at least as long as
+    /// the ring itself polls it (a host waiting for a read sends its next
+    /// command right after the reply; parked, its reader would wake late).
+    fn quiet_after(&self) -> Duration {
+        if uring::in_flight() > 0 {
+            self.window.get().max(uring::IO_POLL)
+        } else {
+            self.window.get()
+        }
+    }
+
     fn wake_poller(self: &Rc<Self>) {
         if !self.poller_running.replace(true) {
             glommio::spawn_local(poll_loop(self.clone())).detach();
@@ -335,7 +354,7 @@ fn wake(r: &Readiness, slot: &Side, park: bool) {
 /// The executor's poller: runs while readers wait.
 async fn poll_loop(r: Rc<Readiness>) {
     let mut events = [libc::epoll_event { events: 0, u64: 0 }; EVENTS];
-    let mut mark = (r.activity.get(), Instant::now());
+    let mut mark = (r.busyness(), Instant::now());
     let mut rounds = 0u32;
     let (mut last_activity, mut idle_rounds) = (r.activity.get(), 0u32);
     loop {
@@ -349,7 +368,7 @@ async fn poll_loop(r: Rc<Readiness>) {
                 Poll::Pending
             })
             .await;
-            mark = (r.activity.get(), Instant::now());
+            mark = (r.busyness(), Instant::now());
             continue;
         }
         // The clock is read every few rounds only (it was 3-5% of a core
@@ -357,17 +376,18 @@ async fn poll_loop(r: Rc<Readiness>) {
         rounds = rounds.wrapping_add(1);
         let quiet = if rounds.is_multiple_of(CLOCK_EVERY) {
             let now = Instant::now();
-            if r.activity.get() != mark.0 {
-                mark = (r.activity.get(), now);
+            if r.busyness() != mark.0 {
+                mark = (r.busyness(), now);
             }
-            now.duration_since(mark.1) >= r.window.get()
+            now.duration_since(mark.1) >= r.quiet_after()
         } else {
             false
         };
         // Glommio submits and reaps io_uring only when no task is runnable
         // (or on preemption, every 100 ms), and this task is runnable while
-        // any reader polls: so while anything waits on io_uring (file I/O),
-        // nobody polls, and the executor sleeps on io_uring for all of it.
+        // any reader polls: so while anything waits on glommio's io_uring
+        // (`IoWait`), nobody polls, and the executor sleeps on it. (Namespace
+        // I/O is on the storage ring, which a task polls: `storage::uring`.)
         if IO_WAITS.get() > 0 || quiet {
             // The core is quiet (or waits on io_uring): every polling reader
             // parks, and this task sleeps (nobody waits any more).
@@ -423,9 +443,9 @@ thread_local! {
     static IO_WAITS: Cell<usize> = const { Cell::new(0) };
 }
 
-/// Held while a task waits on io_uring (file I/O, a write to a full
-/// socket): readers then park instead of polling, so that the executor runs
-/// its loop. Letting it run every 20 µs while polling went on instead cost
+/// Held while a task waits on glommio's io_uring (a write to a full
+/// socket, the blocking pool): readers then park instead of polling, so
+/// that the executor runs its loop. Letting it run every 20 µs while polling went on instead cost
 /// RAM and null namespaces 15% of their 4 KiB reads, and file reads at QD32
 /// half their speed.
 pub struct IoWait(());

@@ -1,0 +1,527 @@
+//! This core's io_uring for namespace I/O, polled by the core itself.
+//!
+//! glommio submits and reaps its rings only between runs of its task queues,
+//! re-arming two preemption timers each time (a file read at QD1 made seven
+//! `io_uring_enter`s), and while any task stays runnable (readers polling
+//! their sockets) it does neither until its 100 ms preemption timer; so the
+//! core parked while the device worked, and a file namespace reached 0.6-0.8
+//! of SPDK, whose reactor polls the sockets and the AIO completion queue in
+//! one loop. Namespace I/O therefore goes to a ring of our own: a command
+//! submits its operation at once (one `io_uring_enter`, as SPDK's AIO bdev
+//! makes one `io_submit`: a virtio disk here served a steady stream better
+//! than bursts of ~20 gathered per round, 4 KiB writes at QD32 +15-25%), and
+//! a task of this core (`reap`) looks at the completion queue (a memory
+//! read, no system call) every round while anything is in flight. It stops
+//! when nothing is in flight, and backs off to timer sleeps for I/O slower
+//! than the poll window, so an idle core still sleeps.
+//!
+//! An operation's buffer and file belong to the ring until the kernel is
+//! done with them, even if the command that asked is dropped first.
+
+use glommio::io::DmaBuffer;
+use io_uring::{opcode, squeue, types, IoUring};
+use slab::Slab;
+use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
+use std::future::{poll_fn, Future};
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::pin::Pin;
+use std::rc::Rc;
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
+
+/// Submission queue entries; more operations wait in a backlog.
+const SQ_ENTRIES: u32 = 256;
+/// Completion queue entries, and the most operations in the kernel at once
+/// (so the completion queue cannot overflow).
+const CQ_ENTRIES: u32 = 1024;
+/// How long the core polls in-flight I/O with no completion before it
+/// sleeps between looks: longer than a flash device takes (50-100 µs
+/// here), short enough that a stalled device does not hold a core busy.
+pub const IO_POLL: Duration = Duration::from_millis(1);
+/// The longest sleep between looks at I/O slower than `IO_POLL`: the delay
+/// added to it is at most an eighth of its age, and at most this.
+const MAX_BACKOFF: Duration = Duration::from_millis(5);
+const MIN_BACKOFF: Duration = Duration::from_micros(20);
+/// The reaper reads the clock once in this many rounds.
+const CLOCK_EVERY: u32 = 8;
+
+enum State {
+    /// In the kernel; the waker of the future waiting for it.
+    Waiting(Option<Waker>),
+    Done(i32),
+    /// The future was dropped: the completion just frees the resources.
+    Orphaned,
+}
+
+struct Op {
+    state: State,
+    /// Memory the kernel reads or writes until the completion.
+    buf: Option<DmaBuffer>,
+    /// Keeps the descriptor's number from being reused while the entry
+    /// naming it may still be submitted.
+    _file: Rc<OwnedFd>,
+}
+
+/// One executor's ring.
+pub struct Ring {
+    ring: RefCell<IoUring>,
+    ops: RefCell<Slab<Op>>,
+    /// Entries waiting for room in the submission queue or under the
+    /// in-flight limit.
+    backlog: RefCell<VecDeque<squeue::Entry>>,
+    /// Entries in the submission queue, not yet given to the kernel.
+    queued: Cell<u32>,
+    /// Given to the kernel and not yet reaped.
+    in_kernel: Cell<u32>,
+    /// Submissions plus completions: a change means the ring is busy.
+    events: Cell<u64>,
+    /// The reaper's waker while it sleeps (nothing in flight).
+    reaper: RefCell<Option<Waker>>,
+    reaper_running: Cell<bool>,
+    window: Cell<Duration>,
+    executor: usize,
+}
+
+thread_local! {
+    static CURRENT: RefCell<Option<Rc<Ring>>> = const { RefCell::new(None) };
+    static WINDOW: Cell<Duration> = const { Cell::new(IO_POLL) };
+}
+
+/// How long this thread's executor polls in-flight I/O before it backs off
+/// (`--idle-poll` 0: not at all). Set before the first I/O.
+pub fn set_window(window: Duration) {
+    WINDOW.set(window);
+}
+
+/// Operations in flight on this executor's ring (0 if it has none).
+pub fn in_flight() -> usize {
+    CURRENT.with(|c| c.borrow().as_ref().map_or(0, |r| r.pending() as usize))
+}
+
+/// A counter that moves whenever this executor's ring queues or completes
+/// an operation.
+pub fn events() -> u64 {
+    CURRENT.with(|c| c.borrow().as_ref().map_or(0, |r| r.events.get()))
+}
+
+impl Ring {
+    /// This executor's ring, made on first use (tests run several executors
+    /// one after another on one thread; each gets its own).
+    pub fn current() -> io::Result<Rc<Ring>> {
+        let id = glommio::executor().id();
+        CURRENT.with(|c| {
+            let mut c = c.borrow_mut();
+            if let Some(r) = c.as_ref().filter(|r| r.executor == id) {
+                return Ok(r.clone());
+            }
+            if let Some(old) = c.take() {
+                old.wait_all();
+            }
+            let r = Rc::new(Ring {
+                ring: RefCell::new(build()?),
+                ops: RefCell::new(Slab::with_capacity(CQ_ENTRIES as usize)),
+                backlog: RefCell::new(VecDeque::new()),
+                queued: Cell::new(0),
+                in_kernel: Cell::new(0),
+                events: Cell::new(0),
+                reaper: RefCell::new(None),
+                reaper_running: Cell::new(false),
+                window: Cell::new(WINDOW.get()),
+                executor: id,
+            });
+            *c = Some(r.clone());
+            Ok(r)
+        })
+    }
+
+    /// Read into `buf` from `offset`: the bytes read, and the buffer.
+    pub fn read(
+        self: &Rc<Self>,
+        file: &Rc<OwnedFd>,
+        offset: u64,
+        mut buf: DmaBuffer,
+    ) -> impl Future<Output = (io::Result<usize>, DmaBuffer)> {
+        let fd = types::Fd(file.as_raw_fd());
+        let sqe = opcode::Read::new(fd, buf.as_mut_ptr(), buf.len() as u32)
+            .offset(offset)
+            .build();
+        self.with_buffer(sqe, file, buf)
+    }
+
+    /// Write `buf` at `offset` (`flags`: RWF_* per write).
+    pub fn write(
+        self: &Rc<Self>,
+        file: &Rc<OwnedFd>,
+        offset: u64,
+        buf: DmaBuffer,
+    ) -> impl Future<Output = (io::Result<usize>, DmaBuffer)> {
+        let fd = types::Fd(file.as_raw_fd());
+        let sqe = opcode::Write::new(fd, buf.as_ptr(), buf.len() as u32)
+            .offset(offset)
+            .build();
+        self.with_buffer(sqe, file, buf)
+    }
+
+    /// fdatasync(2).
+    pub async fn fdatasync(self: &Rc<Self>, file: &Rc<OwnedFd>) -> io::Result<()> {
+        let sqe = opcode::Fsync::new(types::Fd(file.as_raw_fd()))
+            .flags(types::FsyncFlags::DATASYNC)
+            .build();
+        self.submit(sqe, file, None).await.0.map(drop)
+    }
+
+    /// fallocate(2).
+    pub async fn fallocate(
+        self: &Rc<Self>,
+        file: &Rc<OwnedFd>,
+        mode: i32,
+        offset: u64,
+        len: u64,
+    ) -> io::Result<()> {
+        let sqe = opcode::Fallocate::new(types::Fd(file.as_raw_fd()), len)
+            .offset(offset)
+            .mode(mode)
+            .build();
+        self.submit(sqe, file, None).await.0.map(drop)
+    }
+
+    fn with_buffer(
+        self: &Rc<Self>,
+        sqe: squeue::Entry,
+        file: &Rc<OwnedFd>,
+        buf: DmaBuffer,
+    ) -> impl Future<Output = (io::Result<usize>, DmaBuffer)> {
+        let f = self.submit(sqe, file, Some(buf));
+        async move {
+            let (r, buf) = f.await;
+            (r, buf.expect("the buffer comes back with its operation"))
+        }
+    }
+
+    fn submit(
+        self: &Rc<Self>,
+        sqe: squeue::Entry,
+        file: &Rc<OwnedFd>,
+        buf: Option<DmaBuffer>,
+    ) -> OpFuture {
+        let id = self.ops.borrow_mut().insert(Op {
+            state: State::Waiting(None),
+            buf,
+            _file: file.clone(),
+        });
+        self.backlog
+            .borrow_mut()
+            .push_back(sqe.user_data(id as u64));
+        self.touch();
+        self.submit_queued();
+        self.wake_reaper();
+        OpFuture {
+            ring: self.clone(),
+            id,
+            done: false,
+        }
+    }
+
+    fn touch(&self) {
+        self.events.set(self.events.get().wrapping_add(1));
+    }
+
+    fn wake_reaper(self: &Rc<Self>) {
+        if !self.reaper_running.replace(true) {
+            glommio::spawn_local(reap(self.clone())).detach();
+        } else if let Some(w) = self.reaper.borrow_mut().take() {
+            w.wake();
+        }
+    }
+
+    /// Move the backlog into the submission queue and give the kernel what
+    /// is queued (with COOP_TASKRUN, entering also posts completions that
+    /// wait for this thread: TASKRUN says there are some).
+    fn submit_queued(&self) {
+        let mut ring = self.ring.borrow_mut();
+        {
+            let mut backlog = self.backlog.borrow_mut();
+            let mut sq = ring.submission();
+            while let Some(e) = backlog.front() {
+                if self.queued.get() + self.in_kernel.get() >= CQ_ENTRIES {
+                    break;
+                }
+                // SAFETY: the entry's buffer and file are owned by its `Op`
+                // until its completion is reaped.
+                if unsafe { sq.push(e) }.is_err() {
+                    break;
+                }
+                backlog.pop_front();
+                self.queued.set(self.queued.get() + 1);
+            }
+        }
+        if self.queued.get() == 0 && !ring.submission().taskrun() {
+            return;
+        }
+        match ring.submit() {
+            Ok(n) => {
+                self.queued.set(self.queued.get() - n as u32);
+                self.in_kernel.set(self.in_kernel.get() + n as u32);
+            }
+            // Full completion queue or no memory now: reap, retry.
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::EBUSY | libc::EAGAIN | libc::EINTR)
+                ) => {}
+            Err(e) => log::error!("io_uring_enter: {e}"),
+        }
+    }
+
+    /// Submit what waits and complete what the kernel finished. Returns
+    /// completions seen.
+    fn drive(&self) -> usize {
+        self.submit_queued();
+        let mut ring = self.ring.borrow_mut();
+        let mut done = 0;
+        let mut ops = self.ops.borrow_mut();
+        for cqe in ring.completion() {
+            done += 1;
+            let id = cqe.user_data() as usize;
+            let op = ops
+                .get_mut(id)
+                .expect("a completion names a live operation");
+            match std::mem::replace(&mut op.state, State::Done(cqe.result())) {
+                State::Waiting(w) => {
+                    if let Some(w) = w {
+                        w.wake();
+                    }
+                }
+                State::Orphaned => {
+                    ops.remove(id);
+                }
+                State::Done(_) => unreachable!("an operation completes once"),
+            }
+        }
+        if done > 0 {
+            self.in_kernel.set(self.in_kernel.get() - done as u32);
+            drop(ops);
+            self.touch();
+        }
+        done
+    }
+
+    /// Operations not yet complete (queued, in the kernel, or backlogged).
+    fn pending(&self) -> u32 {
+        self.queued.get() + self.in_kernel.get() + self.backlog.borrow().len() as u32
+    }
+
+    /// Block until the kernel is done with every operation (an executor
+    /// ending with I/O in flight must not free memory the kernel writes).
+    fn wait_all(&self) {
+        while self.pending() > 0 {
+            self.drive();
+            if self.in_kernel.get() > 0 {
+                let _ = self.ring.borrow().submit_and_wait(1);
+            }
+        }
+    }
+}
+
+impl Drop for Ring {
+    fn drop(&mut self) {
+        self.wait_all();
+    }
+}
+
+fn build() -> io::Result<IoUring> {
+    // COOP_TASKRUN: no interrupt per completion to a thread that polls and
+    // makes system calls all the time (Linux 5.19); without it on older
+    // kernels.
+    IoUring::builder()
+        .setup_cqsize(CQ_ENTRIES)
+        .setup_coop_taskrun()
+        .setup_taskrun_flag()
+        .build(SQ_ENTRIES)
+        .or_else(|_| {
+            IoUring::builder()
+                .setup_cqsize(CQ_ENTRIES)
+                .build(SQ_ENTRIES)
+        })
+}
+
+/// The ring's driver: one task per executor, alive while I/O is in flight.
+async fn reap(ring: Rc<Ring>) {
+    // The clock is read once in a few rounds (as the socket poller does).
+    let mut rounds = 0u32;
+    let mut mark = (ring.events.get(), Instant::now());
+    loop {
+        if ring.pending() == 0 {
+            // Nothing in flight: sleep until an operation is queued.
+            poll_fn(|cx| {
+                if ring.pending() > 0 {
+                    return Poll::Ready(());
+                }
+                *ring.reaper.borrow_mut() = Some(cx.waker().clone());
+                Poll::Pending
+            })
+            .await;
+            mark = (ring.events.get(), Instant::now());
+            continue;
+        }
+        ring.drive();
+        rounds = rounds.wrapping_add(1);
+        if !rounds.is_multiple_of(CLOCK_EVERY) {
+            futures_lite::future::yield_now().await;
+            continue;
+        }
+        let now = Instant::now();
+        if ring.events.get() != mark.0 {
+            mark = (ring.events.get(), now);
+        }
+        let quiet = now.duration_since(mark.1);
+        if quiet < ring.window.get() {
+            // Let the other tasks run, then look again.
+            futures_lite::future::yield_now().await;
+        } else {
+            // Slow I/O: let the executor sleep; look again after an eighth
+            // of the time it has been waiting.
+            let nap = (quiet / 8).clamp(MIN_BACKOFF, MAX_BACKOFF);
+            glommio::timer::sleep(nap).await;
+        }
+    }
+}
+
+/// One operation's result.
+struct OpFuture {
+    ring: Rc<Ring>,
+    id: usize,
+    done: bool,
+}
+
+impl Future for OpFuture {
+    type Output = (io::Result<usize>, Option<DmaBuffer>);
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut ops = self.ring.ops.borrow_mut();
+        let op = &mut ops[self.id];
+        match &mut op.state {
+            State::Done(res) => {
+                let res = *res;
+                let op = ops.remove(self.id);
+                drop(ops);
+                self.done = true;
+                let r = if res < 0 {
+                    Err(io::Error::from_raw_os_error(-res))
+                } else {
+                    Ok(res as usize)
+                };
+                Poll::Ready((r, op.buf))
+            }
+            State::Waiting(w) => {
+                *w = Some(cx.waker().clone());
+                Poll::Pending
+            }
+            State::Orphaned => unreachable!("a live future's operation is not orphaned"),
+        }
+    }
+}
+
+impl Drop for OpFuture {
+    fn drop(&mut self) {
+        if self.done {
+            return;
+        }
+        let mut ops = self.ring.ops.borrow_mut();
+        if matches!(ops[self.id].state, State::Done(_)) {
+            ops.remove(self.id);
+        } else {
+            ops[self.id].state = State::Orphaned;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn run<F: Future<Output = ()> + 'static>(f: impl FnOnce() -> F + Send + 'static) {
+        glommio::LocalExecutorBuilder::default()
+            .spawn(f)
+            .unwrap()
+            .join()
+            .unwrap();
+    }
+
+    fn buffer(fill: u8) -> DmaBuffer {
+        let mut b = glommio::allocate_dma_buffer(4096);
+        b.as_bytes_mut().fill(fill);
+        b
+    }
+
+    #[test]
+    fn writes_reads_syncs_and_reports_the_errno() {
+        run(|| async {
+            let path = std::env::temp_dir().join(format!("uring-{}", std::process::id()));
+            let f = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .open(&path)
+                .unwrap();
+            f.set_len(8192).unwrap();
+            let file = Rc::new(OwnedFd::from(f));
+            let ring = Ring::current().unwrap();
+            let (n, _) = ring.write(&file, 4096, buffer(7)).await;
+            assert_eq!(n.unwrap(), 4096);
+            ring.fdatasync(&file).await.unwrap();
+            let (n, b) = ring.read(&file, 4096, buffer(0)).await;
+            assert_eq!(n.unwrap(), 4096);
+            assert!(b.as_bytes().iter().all(|&x| x == 7));
+            // Past the end: a short read, not an error.
+            let (n, _) = ring.read(&file, 8192, buffer(0)).await;
+            assert_eq!(n.unwrap(), 0);
+            let mode = libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE;
+            ring.fallocate(&file, mode, 4096, 4096).await.unwrap();
+            let (_, b) = ring.read(&file, 4096, buffer(1)).await;
+            assert!(b.as_bytes().iter().all(|&x| x == 0));
+            // A file opened read-only cannot be written: EBADF comes back.
+            let ro = Rc::new(OwnedFd::from(std::fs::File::open(&path).unwrap()));
+            let (n, _) = ring.write(&ro, 0, buffer(1)).await;
+            assert_eq!(n.unwrap_err().raw_os_error(), Some(libc::EBADF));
+            assert_eq!(in_flight(), 0);
+            std::fs::remove_file(&path).unwrap();
+        });
+    }
+
+    #[test]
+    fn a_dropped_operation_keeps_its_buffer_until_the_kernel_is_done() {
+        run(|| async {
+            let (rx, mut tx) = std::io::pipe().unwrap();
+            let rx = Rc::new(OwnedFd::from(rx));
+            let ring = Ring::current().unwrap();
+            // A read of an empty pipe waits in the kernel; its command
+            // gives up on it.
+            let gave_up = futures_lite::future::or(
+                async {
+                    let _ = ring.read(&rx, 0, buffer(0)).await;
+                    false
+                },
+                async {
+                    glommio::timer::sleep(Duration::from_millis(20)).await;
+                    true
+                },
+            )
+            .await;
+            assert!(gave_up);
+            assert_eq!(in_flight(), 1, "the read is still the kernel's");
+            // Its data arrives later, into the buffer the ring kept.
+            tx.write_all(&[5u8; 100]).unwrap();
+            let t = Instant::now();
+            while in_flight() > 0 && t.elapsed() < Duration::from_secs(5) {
+                glommio::timer::sleep(Duration::from_millis(1)).await;
+            }
+            assert_eq!(in_flight(), 0);
+            assert!(ring.ops.borrow().is_empty());
+        });
+    }
+}
