@@ -150,7 +150,7 @@ impl Ring {
         self.with_buffer(sqe, file, buf)
     }
 
-    /// Write `buf` at `offset` (`flags`: RWF_* per write).
+    /// Write `buf` at `offset`: the bytes written, and the buffer.
     pub fn write(
         self: &Rc<Self>,
         file: &Rc<OwnedFd>,

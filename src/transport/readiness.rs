@@ -375,9 +375,9 @@ async fn poll_loop(r: Rc<Readiness>) {
         // read every round); the window is tens of microseconds or more.
         rounds = rounds.wrapping_add(1);
         let quiet = if rounds.is_multiple_of(CLOCK_EVERY) {
-            let now = Instant::now();
-            if r.busyness() != mark.0 {
-                mark = (r.busyness(), now);
+            let (now, busy) = (Instant::now(), r.busyness());
+            if busy != mark.0 {
+                mark = (busy, now);
             }
             now.duration_since(mark.1) >= r.quiet_after()
         } else {
@@ -445,9 +445,9 @@ thread_local! {
 
 /// Held while a task waits on glommio's io_uring (a write to a full
 /// socket, the blocking pool): readers then park instead of polling, so
-/// that the executor runs its loop. Letting it run every 20 µs while polling went on instead cost
-/// RAM and null namespaces 15% of their 4 KiB reads, and file reads at QD32
-/// half their speed.
+/// that the executor runs its loop. Letting it run every 20 µs while
+/// polling went on instead cost RAM and null namespaces 15% of their 4 KiB
+/// reads, and file reads at QD32 half their speed.
 pub struct IoWait(());
 
 impl IoWait {
