@@ -12,6 +12,16 @@ use std::sync::Mutex;
 /// connections too.
 pub const DEFAULT_CONTROLLERS_PER_HOST: u32 = 64;
 
+/// Who a controller's host is, for its limit: its Host NQN, or for a host
+/// that sent none (SPDK's by default), its Host Identifier.
+pub fn host_key(hostnqn: &str, hostid: &[u8; 16]) -> String {
+    if hostnqn.is_empty() {
+        hostid.iter().map(|b| format!("{b:02x}")).collect()
+    } else {
+        hostnqn.to_string()
+    }
+}
+
 pub struct HostTable {
     limit: usize,
     held: Mutex<HashMap<String, usize>>,

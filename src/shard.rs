@@ -397,9 +397,10 @@ impl Shard {
         admin_kill: Rc<Trigger>,
     ) -> Result<Rc<Controller>, Status> {
         let cntlid = self.alloc_cntlid().ok_or(Status::CONNECT_CONTROLLER_BUSY)?;
-        if !self.hosts.admit(&hostnqn) {
+        let host = crate::admission::host_key(&hostnqn, &hostid);
+        if !self.hosts.admit(&host) {
             log::warn!(
-                "connect refused: host {hostnqn} holds {} controllers, its limit (--max-controllers-per-host)",
+                "connect refused: host {host} holds {} controllers, its limit (--max-controllers-per-host)",
                 self.hosts.limit()
             );
             return Err(Status::CONNECT_CONTROLLER_BUSY);
@@ -424,7 +425,7 @@ impl Shard {
         glommio::spawn_local(async move { me.keep_alive(c).await }).detach();
         log::info!(
             "controller {cntlid} created for host {} on {} (kato {} ms, core {})",
-            ctrl.hostnqn,
+            ctrl.host(),
             self.subsys_name(subsys),
             kato_ms,
             self.id
@@ -736,7 +737,7 @@ impl Shard {
         kill.fire();
         log::info!(
             "controller {cntlid} of host {} destroyed: {why}",
-            ctrl.hostnqn
+            ctrl.host()
         );
         if ctrl.queues_gone() {
             self.release_controller(cntlid);
@@ -747,7 +748,7 @@ impl Shard {
     /// place in its host's count.
     fn release_controller(&self, cntlid: u16) {
         if let Some(o) = self.controllers.borrow_mut().remove(&cntlid) {
-            self.hosts.release(&o.ctrl.hostnqn);
+            self.hosts.release(&o.ctrl.host());
         }
     }
 

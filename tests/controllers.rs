@@ -95,6 +95,61 @@ fn discovery_and_allowed_hosts() {
     });
 }
 
+/// SPDK's host (v24.01) sends an empty Host NQN unless told one. As Linux
+/// nvmet and SPDK's target do, a subsystem that allows any host takes it
+/// (its controllers are known by their Host Identifier), one with an allow
+/// list refuses it, and the queues of its controller must send it empty too.
+#[test]
+fn a_host_without_an_nqn_connects_where_any_host_may() {
+    let named = HostConfig::new("127.0.0.1:1".parse().unwrap(), OTHER_NQN).with_hostid([7; 16]);
+    let named_nqn = named.hostnqn.clone();
+    let t = Target::start(&[
+        "--subsystem",
+        NQN,
+        "--namespace",
+        "null:1M",
+        "--allow-any-host",
+        "--subsystem",
+        OTHER_NQN,
+        "--namespace",
+        "null:1M",
+        "--allow-host",
+        &named_nqn,
+    ]);
+    let addr = t.addr;
+    run(move || async move {
+        let anonymous = |subnqn: &str| {
+            let mut c = HostConfig::new(addr, subnqn).with_hostid([9; 16]);
+            c.hostnqn = String::new();
+            c
+        };
+        let c = Controller::connect(anonymous(NQN)).await.unwrap();
+        let q = c.connect_io_queue(1).await.unwrap();
+        assert_eq!(q.read(1, 0, 1, 4096).await.unwrap(), vec![0u8; 4096]);
+        // An I/O queue naming this controller with a Host NQN is not its own
+        // (Connect Invalid Parameters, IPO at HOSTNQN in the data: 512).
+        let mut named_io = HostConfig::new(addr, NQN).with_hostid([9; 16]);
+        named_io.queue_size = 32;
+        match Queue::connect(&named_io, 2, c.cntlid).await {
+            Err(HostError::Status(s, cqe)) => {
+                assert_eq!(s, Status::CONNECT_INVALID_PARAMETERS);
+                assert_eq!(cqe.dw0, 512 | (1 << 16));
+            }
+            other => panic!("{:?}", other.map(|_| ())),
+        }
+        // An allow list does not list the empty NQN.
+        let e = Controller::connect(anonymous(OTHER_NQN)).await;
+        assert_eq!(status_of(e), Status::CONNECT_INVALID_HOST);
+        // Its discovery log lists only what any host may use.
+        let d = Controller::connect(anonymous(nvmf_tpc::wire::fabrics::DISCOVERY_NQN))
+            .await
+            .unwrap();
+        let e = d.discovery_log().await.unwrap();
+        assert_eq!(e.len(), 1, "{e:?}");
+        assert_eq!(e[0].subnqn, NQN);
+    });
+}
+
 /// Connect one queue with chosen fields.
 async fn raw_connect(
     addr: SocketAddr,

@@ -1117,3 +1117,38 @@ fn a_host_that_stops_reading_does_not_hold_blocks_against_writers() {
         }
     }
 }
+
+/// SPDK's host aborts its Asynchronous Event Requests on its own side before
+/// it shuts a controller down, and reads CC with the CID an AER held: that
+/// read must succeed (a Command ID Conflict failed SPDK's shutdown), and the
+/// forgotten AER must never complete under the reused CID. Other conflicts
+/// stay conflicts (`command_rules_on_io_queues`).
+#[test]
+fn a_reused_aer_cid_is_a_new_command() {
+    let t = Target::start(&["--subsystem", NQN, "--namespace", "ram:16M", "--cores", "1"]);
+    let d = Digests::default();
+    let (mut a, _) = enabled_admin(t.addr, d);
+    let mut aer = Sqe::default();
+    aer.set_opcode(admin::ASYNC_EVENT_REQUEST).set_cid(9);
+    a.send(&capsule(&aer, &[], d));
+    let mut get = Sqe::default();
+    get.set_opcode(admin::FABRICS)
+        .set_fctype(fctype::PROPERTY_GET)
+        .set_cid(9);
+    PropertyCmd {
+        size8: false,
+        offset: property::CC,
+        value: 0,
+    }
+    .encode(&mut get);
+    a.send(&capsule(&get, &[], d));
+    let c = a.expect_resp();
+    assert_eq!((c.cid, c.status), (9, Status::SUCCESS), "{c:?}");
+    assert_eq!(c.dw0 & 1, 1, "CC.EN as set by enabled_admin");
+    // The next completion is the next command's: nothing for the AER.
+    let mut ka = Sqe::default();
+    ka.set_opcode(admin::KEEP_ALIVE).set_cid(10);
+    a.send(&capsule(&ka, &[], d));
+    let c = a.expect_resp();
+    assert_eq!((c.cid, c.status), (10, Status::SUCCESS), "{c:?}");
+}

@@ -954,10 +954,11 @@ fn check_config(cfg: &HostConfig, qsize: u16) -> Result<(), HostError> {
     if cfg.hpda > 31 {
         return Err(HostError::Invalid(format!("HPDA {} above 31", cfg.hpda)));
     }
-    for (what, nqn) in [("subsystem", &cfg.subnqn), ("host", &cfg.hostnqn)] {
-        if nqn.is_empty() || nqn.len() > NQN_MAX_LEN {
+    // A host may leave its NQN empty, as SPDK's does by default.
+    for (what, nqn, min) in [("subsystem", &cfg.subnqn, 1), ("host", &cfg.hostnqn, 0)] {
+        if nqn.len() < min || nqn.len() > NQN_MAX_LEN {
             return Err(HostError::Invalid(format!(
-                "{what} NQN of {} bytes (1..={NQN_MAX_LEN})",
+                "{what} NQN of {} bytes ({min}..={NQN_MAX_LEN})",
                 nqn.len()
             )));
         }

@@ -143,6 +143,12 @@ impl Controller {
         }
     }
 
+    /// Its host, for limits and logs: the Host NQN, or the Host Identifier
+    /// of a host that sent none.
+    pub fn host(&self) -> String {
+        crate::admission::host_key(&self.hostnqn, &self.hostid)
+    }
+
     pub fn is_discovery(&self) -> bool {
         self.subsys == SubsysRef::Discovery
     }

@@ -71,7 +71,7 @@ pub async fn connect(
             Some((i, s)) => {
                 if !s.host_allowed(&d.hostnqn) {
                     log::warn!(
-                        "connect refused: host {} is not allowed on {}",
+                        "connect refused: host {:?} is not allowed on {}",
                         d.hostnqn,
                         d.subnqn
                     );

@@ -524,7 +524,7 @@ impl Conn {
                 hdr[..l.hlen].to_vec(),
             ));
         }
-        if self.cid_busy(cid) {
+        if self.cid_busy(cid) && !self.forget_aer(cid) {
             // The completion is sent but the original command stays tracked.
             self.outstanding.set(self.outstanding.get() + 1);
             self.out.push(Out::Done {
@@ -670,6 +670,26 @@ impl Conn {
         let c = dma.acquire(len).await;
         self.pdu_open.set(open);
         c
+    }
+
+    /// A host that reuses the CID of its Asynchronous Event Request has
+    /// given up on it: SPDK's host aborts its AERs on its own side before
+    /// it shuts a controller down, then reads CC with the freed CID (a
+    /// Command ID Conflict there failed its shutdown). The AER is dropped,
+    /// never to complete under a CID that now means another command.
+    fn forget_aer(&self, cid: u16) -> bool {
+        let st = self.state.borrow();
+        let Some(Binding::Admin(ctrl)) = &st.binding else {
+            return false;
+        };
+        let mut aers = ctrl.aers.borrow_mut();
+        let Some(i) = aers.iter().position(|&c| c == cid) else {
+            return false;
+        };
+        aers.remove(i);
+        self.set_cid(cid, false);
+        self.outstanding.set(self.outstanding.get() - 1);
+        true
     }
 
     fn cid_busy(&self, cid: u16) -> bool {

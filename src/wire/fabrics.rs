@@ -83,8 +83,18 @@ pub struct BadField(pub u16);
 
 /// An NQN field: NUL-terminated UTF-8 within 256 bytes, at most 223 bytes long.
 pub fn decode_nqn(b: &[u8], offset: u16) -> Result<String, BadField> {
+    match decode_nqn_or_empty(b, offset)? {
+        n if n.is_empty() => Err(BadField(offset)),
+        n => Ok(n),
+    }
+}
+
+/// An NQN field that may be empty: the Host NQN, which SPDK's host (v24.01)
+/// leaves empty unless told one, and which Linux nvmet and SPDK's target
+/// accept where any host is allowed.
+pub fn decode_nqn_or_empty(b: &[u8], offset: u16) -> Result<String, BadField> {
     let end = b.iter().position(|&c| c == 0).ok_or(BadField(offset))?;
-    if end == 0 || end > NQN_MAX_LEN {
+    if end > NQN_MAX_LEN {
         return Err(BadField(offset));
     }
     std::str::from_utf8(&b[..end])
@@ -109,7 +119,7 @@ impl ConnectData {
             hostid,
             cntlid: LE::read_u16(&b[16..18]),
             subnqn: decode_nqn(&b[256..512], connect_offset::SUBNQN)?,
-            hostnqn: decode_nqn(&b[512..768], connect_offset::HOSTNQN)?,
+            hostnqn: decode_nqn_or_empty(&b[512..768], connect_offset::HOSTNQN)?,
         })
     }
     pub fn encode(&self) -> Vec<u8> {
@@ -226,6 +236,7 @@ mod tests {
         assert!(decode_nqn(&b, 256).is_err());
         b[0] = 0;
         assert!(decode_nqn(&b, 256).is_err(), "empty");
+        assert_eq!(decode_nqn_or_empty(&b, 512).unwrap(), "");
         let mut long = vec![b'a'; 256];
         long[224] = 0;
         assert!(decode_nqn(&long, 512).is_err(), "over 223 bytes");
