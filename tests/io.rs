@@ -273,61 +273,68 @@ fn error_statuses() {
 
 #[test]
 fn many_in_flight_complete_out_of_order() {
-    // A FUA write to a file waits for the disk; RAM reads issued after it on
-    // the same queue must not wait for it.
+    // A write held at the device (a loop device throttled by the kernel to
+    // 16 KiB/s for the target's process: 64 KiB take about 4 s) must not hold
+    // back the RAM reads issued after it on the same queue. The write's own
+    // completion is recorded, so a target that completes in order fails.
+    use common::devices::{Loop, Throttle};
     let dir = scratch_dir("ooo");
-    let file = dir.join("slow.img");
-    sparse_file(&file, 64 << 20);
+    let img = dir.join("slow.img");
+    sparse_file(&img, 16 << 20);
+    let lo = std::sync::Arc::new(Loop::attach(&img));
     let t = Target::start(&[
         "--subsystem",
         NQN,
         "--namespace",
-        file.to_str().unwrap(),
+        &lo.0,
         "--namespace",
         "ram:16M",
         "--cores",
         "1",
     ]);
+    let throttle = std::sync::Arc::new(Throttle::new("ooo", &lo, 16 << 10, t.pid()));
     let addr = t.addr;
-    let overtaken = run(move || async move {
+    let th = throttle.clone();
+    let order = run(move || async move {
         let (_c, q) = open(addr, Digests::default(), false).await;
         let order = Rc::new(RefCell::new(Vec::new()));
-        let mut overtaken = 0;
-        for round in 0..5 {
-            order.borrow_mut().clear();
-            let mut tasks = Vec::new();
-            {
+        let submitted = th.writes_submitted();
+        let write = {
+            let (q, order) = (q.clone(), order.clone());
+            glommio::spawn_local(async move {
+                q.write(1, 0, &pattern(64 << 10, 1), 512, false)
+                    .await
+                    .unwrap();
+                order.borrow_mut().push("write");
+            })
+        };
+        // Wait until the target has handed the write to the device.
+        th.write_reached_device(submitted).await;
+        let reads: Vec<_> = (0..31u64)
+            .map(|i| {
                 let (q, order) = (q.clone(), order.clone());
-                tasks.push(glommio::spawn_local(async move {
-                    let data = pattern(128 * 1024, round);
-                    q.write(1, 0, &data, 4096, true).await.unwrap();
-                    q.flush(1).await.unwrap();
-                    order.borrow_mut().push("slow");
-                }));
-            }
-            for i in 0..31u64 {
-                let (q, order) = (q.clone(), order.clone());
-                tasks.push(glommio::spawn_local(async move {
+                glommio::spawn_local(async move {
                     q.read(2, i, 1, 4096).await.unwrap();
-                    order.borrow_mut().push("fast");
-                }));
-            }
-            for t in tasks {
-                t.await;
-            }
-            let o = order.borrow();
-            assert_eq!(o.len(), 32);
-            if o[0] == "fast" {
-                overtaken += 1;
-            }
+                    order.borrow_mut().push("read");
+                })
+            })
+            .collect();
+        for r in reads {
+            r.await;
         }
-        overtaken
+        write.await;
+        let o = order.borrow().clone();
+        o
     });
-    assert!(
-        overtaken >= 3,
-        "RAM reads overtook the slow write in only {overtaken}/5 rounds"
+    assert_eq!(order.len(), 32);
+    assert_eq!(
+        order.iter().position(|&o| o == "write"),
+        Some(31),
+        "RAM reads waited for the write held at the device: {order:?}"
     );
+    drop(throttle);
     drop(t);
+    drop(lo);
     std::fs::remove_dir_all(&dir).unwrap();
 }
 

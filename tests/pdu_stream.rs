@@ -51,6 +51,10 @@ fn connect(cid: u16, qid: u16, cntlid: u16, d: Digests) -> Vec<u8> {
 }
 
 fn connect_sized(cid: u16, qid: u16, cntlid: u16, sqsize: u16, d: Digests) -> Vec<u8> {
+    capsule(&connect_sqe(cid, qid, sqsize, 0), &connect_data(cntlid), d)
+}
+
+fn connect_sqe(cid: u16, qid: u16, sqsize: u16, cattr: u8) -> Sqe {
     let mut sqe = Sqe::default();
     sqe.set_opcode(admin::FABRICS)
         .set_fctype(fctype::CONNECT)
@@ -64,18 +68,22 @@ fn connect_sized(cid: u16, qid: u16, cntlid: u16, sqsize: u16, d: Digests) -> Ve
         recfmt: 0,
         qid,
         sqsize,
-        cattr: 0,
+        cattr,
         kato_ms: if qid == 0 { 30_000 } else { 0 },
     }
     .encode(&mut sqe);
-    let data = ConnectData {
+    sqe
+}
+
+fn connect_data(cntlid: u16) -> Vec<u8> {
+    ConnectData {
         hostid: [1; 16],
         cntlid,
         subnqn: NQN.into(),
         hostnqn: HOSTNQN.into(),
     }
-    .encode();
-    capsule(&sqe, &data, d)
+    .encode()
+    .to_vec()
 }
 
 fn prop_set_cc(cid: u16, d: Digests) -> Vec<u8> {
@@ -119,6 +127,12 @@ fn write_icd(cid: u16, slba: u64, data: &[u8], d: Digests) -> Vec<u8> {
             id: sgl::DATA_BLOCK_OFFSET,
         });
     capsule(&sqe, data, d)
+}
+
+fn flush_cmd(cid: u16, d: Digests) -> Vec<u8> {
+    let mut sqe = Sqe::default();
+    sqe.set_opcode(io::FLUSH).set_cid(cid).set_nsid(1);
+    capsule(&sqe, &[], d)
 }
 
 fn read_cmd(cid: u16, slba: u64, blocks: u32, d: Digests) -> Vec<u8> {
@@ -1151,4 +1165,80 @@ fn a_reused_aer_cid_is_a_new_command() {
     a.send(&capsule(&ka, &[], d));
     let c = a.expect_resp();
     assert_eq!((c.cid, c.status), (10, Status::SUCCESS), "{c:?}");
+}
+
+/// NVMe over Fabrics 1.1 Connect, CATTR bit 2: the host disables SQ flow
+/// control. NVMe/TCP 1.0 §3.6.2.7: a read on such a queue may then end with
+/// a C2HData PDU carrying LAST_PDU and SUCCESS and no CapsuleResp. Without
+/// it, C2HData never carries SUCCESS and a CapsuleResp follows. The numbers
+/// are the specification's, written out, not the wire module's.
+#[test]
+fn sq_flow_control_off_ends_reads_with_a_successful_c2h_data() {
+    const C2H_DATA: u8 = 0x07;
+    const LAST_PDU: u8 = 0x04;
+    const SUCCESS: u8 = 0x08;
+    const CATTR_SQ_FLOW_OFF: u8 = 0x04;
+    // 256 KiB reads come in two C2HData PDUs of 128 KiB.
+    let t = Target::start(&[
+        "--subsystem",
+        NQN,
+        "--namespace",
+        "ram:16M",
+        "--max-io-size",
+        "1M",
+    ]);
+    let d = Digests::default();
+    let (_admin, cntlid) = enabled_admin(t.addr, d);
+    for (qid, cattr) in [(1u16, CATTR_SQ_FLOW_OFF), (2, 0)] {
+        let sqe = connect_sqe(1, qid, 31, cattr);
+        // CDW11 bits 23:16 are CATTR: byte 46 of the SQE.
+        assert_eq!(sqe.0[46], cattr);
+        let mut p = Peer::open(t.addr, d);
+        p.send(&icreq(d));
+        p.send(&capsule(&sqe, &connect_data(cntlid), d));
+        assert!(matches!(p.recv(), Some(Rx::IcResp)));
+        assert!(p.expect_resp().status.is_success());
+        p.send(&read_cmd(5, 0, 64, d));
+        let mut got = 0;
+        let last_flags = loop {
+            let mut ch = [0u8; 8];
+            p.s.read_exact(&mut ch).unwrap();
+            assert_eq!(
+                ch[0], C2H_DATA,
+                "qid {qid}: PDU {ch:?} before the data ended"
+            );
+            let plen = u32::from_le_bytes(ch[4..8].try_into().unwrap()) as usize;
+            let mut rest = vec![0u8; plen - 8];
+            p.s.read_exact(&mut rest).unwrap();
+            got += plen - usize::from(ch[3]);
+            if got == 64 * 4096 {
+                break ch[1];
+            }
+            assert_eq!(
+                ch[1] & (LAST_PDU | SUCCESS),
+                0,
+                "qid {qid}: flags of a middle PDU"
+            );
+        };
+        // The next command's answer is the next PDU: none came for the read
+        // in between if SQ flow control is off.
+        p.send(&flush_cmd(6, d));
+        let next = p.expect_resp();
+        if cattr == CATTR_SQ_FLOW_OFF {
+            assert_eq!(
+                last_flags,
+                LAST_PDU | SUCCESS,
+                "qid {qid}: last C2HData flags"
+            );
+            assert_eq!(
+                next.cid, 6,
+                "qid {qid}: a CapsuleResp followed a SUCCESS C2HData"
+            );
+        } else {
+            assert_eq!(last_flags, LAST_PDU, "qid {qid}: last C2HData flags");
+            assert_eq!((next.cid, next.status.is_success()), (5, true));
+            assert_eq!(p.expect_resp().cid, 6);
+        }
+        assert!(next.status.is_success(), "qid {qid}: {next:?}");
+    }
 }

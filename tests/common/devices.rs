@@ -124,6 +124,21 @@ impl Throttle {
     }
 }
 
+impl Throttle {
+    /// Wait (in a glommio task) until the process has submitted more
+    /// writes to the device than `before`: a write is then held there.
+    pub async fn write_reached_device(&self, before: u64) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while self.writes_submitted() == before {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the write never reached the device"
+            );
+            glommio::timer::sleep(std::time::Duration::from_millis(5)).await;
+        }
+    }
+}
+
 impl Drop for Throttle {
     fn drop(&mut self) {
         let _ = std::fs::write(Path::new(BLKIO).join("cgroup.procs"), self.pid.to_string());

@@ -67,9 +67,11 @@ pub struct Target {
     pub addr: SocketAddr,
     pub stdout: Arc<Mutex<String>>,
     pub stderr: Arc<Mutex<String>>,
+    /// The threads copying stdout and stderr; they end when the pipes close.
+    pumps: Vec<std::thread::JoinHandle<()>>,
 }
 
-fn pump(r: impl Read + Send + 'static, into: Arc<Mutex<String>>) {
+fn pump(r: impl Read + Send + 'static, into: Arc<Mutex<String>>) -> std::thread::JoinHandle<()> {
     std::thread::spawn(move || {
         let mut r = BufReader::new(r);
         let mut line = String::new();
@@ -77,7 +79,7 @@ fn pump(r: impl Read + Send + 'static, into: Arc<Mutex<String>>) {
             into.lock().unwrap().push_str(&line);
             line.clear();
         }
-    });
+    })
 }
 
 pub fn bin() -> &'static str {
@@ -137,13 +139,16 @@ impl Target {
         let mut child = cmd.spawn().expect("spawn nvmf-tpc");
         let stdout = Arc::new(Mutex::new(String::new()));
         let stderr = Arc::new(Mutex::new(String::new()));
-        pump(child.stdout.take().unwrap(), stdout.clone());
-        pump(child.stderr.take().unwrap(), stderr.clone());
+        let pumps = vec![
+            pump(child.stdout.take().unwrap(), stdout.clone()),
+            pump(child.stderr.take().unwrap(), stderr.clone()),
+        ];
         let mut t = Target {
             child: Some(child),
             addr,
             stdout,
             stderr,
+            pumps,
         };
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
@@ -151,7 +156,7 @@ impl Target {
                 return Ok(t);
             }
             if let Some(st) = t.child.as_mut().unwrap().try_wait().unwrap() {
-                std::thread::sleep(Duration::from_millis(100));
+                t.join_pumps();
                 let out = t.output();
                 t.child = None;
                 return Err((Some(st), out));
@@ -202,6 +207,10 @@ impl Target {
 
     /// SIGTERM and wait for the exit status.
     pub fn stop(mut self) -> ExitStatus {
+        self.stop_mut()
+    }
+
+    fn stop_mut(&mut self) -> ExitStatus {
         self.signal(libc::SIGTERM);
         let mut c = self.child.take().unwrap();
         let deadline = Instant::now() + Duration::from_secs(30);
@@ -218,17 +227,18 @@ impl Target {
     }
 
     /// SIGTERM, wait for the exit status, and return it with all output.
-    pub fn stop_with_output(self) -> (ExitStatus, String) {
-        let (stdout, stderr) = (self.stdout.clone(), self.stderr.clone());
-        let st = self.stop();
-        // The pumps finish once the pipes close.
-        std::thread::sleep(Duration::from_millis(100));
-        let out = format!(
-            "--- stdout\n{}--- stderr\n{}",
-            stdout.lock().unwrap(),
-            stderr.lock().unwrap()
-        );
-        (st, out)
+    pub fn stop_with_output(mut self) -> (ExitStatus, String) {
+        let st = self.stop_mut();
+        self.join_pumps();
+        (st, self.output())
+    }
+
+    /// Wait until every line the process wrote has been read (its pipes
+    /// closed, so it has exited or closed them).
+    fn join_pumps(&mut self) {
+        for p in self.pumps.drain(..) {
+            p.join().unwrap();
+        }
     }
 
     pub fn kill9(mut self) {
