@@ -3,6 +3,7 @@
 
 mod common;
 use common::*;
+use nvmf_tpc::host::{Controller, HostConfig};
 use std::process::Command;
 
 fn fails_with(args: &[&str], needle: &str) {
@@ -84,9 +85,30 @@ fn embedded_default_serves_and_stops_cleanly() {
     let img = dir.join("nvmf-tpc-data/default.img");
     let meta = std::fs::metadata(&img).unwrap();
     assert_eq!(meta.len(), 1 << 30);
+    // Data persists: written (no FUA) before a stop, read after a second
+    // start on the same file.
+    let nqn = "nqn.2026-11.io.nvmf-tpc:default";
+    let addr = t.addr;
+    let data = pattern(3 * 4096, 42);
+    let d = data.clone();
+    run(move || async move {
+        let c = Controller::connect(HostConfig::new(addr, nqn))
+            .await
+            .unwrap();
+        let q = c.connect_io_queue(1).await.unwrap();
+        q.write(1, 1000, &d, 4096, false).await.unwrap();
+    });
     assert_eq!(t.stop().code(), Some(0));
-    // Data persists: a second start reuses the same file.
     let t = Target::start_in(&dir, &[]);
+    let addr = t.addr;
+    let back = run(move || async move {
+        let c = Controller::connect(HostConfig::new(addr, nqn))
+            .await
+            .unwrap();
+        let q = c.connect_io_queue(1).await.unwrap();
+        q.read(1, 1000, 3, 4096).await.unwrap()
+    });
+    assert!(back == data, "data written before the stop is gone");
     assert_eq!(t.stop().code(), Some(0));
     std::fs::remove_dir_all(&dir).unwrap();
 }

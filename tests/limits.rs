@@ -210,11 +210,16 @@ fn connection_controller_and_queue_limits_hold() {
     let held: Vec<TcpStream> = (0..8).map(|_| TcpStream::connect(addr).unwrap()).collect();
     let mut ninth = TcpStream::connect(addr).unwrap();
     ninth
-        .set_read_timeout(Some(Duration::from_secs(5)))
+        .set_read_timeout(Some(Duration::from_secs(30)))
         .unwrap();
     let mut b = [0u8; 1];
     use std::io::Read;
-    assert!(matches!(ninth.read(&mut b), Ok(0) | Err(_)));
+    // Closed: end of stream or a reset, not a read that timed out.
+    match ninth.read(&mut b) {
+        Ok(0) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+        other => panic!("the ninth connection was not closed: {other:?}"),
+    }
     assert!(t.wait_log("connection limit (8) reached", Duration::from_secs(5)));
     drop(held);
     assert_eq!(t.stop().code(), Some(0));

@@ -41,6 +41,9 @@ impl Trace {
         let _ = std::fs::remove_dir(&dir);
         std::fs::create_dir(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
         write(&dir.join("buffer_size_kb"), "4096");
+        // CLOCK_MONOTONIC, so that events can be placed among a test's own
+        // clock_gettime readings (see `mono_now`).
+        write(&dir.join("trace_clock"), "mono");
         for (ev, filter) in events {
             let e = dir.join("events").join(ev);
             if !filter.is_empty() {
@@ -73,6 +76,24 @@ impl Trace {
         self.lines().iter().filter(|l| l.contains(&tag)).count()
     }
 
+    /// When each event named `name` happened, in seconds of CLOCK_MONOTONIC,
+    /// in order.
+    pub fn times(&self, name: &str) -> Vec<f64> {
+        let tag = format!(" {name}:");
+        self.lines()
+            .iter()
+            .filter_map(|l| {
+                let before = &l[..l.find(&tag)?];
+                before
+                    .split_whitespace()
+                    .last()?
+                    .trim_end_matches(':')
+                    .parse()
+                    .ok()
+            })
+            .collect()
+    }
+
     /// Forget what was recorded.
     pub fn clear(&self) {
         write(&self.dir.join("trace"), "");
@@ -85,4 +106,18 @@ impl Drop for Trace {
         // Removing an instance disables its events and frees its buffer.
         let _ = std::fs::remove_dir(&self.dir);
     }
+}
+
+/// CLOCK_MONOTONIC now, in seconds: the clock of `Trace::times`.
+pub fn mono_now() -> f64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes one timespec into `ts`.
+    assert_eq!(
+        unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) },
+        0
+    );
+    ts.tv_sec as f64 + ts.tv_nsec as f64 * 1e-9
 }
