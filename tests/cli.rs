@@ -5,6 +5,7 @@ mod common;
 use common::*;
 use nvmf_tpc::host::{Controller, HostConfig};
 use std::process::Command;
+use std::time::Duration;
 
 fn fails_with(args: &[&str], needle: &str) {
     match Target::try_start(args) {
@@ -180,5 +181,78 @@ fn a_claimed_backing_refuses_a_second_target() {
         &["--namespace", &path, "--namespace", &path],
         "in use by process",
     );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// Backings the target cannot serve safely are refused at start with the
+/// reason: a file on a file system without O_DIRECT (ramfs; tmpfs has had
+/// it since Linux 6.6), whose acknowledged writes would sit in the page
+/// cache, and a block size below a block device's logical block (its
+/// O_DIRECT unit).
+#[test]
+fn backings_without_o_direct_or_with_too_small_blocks_are_refused() {
+    use common::devices::{sh, Mount};
+    let dir = scratch_dir("unservable");
+    let rf = dir.join("ramfs");
+    let mnt = Mount::new(&["-t", "ramfs", "ramfs"], &rf);
+    let on_ramfs = rf.join("ns.img");
+    sparse_file(&on_ramfs, 4 << 20);
+    fails_with(
+        &[
+            "--subsystem",
+            NQN,
+            "--namespace",
+            on_ramfs.to_str().unwrap(),
+        ],
+        "O_DIRECT",
+    );
+    drop(mnt);
+    // tmpfs takes O_DIRECT on this kernel: served, with a warning that its
+    // data is memory.
+    let tm = dir.join("tmpfs");
+    let mnt = Mount::new(&["-t", "tmpfs", "-o", "size=8M", "tmpfs"], &tm);
+    let on_tmpfs = tm.join("ns.img");
+    sparse_file(&on_tmpfs, 4 << 20);
+    if let Ok(t) = Target::try_start(&[
+        "--subsystem",
+        NQN,
+        "--namespace",
+        on_tmpfs.to_str().unwrap(),
+    ]) {
+        assert!(
+            t.wait_log("on tmpfs: its data lives in memory", Duration::from_secs(5)),
+            "{}",
+            t.output()
+        );
+    }
+    drop(mnt);
+    let img = dir.join("4k.img");
+    sparse_file(&img, 8 << 20);
+    let dev = sh(
+        "losetup",
+        &[
+            "-f",
+            "--show",
+            "--sector-size",
+            "4096",
+            img.to_str().unwrap(),
+        ],
+    )
+    .expect("losetup");
+    let lo = common::devices::Loop(dev);
+    fails_with(
+        &[
+            "--subsystem",
+            NQN,
+            "--namespace",
+            &format!("{},bs=512", lo.0),
+        ],
+        "smaller than the device's 4096-byte",
+    );
+    // Its own block size serves.
+    let t = Target::start(&["--subsystem", NQN, "--namespace", &lo.0]);
+    assert!(t.output().contains("4096-byte blocks"), "{}", t.output());
+    drop(t);
+    drop(lo);
     std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -1199,7 +1199,8 @@ fn sq_flow_control_off_ends_reads_with_a_successful_c2h_data() {
         assert!(matches!(p.recv(), Some(Rx::IcResp)));
         assert!(p.expect_resp().status.is_success());
         p.send(&read_cmd(5, 0, 64, d));
-        let mut got = 0;
+        // C2HData carries at most 128 KiB (README, Limits): two PDUs.
+        let (mut got, mut pdus) = (0, 0);
         let last_flags = loop {
             let mut ch = [0u8; 8];
             p.s.read_exact(&mut ch).unwrap();
@@ -1210,8 +1211,12 @@ fn sq_flow_control_off_ends_reads_with_a_successful_c2h_data() {
             let plen = u32::from_le_bytes(ch[4..8].try_into().unwrap()) as usize;
             let mut rest = vec![0u8; plen - 8];
             p.s.read_exact(&mut rest).unwrap();
-            got += plen - usize::from(ch[3]);
+            let len = plen - usize::from(ch[3]);
+            assert!(len <= 128 << 10, "a C2HData PDU of {len} bytes");
+            got += len;
+            pdus += 1;
             if got == 64 * 4096 {
+                assert_eq!(pdus, 2);
                 break ch[1];
             }
             assert_eq!(

@@ -44,7 +44,23 @@ pub fn claim(path: &Path, is_block: bool) -> Result<File, String> {
         .try_clone()
         .map_err(|e| format!("{}: {e}", path.display()))?;
     HELD.lock().unwrap_or_else(|p| p.into_inner()).push(held);
+    if !is_block && on_tmpfs(&f) {
+        // tmpfs takes O_DIRECT since Linux 6.6, but its "stable storage" is
+        // memory: Flush and FUA succeed and the data still ends at reboot.
+        log::warn!(
+            "{}: on tmpfs: its data lives in memory and is lost at reboot, whatever Flush and FUA report",
+            path.display()
+        );
+    }
     Ok(f)
+}
+
+/// Is `f` on tmpfs (statfs(2): TMPFS_MAGIC)?
+fn on_tmpfs(f: &File) -> bool {
+    const TMPFS_MAGIC: i64 = 0x0102_1994;
+    // SAFETY: fstatfs fills the statfs we pass, for a descriptor we own.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    unsafe { libc::fstatfs(f.as_raw_fd(), &mut st) == 0 && st.f_type as i64 == TMPFS_MAGIC }
 }
 
 fn open_error(path: &Path, is_block: bool, e: io::Error) -> String {
@@ -55,7 +71,7 @@ fn open_error(path: &Path, is_block: bool, e: io::Error) -> String {
             in_use(path)
         ),
         Some(libc::EINVAL) => format!(
-            "{}: the file system does not support O_DIRECT (tmpfs?); put the file on a disk file system",
+            "{}: the file system does not support O_DIRECT (ramfs, or tmpfs before Linux 6.6?); put the file on a disk file system",
             path.display()
         ),
         _ => format!("{}: cannot open read-write with O_DIRECT: {e}", path.display()),

@@ -108,7 +108,8 @@ impl Target {
         Target::spawn(&std::env::temp_dir(), args, &[])
     }
 
-    /// Start with extra environment variables (fault injection, src/fault.rs).
+    /// Start with extra environment variables (fault injection, src/fault.rs);
+    /// an empty value unsets one.
     pub fn start_env(args: &[&str], env: &[(&str, &str)]) -> Target {
         match Target::spawn(&std::env::temp_dir(), args, env) {
             Ok(t) => t,
@@ -129,7 +130,6 @@ impl Target {
             cmd.args(["--listen", &addr.to_string()]);
         }
         cmd.args(args)
-            .envs(env.iter().copied())
             .env(
                 "RUST_LOG",
                 std::env::var("TARGET_LOG").unwrap_or_else(|_| "debug".into()),
@@ -137,6 +137,14 @@ impl Target {
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
+        // An empty value unsets the variable (RUST_LOG: the default level).
+        for (k, v) in env {
+            if v.is_empty() {
+                cmd.env_remove(k);
+            } else {
+                cmd.env(k, v);
+            }
+        }
         let mut child = cmd.spawn().expect("spawn nvmf-tpc");
         let stdout = Arc::new(Mutex::new(String::new()));
         let stderr = Arc::new(Mutex::new(String::new()));
