@@ -32,8 +32,17 @@ DISC_NQN=nqn.2014-08.org.nvmexpress.discovery
 # Debian's busybox runs its own applet for a bare name even when PATH has the
 # real tool; a full path runs the real one. Coreutils dd: aligned O_DIRECT buffers.
 DD=/usr/bin/dd
+TRACE=/sys/kernel/tracing
+
+# What the target advertises (src/wire/identify.rs), pinned: the checks of
+# these features run because the target must have them, so a target that
+# drops a bit fails instead of skipping the check.
+ONCS_WANT=$((0x0d))     # Compare, Dataset Management, Write Zeroes
+LPA_WANT=$((0x06))      # Commands Supported and Effects log; extended data (log page offsets)
+DLFEAT_WANT=$((0x09))   # RAM and file namespaces: deallocated blocks read zeroes; Write Zeroes may deallocate
 
 now() { cut -d' ' -f1 /proc/uptime; }
+hex() { printf '0x%x' "$1"; }
 say() { echo "  $*"; }
 fail() { echo "  error: $*"; exit 1; }          # inside a cell
 run() { echo "  \$ $*" >&2; "$@"; }            # show a command, then run it
@@ -236,33 +245,40 @@ fio_verify() {
 }
 
 # ext4_check DEV: mkfs (discarding), mount, files, sync, umount, remount,
-# checksums, e2fsck.
+# checksums, e2fsck. Every step's exit status counts: a step that fails
+# quietly (a file not written, a sync that lost data) must not pass for the
+# ones after it.
 ext4_check() {
   d=$1
   /usr/sbin/mkfs.ext4 -F "$d" > /tmp/mkfs.txt 2>&1 || { cat /tmp/mkfs.txt; fail "mkfs.ext4"; }
   grep -E 'Discarding|Creating filesystem' /tmp/mkfs.txt | sed 's/^/    /'
-  oncs=$(($(nvme id-ctrl "/dev/$CTRL" | sed -n 's/^oncs[[:space:]]*:[[:space:]]*//p')))
-  if [ $((oncs & 4)) -ne 0 ]; then
-    grep -q 'Discarding device blocks:.*done' /tmp/mkfs.txt \
-      || fail "mkfs.ext4 did not discard although ONCS advertises Dataset Management"
-  fi
-  mkdir -p /mnt/t
+  # The target advertises Dataset Management (ONCS_WANT, checked in
+  # identify), and mke2fs carries on silently when its discard fails.
+  grep -q 'Discarding device blocks:.*done' /tmp/mkfs.txt \
+    || { cat /tmp/mkfs.txt; fail "mkfs.ext4 did not discard (Dataset Management)"; }
+  mkdir -p /mnt/t || fail "mkdir /mnt/t"
   mount -t ext4 "$d" /mnt/t || fail "mount"
-  mkdir /mnt/t/dir
+  mkdir /mnt/t/dir || fail "mkdir on the file system"
   $DD if=/dev/urandom of=/mnt/t/small bs=4096 count=1 status=none &&
   $DD if=/dev/urandom of=/mnt/t/medium bs=$MiB count=1 status=none &&
   $DD if=/dev/urandom of=/mnt/t/large bs=$MiB count=24 status=none || fail "writing files"
-  for i in $(seq 1 40); do echo "file $i $(date)" > "/mnt/t/dir/f$i"; done
-  (cd /mnt/t && sha256sum small medium large dir/*) > /tmp/sums
-  sync
+  for i in $(seq 1 40); do
+    echo "file $i $(date)" > "/mnt/t/dir/f$i" || fail "writing dir/f$i"
+  done
+  (cd /mnt/t && sha256sum small medium large dir/*) > /tmp/sums || fail "sha256sum of the files"
+  [ "$(wc -l < /tmp/sums)" = 43 ] || fail "$(wc -l < /tmp/sums) sums, want 43 files"
+  # syncfs, which reports a write-back error (plain sync cannot fail).
+  sync -f /mnt/t || fail "sync -f /mnt/t"
   umount /mnt/t || fail "umount"
   mount -t ext4 "$d" /mnt/t || fail "remount"
   (cd /mnt/t && sha256sum -c /tmp/sums) > /tmp/sums.check 2>&1 \
     || { cat /tmp/sums.check; fail "checksums differ after remount"; }
   say "$(wc -l < /tmp/sums) files intact after remount"
   umount /mnt/t || fail "second umount"
-  /usr/sbin/e2fsck -f -n "$d" 2>&1 | sed 's/^/    /'
-  /usr/sbin/e2fsck -f -n "$d" > /dev/null 2>&1 || fail "e2fsck found problems"
+  /usr/sbin/e2fsck -f -n "$d" > /tmp/fsck.txt 2>&1
+  rc=$?
+  sed 's/^/    /' /tmp/fsck.txt
+  [ "$rc" = 0 ] || fail "e2fsck -f -n exited $rc"
 }
 
 # Number of I/O queues Linux reports for the connect that happened after $1.
@@ -276,6 +292,66 @@ cpus_online() {
     [ -e "$f" ] || return 1
     [ "$(cat "$f")" = 1 ] || echo 1 > "$f" || return 1
   done
+}
+
+# Keep Alive commands, from the nvme driver's tracepoints: the ones the host
+# really sent and the target answered, instead of a guess from elapsed time.
+# ka_trace_start clears the trace and records admin commands from then on.
+ka_trace_start() {
+  [ -e "$TRACE/trace" ] || mount -t tracefs tracefs "$TRACE" || fail "cannot mount tracefs"
+  [ -d "$TRACE/events/nvme/nvme_setup_cmd" ] || fail "no nvme trace events in $TRACE"
+  echo 0 > "$TRACE/tracing_on"
+  echo 'qid == 0 && opcode == 0x18' > "$TRACE/events/nvme/nvme_setup_cmd/filter" || fail "trace filter"
+  echo 'qid == 0' > "$TRACE/events/nvme/nvme_complete_rq/filter" || fail "trace filter"
+  echo 1 > "$TRACE/events/nvme/nvme_setup_cmd/enable"
+  echo 1 > "$TRACE/events/nvme/nvme_complete_rq/enable"
+  : > "$TRACE/trace"
+  echo 1 > "$TRACE/tracing_on"
+}
+
+ka_trace_stop() {
+  [ -e "$TRACE/events/nvme/enable" ] || return 0
+  echo 0 > "$TRACE/events/nvme/enable"
+  : > "$TRACE/trace"
+}
+
+# Keep Alives sent on controller $1 (nvmeX) since ka_trace_start that completed
+# with status 0: "nvme_setup_cmd: nvme0: qid=0, cmdid=N, ... cmd=(nvme_admin_keep_alive ...)",
+# then "nvme_complete_rq: nvme0: qid=0, cmdid=N, ..., status=0x0".
+ka_count() {
+  awk -v c="$1:" '
+    { id = ""; st = ""; mine = 0
+      for (i = 1; i <= NF; i++) {
+        if ($i == c) mine = 1
+        if ($i ~ /^cmdid=/) { id = $i; sub(/^cmdid=/, "", id); sub(/,$/, "", id) }
+        if ($i ~ /^status=/) { st = $i; sub(/^status=/, "", st) }
+      } }
+    mine && /nvme_setup_cmd:/ && /keep_alive/ { ka[id] = 1 }
+    mine && /nvme_complete_rq:/ && (id in ka) { delete ka[id]; if (st + 0 == 0) n++ }
+    END { print n + 0 }' "$TRACE/trace"
+}
+
+# ka_idle CTRL N: leaves controller CTRL (nvmeX) idle for N times its
+# negotiated KATO (long enough for a target that did not count Keep Alives
+# to end it) and until N Keep Alives sent on it completed with success. A
+# loaded machine gets up to 4 N KATO for that; the controller must stay live
+# throughout.
+ka_idle() {
+  c=$1 n=$2
+  kato=$(cat "/sys/class/nvme/$c/kato")
+  [ "$kato" -gt 0 ] || fail "$c has no KATO"
+  start=$(now)
+  while :; do
+    el=$(awk "BEGIN { print int($(now) - $start) }")
+    got=$(ka_count "$c")
+    st=$(cat "/sys/class/nvme/$c/state" 2>/dev/null)
+    [ "$st" = live ] || fail "$c is '$st' after ${el}s idle ($got Keep Alives answered)"
+    [ "$el" -ge $((n * kato)) ] && [ "$got" -ge "$n" ] && break
+    [ "$el" -ge $((4 * n * kato)) ] \
+      && fail "$got Keep Alives completed with success in ${el}s idle (KATO ${kato}s), want $n"
+    sleep 1
+  done
+  say "$c idle ${el}s (KATO ${kato}s): $got Keep Alives completed with success"
 }
 
 # ---------------------------------------------------------------- cells ----
@@ -318,17 +394,19 @@ cell_discover() {
   say "$want entries: $(echo "$ALLOWED_NQNS" | wc -w) allowed subsystems x 2 listeners; $NQN_DENIED not listed"
 }
 
-# A persistent discovery controller with KATO 5 s idles for 16 s.
+# A persistent discovery controller with KATO 5 s idles for 3 KATO, and until
+# 3 Keep Alives were answered.
 cell_discover_keepalive() {
   t0=$(now)
+  ka_trace_start
   run nvme discover -t tcp -a "$TARGET" -s "$MAIN_PORT" --persistent --keep-alive-tmo=5 > /tmp/disc.txt 2>&1 \
     || { cat /tmp/disc.txt; fail "nvme discover --persistent"; }
   c=$(ctrl_for "$DISC_NQN") || fail "no persistent discovery controller"
   kato=$(cat "/sys/class/nvme/$c/kato")
   cntlid=$(cat "/sys/class/nvme/$c/cntlid")
-  say "$c: discovery controller $cntlid, kato ${kato}s; idling 16 s"
+  say "$c: discovery controller $cntlid, kato ${kato}s"
   [ "$kato" = 5 ] || fail "kato is $kato, asked 5"
-  sleep 16
+  ka_idle "$c" 3
   st=$(cat "/sys/class/nvme/$c/state" 2>/dev/null)
   [ "$st" = live ] || fail "state '$st' after idling"
   [ "$(cat "/sys/class/nvme/$c/cntlid")" = "$cntlid" ] || fail "the controller was replaced"
@@ -337,7 +415,7 @@ cell_discover_keepalive() {
   fi
   nvme discover -d "/dev/$c" > /tmp/disc2.txt 2>&1 || { cat /tmp/disc2.txt; fail "nvme discover -d /dev/$c"; }
   grep -q "subnqn: *$NQN_MAIN\$" /tmp/disc2.txt || fail "the log read after idling lacks $NQN_MAIN"
-  say "live after 3 keep-alive periods; the log reads again through /dev/$c"
+  say "live after 3 keep-alive periods and more; the log reads again through /dev/$c"
 }
 
 # Identify Controller of a discovery controller.
@@ -492,7 +570,8 @@ cell_identify() {
   mdts=$(field /tmp/idc.txt mdts)
   [ "$mdts" -gt 0 ] && [ $((4096 << mdts)) = "$MAX_IO_BYTES" ] || fail "mdts $mdts is not $MAX_IO_BYTES bytes (4 KiB pages)"
   [ $(($(field /tmp/idc.txt sgls) & 3)) = 1 ] || fail "sgls does not advertise SGL support"
-  [ $(($(field /tmp/idc.txt oncs))) -ne 0 ] || fail "oncs is 0"
+  [ $(($(field /tmp/idc.txt oncs))) = "$ONCS_WANT" ] || fail "oncs $(field /tmp/idc.txt oncs), want $(hex $ONCS_WANT)"
+  [ $(($(field /tmp/idc.txt lpa))) = "$LPA_WANT" ] || fail "lpa $(field /tmp/idc.txt lpa), want $(hex $LPA_WANT)"
   [ $(($(field /tmp/idc.txt kas))) -ne 0 ] || fail "kas is 0 (keep alive not supported?)"
   [ $(($(field /tmp/idc.txt ioccsz))) -ge 4 ] || fail "ioccsz below 4 (64-byte SQE)"
   [ $(($(field /tmp/idc.txt iorcsz))) -ge 1 ] || fail "iorcsz below 1"
@@ -501,6 +580,7 @@ cell_identify() {
   [ $(($(field /tmp/idc.txt maxcmd))) -ge 2 ] || fail "maxcmd below 2"
   nvme id-ns "$DEV" > /tmp/idn.txt || fail "nvme id-ns"
   grep -E '^(nsze|ncap|nuse|nsfeat|nlbaf|flbas|nmic|dlfeat|nguid|eui64|lbaf)' /tmp/idn.txt | sed 's/^/    /'
+  [ $(($(field /tmp/idn.txt dlfeat))) = "$DLFEAT_WANT" ] || fail "dlfeat $(field /tmp/idn.txt dlfeat), want $(hex $DLFEAT_WANT)"
   nsze=$(($(field /tmp/idn.txt nsze))) ncap=$(($(field /tmp/idn.txt ncap)))
   lbads=$(sed -n 's/.*lbads:\([0-9]*\).*(in use).*/\1/p' /tmp/idn.txt)
   [ -n "$lbads" ] || fail "no LBA format in use"
@@ -534,10 +614,15 @@ cell_logs() {
   head -n 3 /tmp/cn.txt | sed 's/^/    /'
   run nvme fw-log "/dev/$CTRL" || fail "nvme fw-log"
   lpa=$(nvme id-ctrl "/dev/$CTRL" | sed -n 's/^lpa[[:space:]]*:[[:space:]]*//p')
-  if [ $((lpa & 2)) -ne 0 ]; then
-    run nvme get-log "/dev/$CTRL" --log-id=5 --log-len=4096 > /tmp/ef.txt || fail "get-log 5 (commands supported and effects; LPA $lpa advertises it)"
-    head -n 3 /tmp/ef.txt | sed 's/^/    /'
-  fi
+  [ $((lpa)) = "$LPA_WANT" ] || fail "lpa $lpa, want $(hex $LPA_WANT)"
+  run nvme get-log "/dev/$CTRL" --log-id=5 --log-len=4096 -b > /tmp/ef.bin || fail "get-log 5 (commands supported and effects)"
+  [ "$(wc -c < /tmp/ef.bin)" = 4096 ] || fail "get-log 5 returned $(wc -c < /tmp/ef.bin) bytes, want 4096"
+  # Admin command effects (bytes 0-1023): at least Identify (06h) is supported (CSUPP).
+  [ "$(od -A n -t u1 -j $((6 * 4)) -N 1 /tmp/ef.bin | tr -d ' ')" -ge 1 ] || fail "effects log: Identify not supported"
+  # Extended data (LPA bit 2): a read at an offset returns that part of the page.
+  run nvme get-log "/dev/$CTRL" --log-id=5 --log-len=1024 --lpo=1024 -b > /tmp/ef2.bin || fail "get-log 5 at offset 1024"
+  [ "$(sum < /tmp/ef2.bin)" = "$(slice /tmp/ef.bin 1024 1024 | sum)" ] || fail "get-log 5 at offset 1024 differs from bytes 1024-2047 of the whole page"
+  say "effects log read whole and at an offset"
 }
 
 # shellcheck disable=SC2154   # v_N are set by eval below
@@ -553,8 +638,11 @@ cell_features() {
     || fail "Number of Queues $v_7 is below the $nq queues in use"
   kato=$(cat "/sys/class/nvme/$CTRL/kato")
   [ $((v_15)) = $((kato * 1000)) ] || fail "Keep Alive Timer $v_15 ms, connected with ${kato} s"
+  # A RAM namespace has no write cache (README, Volatile Write Cache): VWC 0,
+  # and the feature reads 0.
   vwc=$(nvme id-ctrl "/dev/$CTRL" | sed -n 's/^vwc[[:space:]]*:[[:space:]]*//p')
-  [ $((vwc & 1)) = 1 ] || [ $((v_6 & 1)) = 0 ] || fail "Volatile Write Cache enabled without VWC"
+  [ $((vwc & 1)) = 0 ] || fail "vwc $vwc on a RAM-only subsystem, want 0"
+  [ $((v_6 & 1)) = 0 ] || fail "Volatile Write Cache feature $v_6 without a cache"
   # Host Identifier, 128-bit (EXHID): the hostid this host connected with.
   nvme get-feature "/dev/$CTRL" -f 0x81 -c 1 -b > /tmp/hid.bin 2>/tmp/hid.err || { cat /tmp/hid.err; fail "get-feature 0x81 -c 1"; }
   got=$(od -A n -t x1 /tmp/hid.bin | tr -d ' \n')
@@ -592,47 +680,46 @@ cell_data_digest() {
   run nvme flush "$DEV" || fail "nvme flush"
 }
 
-# The optional NVM commands ONCS advertises: Compare, Dataset Management
-# (deallocate), Write Zeroes; and Flush.
+# The optional NVM commands the target advertises (ONCS_WANT): Compare,
+# Dataset Management (deallocate; DLFEAT_WANT: reads zeroes after), Write
+# Zeroes; and Flush. All of them run: a target that stops advertising one
+# fails here.
 cell_oncs() {
   connect "$MAIN_PORT" "$NQN_MAIN"
   d=$DEV lbs=$(blockdev --getss "$DEV")
   oncs=$(($(nvme id-ctrl "/dev/$CTRL" | sed -n 's/^oncs[[:space:]]*:[[:space:]]*//p')))
   dlfeat=$(($(nvme id-ns "$d" | sed -n 's/^dlfeat[[:space:]]*:[[:space:]]*//p')))
-  say "oncs $oncs, dlfeat $dlfeat"
+  say "oncs $(hex $oncs), dlfeat $(hex $dlfeat)"
+  [ "$oncs" = "$ONCS_WANT" ] || fail "oncs $(hex $oncs), want $(hex $ONCS_WANT) (Compare, Dataset Management, Write Zeroes)"
+  [ "$dlfeat" = "$DLFEAT_WANT" ] || fail "dlfeat $(hex $dlfeat), want $(hex $DLFEAT_WANT) (deallocated blocks read zeroes)"
   zeroes() { $DD if=/dev/zero bs="$1" count=1 status=none | sum; }
   fill() { $DD if=/dev/urandom of="$d" bs="$2" count=1 seek="$1" oflag=seek_bytes,direct conv=notrunc status=none; }
   run nvme flush "$d" || fail "nvme flush"
-  if [ $((oncs & 1)) -ne 0 ]; then
-    $DD if=/dev/urandom of=/tmp/blk bs="$((2 * lbs))" count=1 status=none
-    put /tmp/blk 0 "$d" $((100 * lbs)) $((2 * lbs)) direct || fail "write"
-    run nvme compare "$d" --start-block=100 --block-count=1 --data-size=$((2 * lbs)) --data=/tmp/blk \
-      || fail "compare of matching data failed"
-    printf 'x' | $DD of=/tmp/blk bs=1 seek=$((lbs + 7)) conv=notrunc status=none
-    if nvme compare "$d" --start-block=100 --block-count=1 --data-size=$((2 * lbs)) --data=/tmp/blk > /tmp/cmp.txt 2>&1; then
-      fail "compare of different data succeeded"
-    fi
-    cat /tmp/cmp.txt
-    grep -q 'Compare Failure' /tmp/cmp.txt || fail "want status Compare Failure"
-    allow_errors 'I/O Cmd\(0x5\).*sc 0x85'    # the expected miscompare, if logged
+  # Compare: match, then Compare Failure.
+  $DD if=/dev/urandom of=/tmp/blk bs="$((2 * lbs))" count=1 status=none
+  put /tmp/blk 0 "$d" $((100 * lbs)) $((2 * lbs)) direct || fail "write"
+  run nvme compare "$d" --start-block=100 --block-count=1 --data-size=$((2 * lbs)) --data=/tmp/blk \
+    || fail "compare of matching data failed"
+  printf 'x' | $DD of=/tmp/blk bs=1 seek=$((lbs + 7)) conv=notrunc status=none
+  if nvme compare "$d" --start-block=100 --block-count=1 --data-size=$((2 * lbs)) --data=/tmp/blk > /tmp/cmp.txt 2>&1; then
+    fail "compare of different data succeeded"
   fi
+  cat /tmp/cmp.txt
+  grep -q 'Compare Failure' /tmp/cmp.txt || fail "want status Compare Failure"
+  allow_errors 'I/O Cmd\(0x5\).*sc 0x85'    # the expected miscompare, if logged
+  # Deallocate: the range then reads zeroes (DLFEAT).
   off=$((32 * MiB)) len=$MiB
-  if [ $((oncs & 4)) -ne 0 ]; then
-    fill "$off" "$len" || fail "write before deallocate"
-    run blkdiscard -o "$off" -l "$len" "$d" || fail "blkdiscard (Dataset Management, deallocate)"
-    if [ $((dlfeat & 7)) -eq 1 ]; then
-      [ "$(slice "$d" "$off" "$len" direct | sum)" = "$(zeroes "$len")" ] || fail "deallocated range does not read as zeroes (DLFEAT $dlfeat)"
-      say "deallocate: $len bytes at $off read back as zeroes"
-    fi
-  fi
+  fill "$off" "$len" || fail "write before deallocate"
+  run blkdiscard -o "$off" -l "$len" "$d" || fail "blkdiscard (Dataset Management, deallocate)"
+  [ "$(slice "$d" "$off" "$len" direct | sum)" = "$(zeroes "$len")" ] || fail "deallocated range does not read as zeroes (DLFEAT $dlfeat)"
+  say "deallocate: $len bytes at $off read back as zeroes"
+  # Write Zeroes.
   off=$((40 * MiB)) len=$((256 * KiB))
-  if [ $((oncs & 8)) -ne 0 ]; then
-    fill "$off" "$len" || fail "write before write-zeroes"
-    run nvme write-zeroes "$d" --start-block=$((off / lbs)) --block-count=$((len / lbs - 1)) \
-      || fail "nvme write-zeroes"
-    [ "$(slice "$d" "$off" "$len" direct | sum)" = "$(zeroes "$len")" ] || fail "write-zeroes range does not read as zeroes"
-    say "write zeroes: $len bytes at $off read back as zeroes"
-  fi
+  fill "$off" "$len" || fail "write before write-zeroes"
+  run nvme write-zeroes "$d" --start-block=$((off / lbs)) --block-count=$((len / lbs - 1)) \
+    || fail "nvme write-zeroes"
+  [ "$(slice "$d" "$off" "$len" direct | sum)" = "$(zeroes "$len")" ] || fail "write-zeroes range does not read as zeroes"
+  say "write zeroes: $len bytes at $off read back as zeroes"
 }
 
 cell_fio_rand() {
@@ -648,6 +735,57 @@ cell_fio_seq() {
 cell_fio_rand_digest() {
   connect "$MAIN_PORT" "$NQN_MAIN" --hdr-digest --data-digest
   fio_verify "$DEV" randwrite --rw=randwrite --bsrange=4k-128k --iodepth=16 --offset=128M --size=64M
+}
+
+# The "big" target (matrix.py): MDTS $BIG_MAX_IO, MAXH2CDATA $BIG_H2C,
+# in-capsule data $BIG_ICD. First, on the listener matrix.py captures
+# ($BIG_PORT), a few transfers whose PDUs it checks afterwards, without and
+# with digests: 1 MiB writes (one R2T, H2CData PDUs of MAXH2CDATA) and reads
+# (C2HData PDUs of 128 KiB), writes in the capsule up to its whole size and
+# just above it. Then, on the other listener (uncaptured, so the capture
+# stays small), the data check and verifying fio with blocks up to 1 MiB on
+# both namespaces (RAM and a file).
+cell_large_io() {
+  for g in "" "--hdr-digest --data-digest"; do
+    # shellcheck disable=SC2086
+    connect "$BIG_PORT" "$NQN_BIG" --nr-io-queues=1 $g
+    if [ -z "$g" ]; then
+      nvme id-ctrl "/dev/$CTRL" > /tmp/idc.txt || fail "nvme id-ctrl"
+      grep -E '^(mdts|ioccsz|iorcsz|icdoff) ' /tmp/idc.txt | sed 's/^/    /'
+      mdts=$(field /tmp/idc.txt mdts)
+      [ $((4096 << mdts)) = "$BIG_MAX_IO" ] || fail "mdts $mdts is not $BIG_MAX_IO bytes"
+      [ $(($(field /tmp/idc.txt ioccsz))) = $(((64 + BIG_ICD) / 16)) ] \
+        || fail "ioccsz $(field /tmp/idc.txt ioccsz), want $(((64 + BIG_ICD) / 16)) (64 + $BIG_ICD bytes)"
+      # What Linux made of MDTS: the largest request it sends.
+      hw=$(cat "/sys/block/${DEV#/dev/}/queue/max_hw_sectors_kb")
+      say "max_hw_sectors_kb $hw"
+      [ "$hw" = $((BIG_MAX_IO / KiB)) ] || fail "max_hw_sectors_kb $hw, want $((BIG_MAX_IO / KiB))"
+    fi
+    $DD if=/dev/urandom of=/tmp/p bs=$MiB count=8 status=none || fail urandom
+    run $DD if=/tmp/p of="$DEV" bs=$MiB count=4 oflag=direct conv=notrunc status=none \
+      || fail "O_DIRECT writes of 1 MiB"
+    [ "$($DD if="$DEV" bs=$MiB count=4 iflag=direct status=none | sum)" = "$(slice /tmp/p 0 $((4 * MiB)) | sum)" ] \
+      || fail "1 MiB reads differ from the 1 MiB writes"
+    # In the capsule: 96 KiB and the whole $BIG_ICD; by R2T: 4 KiB more.
+    for x in $((4 * MiB)):$((96 * KiB)) $((5 * MiB)):$BIG_ICD $((6 * MiB)):$((BIG_ICD + 4 * KiB)); do
+      put /tmp/p "${x%%:*}" "$DEV" "${x%%:*}" "${x##*:}" direct || fail "write ${x##*:} at ${x%%:*}"
+      [ "$(slice "$DEV" "${x%%:*}" "${x##*:}" direct | sum)" = "$(slice /tmp/p "${x%%:*}" "${x##*:}" | sum)" ] \
+        || fail "read ${x##*:} at ${x%%:*}"
+    done
+    nvme disconnect -n "$NQN_BIG" > /dev/null || fail disconnect
+    say "captured session ${g:-without digests} done"
+  done
+  connect "$BIG_PORT2" "$NQN_BIG"
+  d1=$DEV
+  d2=$(wait_ns "$CTRL" 2) || fail "namespace 2 has no block device"
+  [ "$(blockdev --getsize64 "$d2")" = "$BIG_FILE_BYTES" ] || fail "$d2: $(blockdev --getsize64 "$d2") bytes, want $BIG_FILE_BYTES"
+  data_check "$d1"
+  data_check "$d2"
+  fio_verify "$d1" seq1m --rw=write --bs=1M --iodepth=4 --offset=64M --size=32M
+  fio_verify "$d2" rand1m --rw=randwrite --bsrange=4k-1M --iodepth=8 --offset=64M --size=32M
+  nvme disconnect -n "$NQN_BIG" > /dev/null || fail disconnect
+  connect "$BIG_PORT2" "$NQN_BIG" --hdr-digest --data-digest
+  fio_verify "$DEV" seq1m_digest --rw=write --bs=1M --iodepth=4 --offset=96M --size=16M
 }
 
 cell_ext4() {
@@ -696,6 +834,14 @@ cell_ns_null() {
 cell_ns_file() {
   connect "$MAIN_PORT" "$NQN_FILE"
   [ "$(blockdev --getsize64 "$DEV")" = "$FILE_NS_BYTES" ] || fail "size $(blockdev --getsize64 "$DEV"), want $FILE_NS_BYTES"
+  # A file has a write cache (README, Volatile Write Cache): VWC 1, on by
+  # default, so Linux sends the Flushes the data below depends on.
+  vwc=$(nvme id-ctrl "/dev/$CTRL" | sed -n 's/^vwc[[:space:]]*:[[:space:]]*//p')
+  [ $((vwc & 1)) = 1 ] || fail "vwc $vwc on a file namespace, want 1"
+  v=$(nvme get-feature "/dev/$CTRL" -f 0x06 | sed -n 's/.*Current value:\(.*\)/\1/p')
+  [ $((v & 1)) = 1 ] || fail "Volatile Write Cache feature $v, want on"
+  [ "$(cat "/sys/block/${DEV#/dev/}/queue/write_cache")" = "write back" ] \
+    || fail "Linux sees $(cat "/sys/block/${DEV#/dev/}/queue/write_cache"), want write back"
   data_check "$DEV"
   fio_verify "$DEV" filerand --rw=randwrite --bsrange=4k-128k --iodepth=16 --offset=64M --size=32M
   $DD if=/dev/urandom of=/tmp/keep bs=$MiB count=2 status=none
@@ -744,17 +890,19 @@ cell_ns_multi() {
   data_check "$d3"
 }
 
-# Connected with KATO 5 s and idle for three periods and more: the controller
-# stays live, nothing resets or reconnects.
+# Connected with KATO 5 s and idle for three periods and more, until 3 Keep
+# Alives were answered: the controller stays live, nothing resets or
+# reconnects.
 cell_keepalive() {
   t0=$(now)
+  ka_trace_start
   connect "$MAIN_PORT" "$NQN_MAIN" --keep-alive-tmo=5
   kato=$(cat "/sys/class/nvme/$CTRL/kato") cntlid=$(cat "/sys/class/nvme/$CTRL/cntlid")
   [ "$kato" = 5 ] || fail "kato $kato, asked 5"
   v=$(nvme get-feature "/dev/$CTRL" -f 0x0f | sed -n 's/.*Current value:\(.*\)/\1/p')
-  say "kato ${kato}s, Get Features Keep Alive Timer: $v; idling 16 s"
+  say "kato ${kato}s, Get Features Keep Alive Timer: $v"
   [ $((v)) = 5000 ] || fail "Keep Alive Timer $v, want 5000 ms"
-  sleep 16
+  ka_idle "$CTRL" 3
   st=$(cat "/sys/class/nvme/$CTRL/state")
   [ "$st" = live ] || fail "state $st after idling"
   [ "$(cat "/sys/class/nvme/$CTRL/cntlid")" = "$cntlid" ] || fail "the controller was replaced"
@@ -829,12 +977,14 @@ cell_restart_late() { restart_io late; }
 cell_pcap() {
   nvme discover -t tcp -a "$TARGET" -s "$PCAP_PORT" > /tmp/d.txt 2>&1 || { cat /tmp/d.txt; fail "discover"; }
   # A persistent discovery controller idling with KATO 2 s: Keep Alive
-  # commands on the wire.
+  # commands on the wire (the host counts them against the connection's
+  # length).
+  ka_trace_start
   nvme discover -t tcp -a "$TARGET" -s "$PCAP_PORT" --persistent --keep-alive-tmo=2 > /tmp/d.txt 2>&1 \
     || { cat /tmp/d.txt; fail "discover --persistent"; }
   c=$(ctrl_for "$DISC_NQN") || fail "no persistent discovery controller"
-  sleep 5
-  [ "$(cat "/sys/class/nvme/$c/state")" = live ] || fail "discovery controller not live after 5 s"
+  [ "$(cat "/sys/class/nvme/$c/kato")" = 2 ] || fail "kato $(cat "/sys/class/nvme/$c/kato"), asked 2"
+  ka_idle "$c" 3
   nvme disconnect -d "$c" > /dev/null || fail "disconnect $c"
   for g in "" "--hdr-digest --data-digest"; do
     # shellcheck disable=SC2086
@@ -872,6 +1022,7 @@ allow_errors() { echo "$1" >> "$STATE/allow_io_errors"; }
 
 # Back to the clean state: nothing mounted, no controller, 2 CPUs online.
 cleanup() {
+  ka_trace_stop
   if [ -s "$STATE/bg.pid" ]; then kill "$(cat "$STATE/bg.pid")" 2>/dev/null; rm -f "$STATE/bg.pid"; fi
   grep -q ' /mnt/t ' /proc/mounts && umount /mnt/t
   if [ -n "$(ls /sys/class/nvme/ 2>/dev/null)" ]; then

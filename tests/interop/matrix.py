@@ -50,7 +50,9 @@ NQN = {
     "qd": f"{PREFIX}:qd",
     "restart": f"{PREFIX}:restart",
     "pcap": f"{PREFIX}:pcap",
+    "big": f"{PREFIX}:big",
 }
+DISC_NQN = "nqn.2014-08.org.nvmexpress.discovery"
 # The only host --allow-host admits on the "denied" subsystem (not the guest).
 OTHER_HOST = "nqn.2014-08.org.nvmexpress:uuid:00000000-0000-4000-8000-000000000001"
 MiB = 1 << 20
@@ -59,14 +61,22 @@ FILES = {  # data files on the host's disk (sparse), bytes
     "file512.img": 64 * MiB,
     "multi.img": 128 * MiB,
     "restart.img": 256 * MiB,
+    "big.img": 128 * MiB,
 }
+KiB = 1 << 10
+# The "big" target widens what the Linux host does: MDTS 1 MiB (one command
+# carries 1 MiB), MAXH2CDATA 16 KiB (a 1 MiB write is one R2T answered by 64
+# H2CData PDUs), in-capsule data 128 KiB (the target's maximum: Linux sends
+# writes up to 128 KiB in the capsule). Reads above 128 KiB come back as
+# several C2HData PDUs (the target's fixed cap).
+BIG_MAX_IO, BIG_H2C, BIG_ICD, C2H_MAX = MiB, 16 * KiB, 128 * KiB, 128 * KiB
 
 # name, time limit in the guest (s), targets it uses, what it checks.
 # Order matters only for speed and for restart_late before restart (the
 # immediate restart may leave the port unusable for a while).
 CELLS = [
     ("discover", 30, ["main"], "nvme discover: an entry per allowed subsystem and listener, fields"),
-    ("discover_keepalive", 60, ["main"], "persistent discovery controller, KATO 5 s, idle 16 s"),
+    ("discover_keepalive", 120, ["main"], "persistent discovery controller, KATO 5 s, idle 3 KATO"),
     ("discovery_id", 30, ["main"], "id-ctrl of a discovery controller: sn, mn, fr set"),
     ("host_denied", 30, ["main"], "--allow-host another host: connect refused, not discovered"),
     ("bad_subnqn", 30, ["main"], "connect to an unknown NQN: Linux names the field"),
@@ -87,19 +97,20 @@ CELLS = [
     ("fio_rand", 150, ["main"], "fio randwrite 4k-128k iodepth 16 verify crc32c"),
     ("fio_seq", 150, ["main"], "fio sequential 1 MiB writes verify crc32c"),
     ("fio_rand_digest", 150, ["main"], "fio randwrite verify, header and data digests"),
+    ("large_io", 300, ["big"], "MDTS 1M, MAXH2CDATA 16K, in-capsule 128K: 1 MiB I/O, PDUs checked"),
     ("ext4", 150, ["main"], "mkfs.ext4 (discard), files, remount, sums, e2fsck"),
     ("ext4_digest", 150, ["main"], "the same with header and data digests"),
     ("ns_512", 180, ["main"], "512-byte blocks, RAM and file: data, fio"),
     ("ns_null", 60, ["main"], "null:1G: writes dropped, reads zero"),
     ("ns_file", 150, ["main"], "256 MiB file: data, fio, survives reconnect"),
     ("ns_multi", 150, ["main"], "one subsystem, ram + null + file namespaces"),
-    ("keepalive", 60, ["main"], "KATO 5 s, idle 16 s: live, no reset"),
+    ("keepalive", 120, ["main"], "KATO 5 s, idle 3 KATO, Keep Alives answered: live"),
     ("restart_late", 200, ["restart"], "SIGKILL under I/O, start after 62 s: reconnect"),
     ("restart", 150, ["restart"], "SIGKILL under I/O, restart at once on the port"),
-    ("pcap", 90, ["pcap"], "session captured on lo, decoded by tshark"),
+    ("pcap", 150, ["pcap"], "session captured on lo, decoded by tshark"),
     ("kernel_log", 20, [], "no BUG, WARNING, Oops or hung task in the guest"),
 ]
-HOST_CELLS = [("targets", ["main", "qd64", "qd16", "pcap", "restart"],
+HOST_CELLS = [("targets", ["main", "qd64", "qd16", "pcap", "restart", "big"],
                "targets alive at the end, no panic in their logs")]
 MAX_BOOTS = 5
 QUIET = os.environ.get("INTEROP_QUIET") == "1"
@@ -320,10 +331,23 @@ class CellResult:
         self.notes = []          # host-side findings (e.g. the capture's)
         self.marked = False      # log offsets came from the control channel
 
+    def verdict(self, status, secs):
+        """A CELL-END line. The first one that is not PASS sticks: the guest's
+        watchdog prints TIMEOUT, and the cell it could not stop may still
+        finish and print PASS before the VM powers off."""
+        if self.status in ("FAIL", "TIMEOUT"):
+            if status != self.status:
+                self.notes.append(f"a later CELL-END said {status} after {secs:.1f}s; "
+                                  f"the earlier {self.status} stands")
+            return
+        self.status, self.secs = status, secs
 
-def analyze_pcap(pcap, port, dumpcap_log):
-    """Decodes the capture with tshark's NVMe/TCP dissector. Returns
-    (ok, report lines)."""
+
+def decode_capture(pcap, port, dumpcap_log):
+    """Decodes a capture with tshark's NVMe/TCP dissector and runs the checks
+    every capture must pass (complete, every byte in a decoded PDU, nothing
+    malformed, ICReq/ICResp first, digests good). Returns (ok, report lines,
+    tshark command prefix or None if tshark failed, streams)."""
     rep, ok = [], True
     try:
         with open(dumpcap_log) as f:
@@ -347,7 +371,7 @@ def analyze_pcap(pcap, port, dumpcap_log):
         cmd += ["-e", f]
     r = subprocess.run(cmd, capture_output=True, text=True)
     if r.returncode != 0:
-        return False, [f"tshark exited {r.returncode}: {r.stderr.strip()[-500:]}"]
+        return False, [f"tshark exited {r.returncode}: {r.stderr.strip()[-500:]}"], None, {}
     tcp_bytes, pdu_bytes = Counter(), Counter()   # per (stream, sender)
     types = Counter()
     streams = defaultdict(lambda: {"types": [], "icreq": None, "icresp": None,
@@ -414,13 +438,12 @@ def analyze_pcap(pcap, port, dumpcap_log):
         ok = False
         rep.append("NVMe expert warnings: " + " | ".join(nvme_warn[:10]))
     # Each connection starts with ICReq then ICResp; some negotiate digests.
-    digest_streams = 0
     for st, s in sorted(streams.items(), key=lambda x: int(x[0])):
         if s["types"][:2] != ["0", "1"]:
             ok = False
             rep.append(f"stream {st} does not start with ICReq, ICResp: {s['types'][:4]}")
-        if s["icreq"] == "3" and s["icresp"] == "3":
-            digest_streams += 1
+        s["digests"] = s["icreq"] == "3" and s["icresp"] == "3"
+        if s["digests"]:
             if s["hd"].get("1", 0) == 0 or s["dd"].get("1", 0) == 0:
                 ok = False
                 rep.append(f"stream {st}: digests negotiated but none verified ({dict(s['hd'])}, {dict(s['dd'])})")
@@ -429,41 +452,184 @@ def analyze_pcap(pcap, port, dumpcap_log):
             if bad:
                 ok = False
                 rep.append(f"stream {st}: {bad} bad {'header' if kind == 'hd' else 'data'} digests")
+    return ok, rep, base, streams
+
+
+def failed_completions(base):
+    """Completions with an error status, for the record (the host's probes of
+    optional features)."""
+    r = subprocess.run(base + ["-Y", "nvme.cqe.status != 0", "-T", "fields", "-e", "tcp.stream",
+                               "-e", "nvme.cqe.status", "-e", "nvme.cmd_pkt"],
+                       capture_output=True, text=True)
+    failed = [ln for ln in r.stdout.splitlines() if ln.strip()]
+    if not failed:
+        return []
+    return [f"{len(failed)} completions with an error status (stream, status, command frame): "
+            + "; ".join(" ".join(ln.split("\t")) for ln in failed[:8])]
+
+
+def analyze_pcap(pcap, port, dumpcap_log):
+    """The pcap cell's capture: decodes, and has the connections, digests and
+    Keep Alives the cell made. Returns (ok, report lines)."""
+    ok, rep, base, streams = decode_capture(pcap, port, dumpcap_log)
+    if base is None:
+        return ok, rep
+    digest_streams = sum(s["digests"] for s in streams.values())
     if len(streams) < 6:
         ok = False
         rep.append(f"only {len(streams)} connections captured, want 6 "
                    "(2 discovery, 2 x admin + I/O)")
-    # Keep Alive on the idle persistent discovery controller: sent and answered.
+    # Keep Alive on the idle persistent discovery controller: sent and
+    # answered, all of them, and at the rate its KATO asks for. The rate is
+    # judged over however long the connection lasted (a loaded machine makes
+    # the cell idle longer), from the KATO in its Connect: a host must send
+    # one at least every KATO (Linux sends one every KATO/2 or more often).
     r3 = subprocess.run(base + ["-Y", "nvme-tcp.cmd.qid == 0 && (nvme.cmd.opc == 0x18 || nvme.cqe.status)",
                                 "-T", "fields", "-e", "frame.number", "-e", "nvme.cmd.opc",
-                                "-e", "nvme.cqe.status", "-e", "nvme.cmd_pkt"],
+                                "-e", "nvme.cqe.status", "-e", "nvme.cmd_pkt", "-e", "tcp.stream"],
                         capture_output=True, text=True)
-    ka, answered = set(), {}
+    ka, answered = {}, {}
     for ln in r3.stdout.splitlines():
-        fr, opc, status, cmd_pkt = (ln.split("\t") + ["", "", "", ""])[:4]
+        fr, opc, status, cmd_pkt, st = (ln.split("\t") + [""] * 5)[:5]
         if opc == "0x18":
-            ka.add(fr)
+            ka[fr] = st
         elif cmd_pkt:
             answered[cmd_pkt] = status
     ka_ok = [f for f in ka if answered.get(f) in ("0x0000", "0")]
-    if len(ka) < 3 or len(ka_ok) != len(ka):
+    if len(ka_ok) != len(ka):
         ok = False
-        rep.append(f"Keep Alive: {len(ka)} commands, {len(ka_ok)} answered with success (want >= 3, all)")
-    else:
-        rep.append(f"Keep Alive: {len(ka)} commands on the idle discovery controller, all answered with success")
+        rep.append(f"Keep Alive: {len(ka)} commands, only {len(ka_ok)} answered with success")
+    r5 = subprocess.run(base + ["-Y", "nvme.fabrics.cmd.connect.qid == 0", "-T", "fields",
+                                "-e", "tcp.stream", "-e", "nvme.fabrics.cmd.connect.kato",
+                                "-e", "nvme.fabrics.cmd.connect.data.subnqn"],
+                        capture_output=True, text=True)
+    span = stream_spans(base)
+    idle = []
+    for ln in r5.stdout.splitlines():
+        st, kato, subnqn = (ln.split("\t") + ["", "", ""])[:3]
+        if subnqn != DISC_NQN or not kato or int(kato, 0) == 0:
+            continue
+        kato_s = int(kato, 0) / 1000
+        secs = span.get(st, 0.0)
+        n = sum(1 for s in ka.values() if s == st)
+        want = max(3, int(secs / kato_s) - 1)
+        idle.append(st)
+        if n < want:
+            ok = False
+            rep.append(f"Keep Alive: stream {st} (discovery, KATO {kato_s:g} s) lasted {secs:.1f} s "
+                       f"and carried {n} Keep Alives, want >= {want} (one per KATO, less one)")
+        else:
+            rep.append(f"Keep Alive: stream {st} (discovery, KATO {kato_s:g} s): {n} in {secs:.1f} s, "
+                       f"want >= {want}")
+    if not idle:
+        ok = False
+        rep.append("no persistent discovery controller (Connect with a KATO) in the capture")
+    elif len(ka_ok) == len(ka):
+        rep.append(f"Keep Alive: {len(ka)} commands, all answered with success")
     if digest_streams < 2:
         ok = False
         rep.append(f"{digest_streams} connections with header and data digests, want 2")
     else:
         rep.append(f"{digest_streams} connections with header and data digests, all digests good")
-    # Commands that failed, for the record (the host's probes of optional features).
-    r2 = subprocess.run(base + ["-Y", "nvme.cqe.status != 0", "-T", "fields", "-e", "tcp.stream",
-                                "-e", "nvme.cqe.status", "-e", "nvme.cmd_pkt"],
-                        capture_output=True, text=True)
-    failed = [ln for ln in r2.stdout.splitlines() if ln.strip()]
-    if failed:
-        rep.append(f"{len(failed)} completions with an error status (stream, status, command frame): "
-                   + "; ".join(" ".join(ln.split("\t")) for ln in failed[:8]))
+    rep += failed_completions(base)
+    return ok, rep
+
+
+def stream_spans(base):
+    """{tcp stream: seconds from its first to its last frame}."""
+    r = subprocess.run(base + ["-T", "fields", "-e", "tcp.stream", "-e", "frame.time_relative"],
+                       capture_output=True, text=True)
+    first, last = {}, {}
+    for ln in r.stdout.splitlines():
+        st, t = (ln.split("\t") + ["", ""])[:2]
+        if st and t:
+            first.setdefault(st, float(t))
+            last[st] = float(t)
+    return {st: last[st] - first[st] for st in first}
+
+
+def analyze_large(pcap, port, dumpcap_log):
+    """The large_io cell's capture (the big target's first listener): decodes,
+    and shows the paths the target's limits open were taken: R2Ts of a whole
+    1 MiB answered by H2CData PDUs of at most MAXH2CDATA, 1 MiB reads split
+    into C2HData PDUs of at most 128 KiB, and writes of the full in-capsule
+    size in the capsule. Returns (ok, report lines)."""
+    ok, rep, base, streams = decode_capture(pcap, port, dumpcap_log)
+    if base is None:
+        return ok, rep
+    fields = ["frame.number", "tcp.dstport", "nvme-tcp.type", "nvme-tcp.plen", "nvme-tcp.pdo",
+              "nvme-tcp.flags.pdu.ddgst", "nvme-tcp.data.offset", "nvme-tcp.data.length",
+              "nvme-tcp.r2t.length", "nvme-tcp.icreq.hpda", "nvme-tcp.icresp.cpda"]
+    cmd = base + ["-T", "fields", "-E", "occurrence=a", "-E", "aggregator=,"]
+    for f in fields:
+        cmd += ["-e", f]
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    if r.returncode != 0:
+        return False, rep + [f"tshark exited {r.returncode}: {r.stderr.strip()[-500:]}"]
+    h2c, c2h, r2t, icd, hpda, cpda, odd = [], [], [], [], set(), set(), []
+    ints = lambda v: [int(x, 0) for x in v.split(",")] if v else []
+    for line in r.stdout.splitlines():
+        fr, dport, ty, plen, pdo, ddg, doff, dlen, r2tl, hp, cp = (line.split("\t") + [""] * 11)[:11]
+        ty, plen, pdo, doff, dlen = ty.split(",") if ty else [], ints(plen), ints(pdo), ints(doff), ints(dlen)
+        ddg = [x in ("1", "True") for x in ddg.split(",")] if ddg else []
+        hpda.update(ints(hp))
+        cpda.update(ints(cp))
+        r2t += ints(r2tl)
+        # A frame carries PDUs of one direction: from the host, CapsuleCmd and
+        # H2CData; from the target, CapsuleResp, R2T and C2HData.
+        ndata = sum(t in ("6", "7") for t in ty)
+        if len(doff) != ndata or len(dlen) != ndata or len(plen) != len(ty) or len(pdo) != len(ty):
+            odd.append(fr)
+            continue
+        data = list(zip(doff, dlen))
+        (h2c if dport == str(port) else c2h).extend(data)
+        if dport == str(port):
+            # In-capsule data: from PDO to the end, less the data digest.
+            for t, pl, po, dd in zip(ty, plen, pdo, ddg + [False] * len(ty)):
+                if t == "4" and po:
+                    icd.append(pl - po - (4 if dd else 0))
+    if odd:
+        ok = False
+        rep.append(f"PDU fields that do not line up with the PDUs in frames {', '.join(odd[:10])}")
+    rep.append(f"ICReq HPDA {sorted(hpda)} (Linux always asks 0), ICResp CPDA {sorted(cpda)}")
+    # Writes: one R2T for a whole 1 MiB command, answered in H2CData PDUs of
+    # at most MAXH2CDATA, the last of them ending the 1 MiB.
+    big_r2t = sum(1 for x in r2t if x == BIG_MAX_IO)
+    h2c_max = max((ln for _, ln in h2c), default=0)
+    h2c_end = sum(1 for o, ln in h2c if o + ln == BIG_MAX_IO and o >= BIG_MAX_IO - BIG_H2C)
+    if not big_r2t or h2c_max != BIG_H2C or not h2c_end or sum(r2t) != sum(ln for _, ln in h2c):
+        ok = False
+        rep.append(f"H2CData: {len(r2t)} R2Ts ({big_r2t} of {BIG_MAX_IO}), {len(h2c)} H2CData PDUs of at "
+                   f"most {h2c_max} bytes ({h2c_end} end a {BIG_MAX_IO}-byte transfer), {sum(r2t)} bytes "
+                   f"asked, {sum(ln for _, ln in h2c)} sent; want R2Ts of {BIG_MAX_IO} answered by "
+                   f"H2CData of {BIG_H2C} (MAXH2CDATA), every byte asked sent")
+    else:
+        rep.append(f"H2CData: {big_r2t} R2Ts of {BIG_MAX_IO} bytes, each answered by "
+                   f"{BIG_MAX_IO // BIG_H2C} H2CData PDUs of {BIG_H2C}; {len(r2t)} R2Ts, {len(h2c)} H2CData "
+                   "in all, every byte asked sent")
+    # Reads: 1 MiB comes back in C2HData PDUs of at most 128 KiB.
+    c2h_max = max((ln for _, ln in c2h), default=0)
+    c2h_end = sum(1 for o, ln in c2h if o + ln == BIG_MAX_IO and o > 0)
+    if c2h_max > C2H_MAX or not c2h_end:
+        ok = False
+        rep.append(f"C2HData: {len(c2h)} PDUs of at most {c2h_max} bytes, {c2h_end} end a split "
+                   f"{BIG_MAX_IO}-byte read; want reads of {BIG_MAX_IO} split into PDUs of at most {C2H_MAX}")
+    else:
+        rep.append(f"C2HData: {c2h_end} reads of {BIG_MAX_IO} bytes split into PDUs of at most {c2h_max}")
+    # In-capsule writes up to the whole --in-capsule-data.
+    icd_max = max(icd, default=0)
+    if icd_max != BIG_ICD:
+        ok = False
+        rep.append(f"in-capsule data: at most {icd_max} bytes in a CapsuleCmd, want {BIG_ICD}")
+    else:
+        rep.append(f"in-capsule data: {len(icd)} CapsuleCmds with data, the largest {icd_max} bytes")
+    digest_streams = sum(s["digests"] for s in streams.values())
+    if digest_streams < 2:
+        ok = False
+        rep.append(f"{digest_streams} connections with header and data digests, want 2 (admin + I/O)")
+    else:
+        rep.append(f"{digest_streams} connections with header and data digests, all digests good")
+    rep += failed_completions(base)
     return ok, rep
 
 
@@ -475,7 +641,7 @@ class Matrix:
         self.targets = {}
         self.results = {}
         self.control = None
-        self.dumpcap = None
+        self.captures = {}       # cell -> (port, pcap file, dumpcap log, dumpcap process)
         self.qemu = None
         self.data_dir = None
         self.boots = []
@@ -504,8 +670,9 @@ class Matrix:
         log(f"data files in {self.data_dir} ({fs_type(self.data_dir)})")
 
     def start_targets(self):
-        p = pick_ports(7)
-        self.ports = dict(main=p[0], main2=p[1], qd64=p[2], qd16=p[3], restart=p[4], pcap=p[5], ctl=p[6])
+        p = pick_ports(9)
+        self.ports = dict(main=p[0], main2=p[1], qd64=p[2], qd16=p[3], restart=p[4], pcap=p[5],
+                          big=p[6], big2=p[7], ctl=p[8])
         d = self.data_dir
         lst = lambda port: ["--listen", f"127.0.0.1:{port}"]
         specs = {
@@ -527,6 +694,12 @@ class Matrix:
                                              "--namespace", f"{d}/restart.img"]),
             "pcap": ([p[5]], lst(p[5]) + ["--cores", "2", "--subsystem", NQN["pcap"],
                                           "--namespace", "ram:64M"]),
+            # Its first listener is captured (large_io's wire checks), the
+            # second carries the bulk of the cell's I/O, uncaptured.
+            "big": ([p[6], p[7]], lst(p[6]) + lst(p[7]) + [
+                "--cores", "2", "--max-io-size", f"{BIG_MAX_IO // KiB}K",
+                "--max-h2c-data", f"{BIG_H2C // KiB}K", "--in-capsule-data", f"{BIG_ICD // KiB}K",
+                "--subsystem", NQN["big"], "--namespace", "ram:128M", "--namespace", f"{d}/big.img"]),
         }
         for name, (ports, args) in specs.items():
             t = Target(name, self.binary, ports, args, os.path.join(self.work, f"target-{name}.log"))
@@ -557,30 +730,32 @@ class Matrix:
         if kind == "end":
             r.log_to = {k: t.log_size() for k, t in self.targets.items()}
 
-    def start_capture(self):
-        self.pcap = os.path.join(self.work, "pcap.pcapng")
-        errlog = open(os.path.join(self.work, "dumpcap.log"), "w")
-        self.dumpcap = subprocess.Popen(
-            ["dumpcap", "-q", "-i", "lo", "-B", "64", "-f", f"tcp port {self.ports['pcap']}",
-             "-w", self.pcap],
+    def start_capture(self, cell, port):
+        """Captures tcp port `port` on lo for `cell`, into <cell>.pcapng."""
+        pcap = os.path.join(self.work, f"{cell}.pcapng")
+        errlog = open(os.path.join(self.work, f"dumpcap-{cell}.log"), "w")
+        proc = subprocess.Popen(
+            ["dumpcap", "-q", "-i", "lo", "-B", "64", "-f", f"tcp port {port}", "-w", pcap],
             stdin=subprocess.DEVNULL, stdout=errlog, stderr=errlog)
+        self.captures[cell] = (port, pcap, errlog.name, proc)
         for _ in range(100):
-            if self.dumpcap.poll() is not None:
+            if proc.poll() is not None:
                 break
             with open(errlog.name) as f:
                 if "Capturing on" in f.read():
-                    log(f"capturing tcp port {self.ports['pcap']} on lo into {self.pcap}")
+                    log(f"capturing tcp port {port} on lo into {pcap}")
                     return
             time.sleep(0.1)
         log(f"WARNING: dumpcap did not start: {open(errlog.name).read().strip()}")
 
     def stop_capture(self):
-        if self.dumpcap and self.dumpcap.poll() is None:
-            self.dumpcap.terminate()
-            try:
-                self.dumpcap.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.dumpcap.kill()
+        for _, _, _, proc in self.captures.values():
+            if proc.poll() is None:
+                proc.terminate()
+                try:
+                    proc.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
 
     # --- the VM --------------------------------------------------------------
     def initrd(self, cells, n):
@@ -597,6 +772,9 @@ class Matrix:
             "MAIN_PORT": self.ports["main"], "MAIN_PORT2": self.ports["main2"],
             "QD64_PORT": self.ports["qd64"], "QD16_PORT": self.ports["qd16"],
             "RESTART_PORT": self.ports["restart"], "PCAP_PORT": self.ports["pcap"],
+            "BIG_PORT": self.ports["big"], "BIG_PORT2": self.ports["big2"], "NQN_BIG": NQN["big"],
+            "BIG_MAX_IO": BIG_MAX_IO, "BIG_H2C": BIG_H2C, "BIG_ICD": BIG_ICD,
+            "BIG_FILE_BYTES": FILES["big.img"],
             "NQN_PREFIX": PREFIX, "NQN_MAIN": NQN["main"], "NQN_512": NQN["ns512"],
             "NQN_NULL": NQN["null"], "NQN_FILE": NQN["file"], "NQN_FILE512": NQN["file512"],
             "NQN_MULTI": NQN["multi"], "NQN_DENIED": NQN["denied"], "NQN_QD": NQN["qd"],
@@ -676,7 +854,7 @@ class Matrix:
                 m = end_re.search(line)
                 if m and m.group(1) in self.results:
                     r = self.results[m.group(1)]
-                    r.status, r.secs = m.group(2), float(m.group(3))
+                    r.verdict(m.group(2), float(m.group(3)))
                     if not r.log_to:
                         r.log_to = {k: t.log_size() for k, t in self.targets.items()}
                     if r is cur:
@@ -729,8 +907,9 @@ class Matrix:
                 self.results[name] = CellResult(name, what, tg)
         self.setup()
         self.start_targets()
-        if "pcap" in self.results:
-            self.start_capture()
+        for cell, port in (("pcap", "pcap"), ("large_io", "big")):
+            if cell in self.results:
+                self.start_capture(cell, self.ports[port])
         pending = [c for c in self.cells if c in self.results]
         n = 0
         while pending and n < MAX_BOOTS:
@@ -750,14 +929,16 @@ class Matrix:
             self.results[c].notes.append(f"not run: {MAX_BOOTS} boots used")
             self.results[c].status = "FAIL"
         self.stop_capture()
-        if "pcap" in self.results:
-            r = self.results["pcap"]
+        for cell, analyze in (("pcap", analyze_pcap), ("large_io", analyze_large)):
+            if cell not in self.captures:
+                continue
+            r = self.results[cell]
             ts = time.time()
-            ok, rep = analyze_pcap(self.pcap, self.ports["pcap"],
-                                   os.path.join(self.work, "dumpcap.log"))
+            port, pcap, errlog, _ = self.captures[cell]
+            ok, rep = analyze(pcap, port, errlog)
             r.notes += ["tshark: " + x for x in rep]
             for x in rep:
-                log(f"pcap: {x}")
+                log(f"{cell}: {x}")
             if r.status == "PASS" and not ok:
                 r.status = "FAIL"
             if r.secs is not None:
@@ -885,8 +1066,9 @@ def main():
         if os.environ.get("INTEROP_KEEP") != "1":
             if m.data_dir:
                 shutil.rmtree(m.data_dir, ignore_errors=True)
-            if ok and os.path.exists(os.path.join(m.work, "pcap.pcapng")):
-                os.remove(os.path.join(m.work, "pcap.pcapng"))
+            for _, pcap, _, _ in m.captures.values():
+                if ok and os.path.exists(pcap):
+                    os.remove(pcap)
     print(f"interop: {'PASS' if ok else 'FAIL'} (logs in {m.work})")
     return 0 if ok else 1
 
