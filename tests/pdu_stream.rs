@@ -1247,3 +1247,58 @@ fn sq_flow_control_off_ends_reads_with_a_successful_c2h_data() {
         assert!(next.status.is_success(), "qid {qid}: {next:?}");
     }
 }
+
+/// A peer that takes its core's DMA memory and never sends the data it was
+/// asked for (8 R2Ts of 128 KiB against 1 MiB) makes another host's writes
+/// wait, never fail: they complete once the peer's controller expires
+/// (KATO 3 s) and its buffers return (README, "slow others down").
+#[test]
+fn another_host_waits_for_dma_memory_a_stalled_peer_holds_and_never_fails() {
+    use nvmf_tpc::host::{Controller, HostConfig};
+    let t = Target::start(&[
+        "--subsystem",
+        NQN,
+        "--namespace",
+        "ram:16M",
+        "--cores",
+        "1",
+        "--dma-memory",
+        "1M",
+        "--in-capsule-data",
+        "4K",
+    ]);
+    let d = Digests::default();
+    let mut a = Peer::open(t.addr, d);
+    a.send(&icreq(d));
+    let mut sqe = connect_sqe(1, 0, 31, 0);
+    sqe.set_cdw(12, 3000); // KATO, ms (CDW12 of Connect)
+    a.send(&capsule(&sqe, &connect_data(0xFFFF), d));
+    a.send(&prop_set_cc(2, d));
+    assert!(matches!(a.recv(), Some(Rx::IcResp)));
+    let cntlid = a.expect_resp().dw0 as u16;
+    assert!(a.expect_resp().status.is_success());
+    let mut io = io_peer(t.addr, d, cntlid, 1, 31);
+    for cid in 0..8u16 {
+        io.send(&write_r2t(cid, cid as u64 * 32, 32, 128 << 10, d));
+        assert_eq!(expect_r2t(&mut io).cccid, cid);
+    }
+    let addr = t.addr;
+    let done = run(move || async move {
+        let c = Controller::connect(HostConfig::new(addr, NQN))
+            .await
+            .unwrap();
+        let q = c.connect_io_queue(1).await.unwrap();
+        let data = pattern(64 << 10, 5);
+        q.write(1, 1000, &data, 4096, false).await.unwrap();
+        q.read(1, 1000, 16, 4096).await.unwrap() == data
+    });
+    assert!(done, "the other host's data differs");
+    // It did wait: memory was spent, and came back with the expiry.
+    let log = t.log();
+    assert!(log.contains("DMA memory of this core spent"), "{log}");
+    assert!(
+        log.contains("keep alive timeout (3000 ms) expired"),
+        "{log}"
+    );
+    drop((a, io));
+}
