@@ -1302,3 +1302,71 @@ fn another_host_waits_for_dma_memory_a_stalled_peer_holds_and_never_fails() {
     );
     drop((a, io));
 }
+
+/// A peer that stops reading cannot grow the target's memory (README,
+/// "Who may do what"): with 32 reads of 1 MiB unread (its receive buffer is
+/// 4 KiB), thousands more commands either stay in the socket (the target
+/// stops reading while it cannot send) or end the connection (a completion
+/// counts against SQSIZE until it is sent); the target's resident memory
+/// does not grow with them, and the target keeps serving.
+#[test]
+fn a_peer_that_stops_reading_cannot_grow_memory() {
+    let t = Target::start(&[
+        "--subsystem",
+        NQN,
+        "--namespace",
+        "ram:64M",
+        "--cores",
+        "1",
+        "--max-io-size",
+        "1M",
+    ]);
+    let rss = || {
+        let s = std::fs::read_to_string(format!("/proc/{}/status", t.pid())).unwrap();
+        let kib: u64 = s
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .unwrap();
+        kib
+    };
+    let d = Digests::default();
+    let (mut admin, cntlid) = enabled_admin(t.addr, d);
+    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    sock.set_recv_buffer_size(4096).unwrap();
+    sock.connect(&t.addr.into()).unwrap();
+    let s: TcpStream = sock.into();
+    let mut p = Peer { s, d };
+    p.send(&icreq(d));
+    p.send(&connect_sized(1, 1, cntlid, 31, d));
+    assert!(matches!(p.recv(), Some(Rx::IcResp)));
+    assert!(p.expect_resp().status.is_success());
+    for cid in 10..42u16 {
+        p.send(&read_cmd(cid, 0, 256, d));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let before = rss();
+    // 20,000 more commands (1.4 MB), as many as the socket takes.
+    p.s.set_nonblocking(true).unwrap();
+    let mut more = Vec::new();
+    for cid in 100..20_100u16 {
+        more.extend(read_cmd(cid, 0, 1, d));
+    }
+    let mut sent = 0;
+    while sent < more.len() {
+        match p.s.write(&more[sent..]) {
+            Ok(n) => sent += n,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+            Err(_) => break, // closed: the target refused the excess
+        }
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let after = rss();
+    assert!(
+        after < before + 4096,
+        "resident memory grew from {before} KiB to {after} KiB with {sent} bytes of unread commands"
+    );
+    eprintln!("{sent} bytes of excess commands taken; RSS {before} -> {after} KiB");
+    drop(p);
+    still_serving(&mut admin, 30, d);
+}
