@@ -1,7 +1,8 @@
 //! nvmf-tpc: a thread-per-core NVMe/TCP target on glommio.
 //!
-//! Layers, from the wire up: `wire` (pure formats), `storage` (backings),
-//! `target` (controllers and command sets), `transport` (NVMe/TCP
+//! Layers, from the wire up: `wire` (pure formats), `io_wait` (what the
+//! executor awaits from glommio's ring), `storage` (backings),
+//! `nvme` (the NVMe controller core: controllers and command sets), `transport` (NVMe/TCP
 //! connections), `shard` (one executor), `serve` (start and stop), and `host`
 //! (an initiator used by tests and the perf tool).
 
@@ -10,11 +11,12 @@ pub mod config;
 pub mod cpus;
 pub mod fault;
 pub mod host;
+pub mod io_wait;
+pub mod nvme;
 pub mod perf;
 pub mod serve;
 pub mod shard;
 pub mod storage;
-pub mod target;
 pub mod transport;
 pub mod trigger;
 pub mod wire;

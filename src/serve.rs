@@ -3,10 +3,10 @@
 
 use crate::config::*;
 use crate::cpus::{allowed_cpus, parse_cpu_list};
+use crate::nvme::Namespace;
 use crate::shard::{self, Shard, STOP};
 use crate::storage::block_lock::BlockLocks;
 use crate::storage::{file, Backend, FileBackend, RamDisk};
-use crate::target::Namespace;
 use clap::{ArgAction, Args, FromArgMatches};
 use glommio::net::TcpListener;
 use glommio::{LocalExecutorBuilder, Placement};

@@ -5,9 +5,9 @@
 
 use crate::admission::HostTable;
 use crate::config::{TargetConfig, DISCOVERY_DEFAULT_KATO_MS};
+use crate::nvme::controller::{Controller, SubsysRef};
+use crate::nvme::Namespace;
 use crate::storage::DmaBudget;
-use crate::target::controller::{Controller, SubsysRef};
-use crate::target::Namespace;
 use crate::trigger::Trigger;
 use crate::wire::fabrics::connect_offset;
 use crate::wire::log_page::SmartCounters;

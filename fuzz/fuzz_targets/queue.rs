@@ -33,7 +33,7 @@ use glommio::{LocalExecutor, LocalExecutorBuilder, Placement};
 use libfuzzer_sys::fuzz_target;
 use nvmf_tpc::shard::{self, Shard};
 use nvmf_tpc::storage::{Backend, RamDisk};
-use nvmf_tpc::target::Namespace;
+use nvmf_tpc::nvme::Namespace;
 use nvmf_tpc::transport::tcp;
 use nvmf_tpc::trigger::Trigger;
 use nvmf_tpc::wire::command::Cqe;

@@ -18,7 +18,7 @@
 //! only inside a single `poll_read`/`poll_write` call, never across an await.
 
 use super::{Completion, HostConfig, HostError};
-use crate::transport::readiness::IoWait;
+use crate::io_wait::IoWait;
 use crate::transport::socket::RecvPoll;
 use crate::wire::command::{admin, fctype, sgl, Cqe, SglDescriptor, Sqe};
 use crate::wire::fabrics::{ConnectCmd, ConnectData, CATTR_DISABLE_SQ_FLOW, NQN_MAX_LEN};

@@ -211,7 +211,7 @@ impl FileBackend {
     ) -> io::Result<()> {
         let owned = self.file.try_clone()?;
         // Its completion comes through glommio's ring: see `IoWait`.
-        let _io = crate::transport::readiness::IoWait::new();
+        let _io = crate::io_wait::IoWait::new();
         glommio::executor()
             .spawn_blocking(move || op(owned.as_raw_fd()))
             .await

@@ -388,7 +388,7 @@ async fn poll_loop(r: Rc<Readiness>) {
         // any reader polls: so while anything waits on glommio's io_uring
         // (`IoWait`), nobody polls, and the executor sleeps on it. (Namespace
         // I/O is on the storage ring, which a task polls: `storage::uring`.)
-        if IO_WAITS.get() > 0 || quiet {
+        if crate::io_wait::waiting() || quiet {
             // The core is quiet (or waits on io_uring): every polling reader
             // parks, and this task sleeps (nobody waits any more).
             for slot in r.slots.borrow().values() {
@@ -435,32 +435,6 @@ async fn poll_loop(r: Rc<Readiness>) {
         }
         // Let the woken readers and the other tasks run.
         futures_lite::future::yield_now().await;
-    }
-}
-
-thread_local! {
-    /// Operations of this executor that wait on io_uring (`IoWait`).
-    static IO_WAITS: Cell<usize> = const { Cell::new(0) };
-}
-
-/// Held while a task waits on glommio's io_uring (a write to a full
-/// socket, the blocking pool): readers then park instead of polling, so
-/// that the executor runs its loop. Letting it run every 20 µs while
-/// polling went on instead cost RAM and null namespaces 15% of their 4 KiB
-/// reads, and file reads at QD32 half their speed.
-pub struct IoWait(());
-
-impl IoWait {
-    #[allow(clippy::new_without_default)]
-    pub fn new() -> IoWait {
-        IO_WAITS.set(IO_WAITS.get() + 1);
-        IoWait(())
-    }
-}
-
-impl Drop for IoWait {
-    fn drop(&mut self) {
-        IO_WAITS.set(IO_WAITS.get() - 1);
     }
 }
 

@@ -9,7 +9,8 @@
 //! buffer is full they wait for room with the poller, or in io_uring once
 //! the core parks.
 
-use super::readiness::{Dir, IoWait, Registration, Verdict};
+use super::readiness::{Dir, Registration, Verdict};
+use crate::io_wait::IoWait;
 use crate::storage::SendPart;
 use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use std::io;

@@ -11,10 +11,10 @@ use super::readiness::Registration;
 use super::recv::RecvBuf;
 use super::socket::{self, PollingReader};
 use crate::config::ADMIN_IN_CAPSULE_DATA;
+use crate::nvme::fabrics::{self, Binding};
+use crate::nvme::{admin, io, Namespace, Outcome, Response, Xfer};
 use crate::shard::Shard;
 use crate::storage::{dma_buffer, Charge, DataBuf, SendPart};
-use crate::target::fabrics::{self, Binding};
-use crate::target::{admin, io, Namespace, Outcome, Response, Xfer};
 use crate::trigger::Trigger;
 use crate::wire::command::{self, fctype, sgl, Cqe, Sqe, SQE_LEN};
 use crate::wire::fabrics::CONNECT_DATA_LEN;
@@ -708,7 +708,7 @@ impl Conn {
 
     /// Phase one of dispatch: which command set, is it allowed now, what data.
     fn prepare(&self, sqe: &Sqe) -> Result<(Xfer, Option<Rc<Namespace>>), Status> {
-        crate::target::check_common(sqe)?;
+        crate::nvme::check_common(sqe)?;
         let mut st = self.state.borrow_mut();
         if sqe.opcode() == command::admin::FABRICS {
             return match (sqe.fctype(), &st.binding) {

@@ -2,8 +2,8 @@
 
 use super::controller::{CcEffect, Controller, SubsysRef};
 use super::Response;
+use crate::nvme::discovery::ADMIN_MAX_SQ_SIZE as ADMIN_QUEUE_ENTRIES;
 use crate::shard::{LocalIoCtrl, Shard};
-use crate::target::discovery::ADMIN_MAX_SQ_SIZE as ADMIN_QUEUE_ENTRIES;
 use crate::trigger::Trigger;
 use crate::wire::command::Sqe;
 use crate::wire::fabrics::{
