@@ -1,7 +1,12 @@
 #!/usr/bin/env bash
 # nvmf-tpc side by side with another NVMe/TCP target.
 #
-#   perf/compare.sh ADDR:PORT NQN
+#   perf/compare.sh [--quick] [peer.py flags]   SPDK's nvmf_tgt, started here
+#   perf/compare.sh ADDR:PORT NQN               a target already running
+#
+# Without an address it runs perf/peer.py: SPDK's own target and client from
+# ../shared/spdk, started and stopped by the script, alternated pair by pair
+# (see its --help). With an address:
 #
 # Starts nvmf-tpc (pinned to TARGET_CPU, a 1 GiB RAM namespace) and runs the
 # standard matrix (see lib.sh) with `nvmf-tpc perf` on CLIENT_CPU against it
@@ -19,6 +24,9 @@
 # PERF_TIME (10), PERF_WARMUP (1), TARGET_CPU (0), CLIENT_CPU (1),
 # PERF_ARGS (extra `perf` flags), PERF_NO_BUILD=1, PERF_KEEP_RAW=1.
 
+if [[ $# -eq 0 || $1 == --* ]]; then
+    exec python3 "$(dirname "$0")/peer.py" "$@"
+fi
 if [[ $# -ne 2 ]]; then
     sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//' >&2
     exit 2

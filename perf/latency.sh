@@ -20,7 +20,10 @@
 # PERF_KEEP_RAW=1 (keep the JSON and logs of every run),
 # TARGET_ARGS (extra `serve` flags, e.g. "--idle-poll 0"), PERF_ARGS (extra
 # `perf` flags, e.g. "--idle-poll 0" for a client that sleeps at once),
-# PERF_CEILING=0 (skip the bare rates).
+# PERF_CEILING=0 (skip the bare rates), PERF_SPDK=0 (skip the live SPDK runs),
+# SPDK_DIR (../shared/spdk). With SPDK's tools present it runs the RAM rows
+# against SPDK's nvmf_tgt too and reports those ratios; otherwise it shows the
+# stored reference (perf-reference.md) and says it is only that.
 
 # shellcheck source=perf/lib.sh
 source "$(dirname "$0")/lib.sh"
@@ -59,6 +62,36 @@ else
 fi
 stop_target
 
+# The same RAM runs against SPDK's nvmf_tgt on the same CPU, when its tools
+# are here: live figures instead of the stored reference (perf-reference.md
+# was measured on another day, on another CPU).
+SPDK_DIR=${SPDK_DIR:-$ROOT/../shared/spdk}
+live=()
+if [[ -x "$SPDK_DIR/nvmf-tgt" && "${PERF_SPDK:-1}" == 1 ]]; then
+    port=$(free_port)
+    "$SPDK_DIR/nvmf-tgt" --port "$port" --cpu "$TARGET_CPU" --shm-id 23 >"$WORK/spdk.log" 2>&1 &
+    spdk_pid=$!
+    for _ in $(seq 600); do
+        (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break
+        kill -0 "$spdk_pid" 2>/dev/null || break
+        sleep 0.1
+    done
+    log ""
+    log "=== SPDK's nvmf_tgt (pid $spdk_pid, port $port, CPU $TARGET_CPU), the same RAM runs"
+    for entry in "${MATRIX[@]}"; do
+        name=${entry%%|*}
+        flags=${entry#*|}
+        # shellcheck disable=SC2086 # flags is a list of flags
+        run_perf "spdk-$name" --target "127.0.0.1:$port" --nqn nqn.2016-06.io.spdk:ref --ns 1 \
+            --cpus "$CLIENT_CPU" --target-pid "$spdk_pid" $flags
+        [[ -f "$WORK/spdk-$name.json" ]] && live+=(--spdk-live "$WORK/spdk-$name.json")
+    done
+    kill -INT "$spdk_pid" 2>/dev/null || true
+    wait "$spdk_pid" 2>/dev/null || true
+else
+    log "(SPDK's tools not in $SPDK_DIR: the report compares with the stored reference only)"
+fi
+
 # The congestion control the target's connections used.
 cc=$(sed -n 's/.*--tcp-congestion[ =]\([^ ]*\).*/\1/p' <<<"${TARGET_ARGS:-}")
 cc=${cc:-$(cat /proc/sys/net/ipv4/tcp_congestion_control 2>/dev/null || echo '?')}
@@ -78,7 +111,7 @@ fi
 if [[ ${#files[@]} -gt 0 ]]; then
     python3 "$ROOT/perf/report.py" latency --out "$OUT" \
         --title "nvmf-tpc latency, $(date '+%Y-%m-%d %H:%M'), target CPU $TARGET_CPU, client CPU $CLIENT_CPU, ${PERF_TIME} s per run${TARGET_ARGS:+ (target flags: $TARGET_ARGS)}${PERF_ARGS:+ (perf flags: $PERF_ARGS)}" \
-        --note "$(machine_note)" --ns 1=RAM --ns 2=null "${ceiling[@]}" "${files[@]}"
+        --note "$(machine_note)" --ns 1=RAM --ns 2=null "${ceiling[@]}" "${live[@]}" "${files[@]}"
 fi
 if [[ "${PERF_KEEP_RAW:-0}" == 1 ]]; then
     mkdir -p "$OUT.raw" && cp "$WORK"/*.json "$WORK"/*.log "$OUT.raw/"

@@ -25,21 +25,15 @@ import argparse
 import json
 import os
 import re
-import signal
-import socket
-import statistics
 import subprocess
 import sys
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SPDK = os.path.join(os.path.dirname(ROOT), "shared", "spdk")
-BIN = os.path.join(ROOT, "target", "release", "nvmf-tpc")
-HOSTNQN = "nqn.2014-08.org.nvmexpress:uuid:6e766d66-7470-6300-0000-000000000001"
+from abba import (BIN, CLIENT_CPU, TARGET_CPU, build, header, log, med, proc_ticks, spdk_perf,
+                  spread, start_nvmf_tpc, start_spdk, stop, wait_idle, write_result)
+
+
 OURS_NQN = "nqn.2026-11.io.nvmf-tpc:storage"
-SPDK_NQN = "nqn.2016-06.io.spdk:ref"
-TARGET_CPU = int(os.environ.get("TARGET_CPU", "1"))
-CLIENT_CPU = int(os.environ.get("CLIENT_CPU", "0"))
 
 # name: (spdk_nvme_perf pattern, I/O size, queue depth)
 ROWS = {
@@ -54,117 +48,19 @@ LABEL = {
     "qd32w": "4 KiB randwrite QD32",
     "seq128r": "128 KiB read QD8",
 }
-# Most a CPU may be busy (share of a second) before a run starts.
-IDLE_BUSY = 0.10
-IDLE_WAIT = 60
-
-
-def log(*a):
-    print(*a, file=sys.stderr, flush=True)
-
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
-
-
-def wait_port(port, proc, secs=30):
-    end = time.time() + secs
-    while time.time() < end:
-        if proc.poll() is not None:
-            raise RuntimeError(f"target exited with {proc.returncode}")
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return
-        except OSError:
-            time.sleep(0.1)
-    raise RuntimeError("target did not listen")
-
-
-def cpu_busy(secs=0.5):
-    """Busy share of each CPU over `secs`."""
-
-    def sample():
-        out = {}
-        for line in open("/proc/stat"):
-            m = re.match(r"cpu(\d+) (.*)", line)
-            if m:
-                v = [int(x) for x in m.group(2).split()]
-                out[int(m.group(1))] = (sum(v), v[3] + v[4])
-        return out
-
-    a = sample()
-    time.sleep(secs)
-    b = sample()
-    return {c: 1 - (b[c][1] - a[c][1]) / max(1, b[c][0] - a[c][0]) for c in a}
-
-
-def wait_idle():
-    end = time.time() + IDLE_WAIT
-    while True:
-        busy = cpu_busy()
-        if max(busy[TARGET_CPU], busy[CLIENT_CPU]) < IDLE_BUSY or time.time() > end:
-            return
-        log(f"  waiting for an idle machine ({busy})")
-
-
-def proc_ticks(pid):
-    with open(f"/proc/{pid}/stat") as f:
-        v = f.read().rsplit(")", 1)[1].split()
-    return int(v[11]) + int(v[12])
 
 
 def start_ours(backing):
-    port = free_port()
-    args = [BIN, "serve", "--cpus", str(TARGET_CPU), "--listen", f"127.0.0.1:{port}",
-            "--log-level", "warn", "--subsystem", OURS_NQN, "--namespace", f"{backing},bs=4096"]
-    p = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    wait_port(port, p)
-    return p, p.pid, port, OURS_NQN
+    return start_nvmf_tpc(OURS_NQN, f"{backing},bs=4096")
 
 
-def start_spdk(backing):
-    port = free_port()
-    args = [os.path.join(SPDK, "nvmf-tgt"), "--port", str(port), "--cpu", str(TARGET_CPU),
-            "--bdev", f"file:{backing}", "--block-size", "4096", "--shm-id", "17"]
-    p = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                         start_new_session=True)
-    wait_port(port, p, 60)
-    # The script execs nvmf_tgt: same pid.
-    return p, p.pid, port, SPDK_NQN
+def start_aio(backing):
+    return start_spdk(f"file:{backing}")
 
 
-def stop(p):
-    if p.poll() is None:
-        p.send_signal(signal.SIGINT)
-        try:
-            p.wait(20)
-        except subprocess.TimeoutExpired:
-            p.kill()
-            p.wait()
-
-
-def spdk_perf(port, nqn, row, secs):
+def row_args(row):
     pattern, size, qd = ROWS[row]
-    mask = hex(1 << CLIENT_CPU)
-    trid = (f"trtype:TCP adrfam:IPv4 traddr:127.0.0.1 trsvcid:{port} subnqn:{nqn} "
-            f"hostnqn:{HOSTNQN}")
-    out = subprocess.run(
-        [os.path.join(SPDK, "bin", "spdk_nvme_perf"), "-c", mask, "-q", str(qd), "-o", str(size),
-         "-w", pattern, "-t", str(secs), "-LL", "-r", trid],
-        capture_output=True, text=True, timeout=secs + 60)
-    text = out.stdout + out.stderr
-    m = re.search(r"^Total\s*:\s*([\d.]+)\s+([\d.]+)\s+([\d.]+)", text, re.M)
-    if out.returncode != 0 or not m:
-        raise RuntimeError("spdk_nvme_perf failed:\n" + text[-2000:])
-    r = {"iops": float(m.group(1)), "mean": float(m.group(3))}
-    for q, key in (("50.00000", "p50"), ("99.00000", "p99")):
-        m = re.search(rf"^\s*{q}%\s*:\s*([\d.]+)us", text, re.M)
-        r[key] = float(m.group(1)) if m else float("nan")
-    return r
+    return ["-q", str(qd), "-o", str(size), "-w", pattern]
 
 
 def run_target(start, backing, row, secs):
@@ -173,7 +69,7 @@ def run_target(start, backing, row, secs):
     try:
         time.sleep(0.5)
         t0 = proc_ticks(pid)
-        r = spdk_perf(port, nqn, row, secs)
+        r = spdk_perf(port, nqn, row_args(row), secs)
         r["cpu"] = (proc_ticks(pid) - t0) / os.sysconf("SC_CLK_TCK") / secs
     finally:
         stop(p)
@@ -225,14 +121,6 @@ def idle_cpu(backing, secs=5):
     return m.group(1) if m else (out.stdout + out.stderr).strip()[-200:]
 
 
-def med(xs):
-    return statistics.median(xs) if xs else float("nan")
-
-
-def spread(xs):
-    return f"{min(xs):.2f}–{max(xs):.2f}" if xs else "—"
-
-
 def table(results, pairs, secs):
     lines = [
         "| backing | row | fio bare IOPS | SPDK IOPS | nvmf-tpc IOPS | **/ SPDK** (range) | / bare |"
@@ -273,9 +161,7 @@ def main():
     a = ap.parse_args()
     if a.quick:
         a.pairs, a.time = 1, 3
-    if os.environ.get("PERF_NO_BUILD") != "1":
-        subprocess.run(["cargo", "build", "--release", "--quiet", "--bin", "nvmf-tpc"], cwd=ROOT,
-                       check=True)
+    build()
     make_file(a.file)
     loops = []
     backings = {}
@@ -294,7 +180,7 @@ def main():
             for row in a.rows.split(","):
                 r = results[(b, row)] = {"ours": [], "spdk": [], "fio": []}
                 for i in range(a.pairs):
-                    order = [("ours", start_ours), ("spdk", start_spdk)]
+                    order = [("ours", start_ours), ("spdk", start_aio)]
                     if i % 2:
                         order.reverse()
                     for name, start in order:
@@ -311,17 +197,9 @@ def main():
             subprocess.run(["losetup", "-d", dev])
     out = table(results, a.pairs, a.time)
     out += f"\n\nnvmf-tpc with one connected, idle controller on the file: {idle}\n"
-    head = (f"# nvmf-tpc and SPDK on a file and a block device, {time.strftime('%Y-%m-%d %H:%M')}\n\n"
-            f"{os.cpu_count()} CPUs, {os.uname().release}, git "
-            + subprocess.run(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"], capture_output=True,
-                             text=True).stdout.strip() + "\n\n")
+    head = header("nvmf-tpc and SPDK on a file and a block device")
     print(head + out)
-    os.makedirs(os.path.join(ROOT, "perf", "results"), exist_ok=True)
-    path = os.path.join(ROOT, "perf", "results", f"storage-{time.strftime('%Y%m%d-%H%M%S')}.md")
-    with open(path, "w") as f:
-        f.write(head + out)
-    log(f"written to {path}")
-
+    write_result("storage", head + out)
 
 if __name__ == "__main__":
     main()
