@@ -2,7 +2,8 @@
 //!
 //! Layers, from the wire up: `wire` (pure formats), `io_wait` (what the
 //! executor awaits from glommio's ring), `storage` (backings),
-//! `nvme` (the NVMe controller core: controllers and command sets), `transport` (NVMe/TCP
+//! `nvme` (the NVMe controller core: controllers and command sets; it sees
+//! its shard only as an `nvme::registry::Registry`), `transport` (NVMe/TCP
 //! connections), `shard` (one executor), `serve` (start and stop), and `host`
 //! (an initiator used by tests and the perf tool).
 

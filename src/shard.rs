@@ -6,6 +6,8 @@
 use crate::admission::HostTable;
 use crate::config::{TargetConfig, DISCOVERY_DEFAULT_KATO_MS};
 use crate::nvme::controller::{Controller, SubsysRef};
+use crate::nvme::io_ctrl::{AttachInfo, IoState, LocalIoCtrl};
+use crate::nvme::registry::Registry;
 use crate::nvme::Namespace;
 use crate::storage::DmaBudget;
 use crate::trigger::Trigger;
@@ -84,68 +86,6 @@ pub enum CtlMsg {
         idle_ms: Option<u64>,
         stats: SmartCounters,
     },
-}
-
-#[derive(Debug, Clone, Copy)]
-pub struct AttachInfo {
-    pub subsys: usize,
-    pub state: IoState,
-}
-
-/// What a controller's I/O queues follow of its state, stamped with the
-/// owner's sequence number: messages and Connect replies may arrive in any
-/// order, and only a newer state replaces an older one.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct IoState {
-    pub seq: u64,
-    /// CSTS.RDY: I/O commands may run.
-    pub ready: bool,
-    /// The host disabled the volatile write cache: every write is durable
-    /// before its completion (Volatile Write Cache feature, NVMe Base 2.0
-    /// §5.27.1.4).
-    pub write_through: bool,
-}
-
-/// I/O queues of one controller served by this shard.
-pub struct LocalIoCtrl {
-    pub cntlid: u16,
-    state: Cell<IoState>,
-    /// Commands seen on these queues; counting is cheaper than reading the
-    /// clock per command. Keep-alive queries turn it into an idle time.
-    pub commands: Cell<u64>,
-    /// `commands` at the last query, and when it last changed as far as
-    /// queries could tell.
-    seen: Cell<(u64, Instant)>,
-    pub queues: RefCell<Vec<(u16, u64, Rc<Trigger>)>>,
-}
-
-impl LocalIoCtrl {
-    pub fn ready(&self) -> bool {
-        self.state.get().ready
-    }
-
-    pub fn write_through(&self) -> bool {
-        self.state.get().write_through
-    }
-
-    /// Take `s` if it is newer than what this core has.
-    fn apply(&self, s: IoState) {
-        if s.seq > self.state.get().seq {
-            self.state.set(s);
-        }
-    }
-
-    /// Time since the last command here, as precise as the queries are
-    /// frequent: a count that moved since the previous query means "now".
-    fn idle(&self) -> Duration {
-        let now = Instant::now();
-        let (count, since) = self.seen.get();
-        if self.commands.get() != count {
-            self.seen.set((self.commands.get(), now));
-            return Duration::ZERO;
-        }
-        now - since
-    }
 }
 
 /// Controllers owned here, with the trigger that closes their admin queue.
@@ -586,15 +526,7 @@ impl Shard {
             .io_ctrls
             .borrow_mut()
             .entry(cntlid)
-            .or_insert_with(|| {
-                Rc::new(LocalIoCtrl {
-                    cntlid,
-                    state: Cell::new(IoState::default()),
-                    commands: Cell::new(0),
-                    seen: Cell::new((0, Instant::now())),
-                    queues: RefCell::new(Vec::new()),
-                })
-            })
+            .or_insert_with(|| Rc::new(LocalIoCtrl::new(cntlid)))
             .clone();
         local.queues.borrow_mut().push((qid, token, kill));
         local
@@ -928,6 +860,68 @@ impl Shard {
             }
         }
         flushed
+    }
+}
+
+/// The controller core's view of this shard (`nvme::registry`).
+impl Registry for Shard {
+    fn cfg(&self) -> &TargetConfig {
+        &self.cfg
+    }
+
+    fn core(&self) -> usize {
+        self.id
+    }
+
+    fn uptime(&self) -> Duration {
+        self.started.elapsed()
+    }
+
+    fn namespace(&self, subsys: usize, nsid: u32) -> Option<&Rc<Namespace>> {
+        Shard::namespace(self, subsys, nsid)
+    }
+
+    fn create_controller(
+        self: &Rc<Self>,
+        subsys: SubsysRef,
+        hostnqn: String,
+        hostid: [u8; 16],
+        kato_ms: u32,
+        admin_kill: Rc<Trigger>,
+    ) -> Result<Rc<Controller>, Status> {
+        Shard::create_controller(self, subsys, hostnqn, hostid, kato_ms, admin_kill)
+    }
+
+    async fn attach_io(
+        self: &Rc<Self>,
+        cntlid: u16,
+        qid: u16,
+        hostnqn: &str,
+        hostid: [u8; 16],
+        subnqn: &str,
+        kill: Rc<Trigger>,
+    ) -> Result<(AttachInfo, Rc<LocalIoCtrl>, u64), (Status, u32)> {
+        Shard::attach_io(self, cntlid, qid, hostnqn, hostid, subnqn, kill).await
+    }
+
+    async fn query_stats(self: &Rc<Self>, subsys: usize) -> SmartCounters {
+        Shard::query_stats(self, subsys).await
+    }
+
+    fn announce_state(self: &Rc<Self>, ctrl: &Controller) {
+        Shard::announce_state(self, ctrl)
+    }
+
+    async fn publish_state(self: &Rc<Self>, ctrl: &Controller) -> bool {
+        Shard::publish_state(self, ctrl).await
+    }
+
+    fn teardown_io(self: &Rc<Self>, ctrl: &Controller) {
+        Shard::teardown_io(self, ctrl)
+    }
+
+    async fn flush_subsystem(&self, subsys: usize) -> std::io::Result<()> {
+        Shard::flush_subsystem(self, subsys).await
     }
 }
 

@@ -2,9 +2,9 @@
 //! Features, Keep Alive, Asynchronous Event Request, Abort.
 
 use super::controller::{Controller, SubsysRef, ABORT_LIMIT, AER_LIMIT, ERROR_LOG_ENTRIES};
+use super::registry::Registry;
 use super::{discovery, Outcome, Response, Xfer};
 use crate::config::FIRMWARE_REVISION;
-use crate::shard::Shard;
 use crate::wire::command::{admin, io, Sqe};
 use crate::wire::identify::{self, cns, ControllerInfo, ControllerType};
 use crate::wire::log_page::{self, lid, GetLogPage};
@@ -70,7 +70,7 @@ pub fn prepare(ctrl: &Controller, sqe: &Sqe, max_io_size: u32) -> Result<Xfer, S
 
 /// Phase two.
 pub async fn execute(
-    shard: &Rc<Shard>,
+    shard: &Rc<impl Registry>,
     ctrl: &Rc<Controller>,
     sqe: &Sqe,
     _data: Option<DmaBuffer>,
@@ -78,7 +78,7 @@ pub async fn execute(
 ) -> Outcome {
     ctrl.touch();
     match sqe.opcode() {
-        admin::IDENTIFY => identify(shard, ctrl, sqe).into(),
+        admin::IDENTIFY => identify(shard.as_ref(), ctrl, sqe).into(),
         admin::GET_LOG_PAGE => get_log_page(shard, ctrl, sqe, local).await.into(),
         admin::SET_FEATURES if sqe.cdw(10) as u8 == fid::VOLATILE_WRITE_CACHE => {
             set_write_cache(shard, ctrl, sqe).await.into()
@@ -99,8 +99,8 @@ pub async fn execute(
     }
 }
 
-pub fn controller_info(shard: &Shard, ctrl: &Controller) -> ControllerInfo {
-    let cfg = &shard.cfg;
+pub fn controller_info(shard: &impl Registry, ctrl: &Controller) -> ControllerInfo {
+    let cfg = shard.cfg();
     let (serial, model, subnqn, nn, ctype) = match ctrl.subsys {
         SubsysRef::Nvm(i) => {
             let s = &cfg.subsystems[i];
@@ -148,7 +148,7 @@ pub fn controller_info(shard: &Shard, ctrl: &Controller) -> ControllerInfo {
     }
 }
 
-fn identify(shard: &Shard, ctrl: &Controller, sqe: &Sqe) -> Response {
+fn identify(shard: &impl Registry, ctrl: &Controller, sqe: &Sqe) -> Response {
     let cns_v = sqe.cdw(10) as u8;
     let nsid = sqe.nsid();
     let subsys = match ctrl.subsys {
@@ -161,7 +161,7 @@ fn identify(shard: &Shard, ctrl: &Controller, sqe: &Sqe) -> Response {
     let Some(si) = subsys else {
         return Response::status(Status::INVALID_FIELD);
     };
-    let nn = shard.cfg.subsystems[si].nn();
+    let nn = shard.cfg().subsystems[si].nn();
     match cns_v {
         cns::NAMESPACE => {
             if nsid == 0 || nsid > nn {
@@ -177,7 +177,7 @@ fn identify(shard: &Shard, ctrl: &Controller, sqe: &Sqe) -> Response {
             if nsid >= 0xFFFF_FFFE {
                 return Response::status(Status::INVALID_NAMESPACE);
             }
-            let ids: Vec<u32> = shard.cfg.subsystems[si]
+            let ids: Vec<u32> = shard.cfg().subsystems[si]
                 .namespaces
                 .iter()
                 .map(|n| n.nsid)
@@ -199,7 +199,7 @@ fn identify(shard: &Shard, ctrl: &Controller, sqe: &Sqe) -> Response {
 }
 
 async fn get_log_page(
-    shard: &Rc<Shard>,
+    shard: &Rc<impl Registry>,
     ctrl: &Controller,
     sqe: &Sqe,
     local: SocketAddr,
@@ -207,7 +207,7 @@ async fn get_log_page(
     let g = GetLogPage::decode(sqe);
     let page = match (g.lid, ctrl.subsys) {
         (lid::DISCOVERY, SubsysRef::Discovery) => {
-            discovery::log_page(&shard.cfg, &ctrl.hostnqn, local)
+            discovery::log_page(shard.cfg(), &ctrl.hostnqn, local)
         }
         (lid::ERROR, _) => {
             let e: Vec<_> = ctrl.errors.borrow().iter().copied().collect();
@@ -216,7 +216,7 @@ async fn get_log_page(
         (lid::SMART, SubsysRef::Nvm(si)) => {
             let mut c = shard.query_stats(si).await;
             c.error_log_entries = ctrl.error_count.get();
-            c.power_on_hours = shard.started.elapsed().as_secs() / 3600;
+            c.power_on_hours = shard.uptime().as_secs() / 3600;
             log_page::smart_log(&c)
         }
         (lid::FIRMWARE_SLOT, SubsysRef::Nvm(_)) => log_page::firmware_slot_log(FIRMWARE_REVISION),
@@ -332,7 +332,7 @@ fn set_features(ctrl: &Controller, sqe: &Sqe) -> Response {
 /// queues write through, on every core, before this completes) and flushes
 /// what earlier writes left in the cache. Without a cache (RAM and null
 /// namespaces only) there is nothing to set.
-async fn set_write_cache(shard: &Rc<Shard>, ctrl: &Rc<Controller>, sqe: &Sqe) -> Response {
+async fn set_write_cache(shard: &Rc<impl Registry>, ctrl: &Rc<Controller>, sqe: &Sqe) -> Response {
     if !ctrl.vwc_present || ctrl.is_discovery() {
         return Response::status(Status::INVALID_FIELD);
     }

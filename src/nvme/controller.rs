@@ -2,8 +2,8 @@
 //! §3.1, §3.5). It lives on the core whose connection created it; its I/O
 //! queues may live on any core and reach it only by control messages.
 
+use super::io_ctrl::IoState;
 use crate::config::{TargetConfig, KEEP_ALIVE_GRANULARITY_100MS};
-use crate::shard::IoState;
 use crate::wire::fabrics::{cc, csts, property};
 use crate::wire::log_page::ErrorEntry;
 use crate::wire::status::Status;

@@ -1,9 +1,10 @@
 //! Fabrics commands (NVMe-oF 1.1 §3): Connect, Property Get/Set, Disconnect.
 
 use super::controller::{CcEffect, Controller, SubsysRef};
+use super::io_ctrl::LocalIoCtrl;
+use super::registry::Registry;
 use super::Response;
 use crate::nvme::discovery::ADMIN_MAX_SQ_SIZE as ADMIN_QUEUE_ENTRIES;
-use crate::shard::{LocalIoCtrl, Shard};
 use crate::trigger::Trigger;
 use crate::wire::command::Sqe;
 use crate::wire::fabrics::{
@@ -42,7 +43,7 @@ fn invalid(data: bool, offset: u16) -> Response {
 
 /// Connect (§3.3). `kill` closes this queue when its controller goes away.
 pub async fn connect(
-    shard: &Rc<Shard>,
+    shard: &Rc<impl Registry>,
     sqe: &Sqe,
     data: &[u8],
     kill: &Rc<Trigger>,
@@ -57,9 +58,9 @@ pub async fn connect(
     // advertises (ASQSZ) or the I/O depth, whichever is larger (Linux always
     // asks for 32).
     let max = if cmd.qid == 0 {
-        (shard.cfg.queue_depth as u32).max(ADMIN_QUEUE_ENTRIES as u32)
+        (shard.cfg().queue_depth as u32).max(ADMIN_QUEUE_ENTRIES as u32)
     } else {
-        shard.cfg.queue_depth as u32
+        shard.cfg().queue_depth as u32
     };
     if cmd.sqsize == 0 || entries > max {
         return Err(invalid(false, connect_offset::SQSIZE));
@@ -67,7 +68,7 @@ pub async fn connect(
     let subsys = if d.subnqn == DISCOVERY_NQN {
         SubsysRef::Discovery
     } else {
-        match shard.cfg.subsystem(&d.subnqn) {
+        match shard.cfg().subsystem(&d.subnqn) {
             Some((i, s)) => {
                 if !s.host_allowed(&d.hostnqn) {
                     log::warn!(
@@ -125,7 +126,7 @@ pub async fn connect(
         "controller {}: I/O queue {} connected on core {} ({} entries)",
         d.cntlid,
         cmd.qid,
-        shard.id,
+        shard.core(),
         entries
     );
     Ok(Connected {
@@ -153,7 +154,7 @@ pub fn property_get(ctrl: &Controller, sqe: &Sqe) -> Response {
     }
 }
 
-pub fn property_set(shard: &Rc<Shard>, ctrl: &Rc<Controller>, sqe: &Sqe) -> Response {
+pub fn property_set(shard: &Rc<impl Registry>, ctrl: &Rc<Controller>, sqe: &Sqe) -> Response {
     if !PropertyCmd::attrib_valid(sqe) {
         return Response::status(Status::INVALID_FIELD);
     }

@@ -8,6 +8,8 @@ pub mod controller;
 pub mod discovery;
 pub mod fabrics;
 pub mod io;
+pub mod io_ctrl;
+pub mod registry;
 
 use crate::config::NamespaceConfig;
 use crate::storage::block_lock::{self, BlockHold, BlockLocks, LocksHandle};
