@@ -695,7 +695,11 @@ pub fn run(cfg: TargetConfig) -> Result<(), String> {
                 };
                 shard.spawn_receivers(receivers);
                 for l in listeners {
-                    glommio::spawn_local(shard.clone().serve_listener(l)).detach();
+                    glommio::spawn_local(crate::transport::listener::serve_listener(
+                        shard.clone(),
+                        l,
+                    ))
+                    .detach();
                 }
                 let _ = ready.send(Ok(()));
                 shard::wait_for_stop().await;

@@ -1,4 +1,4 @@
-//! One executor ("shard"): its listeners, its namespace handles, the
+//! One executor ("shard"): its namespace handles, the
 //! controllers it owns and the I/O queues it serves. Shards share nothing but
 //! the immutable config and RAM disks; the control plane between them is
 //! messages over a glommio channel mesh (never per I/O command).
@@ -16,7 +16,6 @@ use crate::wire::log_page::SmartCounters;
 use crate::wire::status::Status;
 use glommio::channels::channel_mesh::{Full, MeshBuilder, Senders};
 use glommio::channels::local_channel::{self, LocalSender};
-use glommio::net::TcpListener;
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::rc::Rc;
@@ -789,50 +788,6 @@ impl Shard {
 
     pub fn connect_timeout(&self) -> Duration {
         self.cfg.connect_timeout
-    }
-
-    /// Accept loop of one listener.
-    pub async fn serve_listener(self: Rc<Self>, listener: TcpListener) {
-        loop {
-            let accepted =
-                futures_lite::future::or(async { Some(listener.accept().await) }, async {
-                    self.stop.wait().await;
-                    None
-                })
-                .await;
-            let stream = match accepted {
-                None => return,
-                Some(Ok(s)) => s,
-                Some(Err(e)) => {
-                    log::warn!("core {}: accept failed: {e}", self.id);
-                    glommio::timer::sleep(Duration::from_millis(10)).await;
-                    continue;
-                }
-            };
-            let Some((id, kill)) = self.register_connection() else {
-                log::warn!(
-                    "core {}: connection limit ({}) reached; refusing {:?}",
-                    self.id,
-                    self.cfg.max_connections,
-                    stream.peer_addr().ok()
-                );
-                continue;
-            };
-            let me = self.clone();
-            glommio::spawn_local(async move {
-                crate::transport::tcp::serve(me.clone(), stream, kill).await;
-                me.unregister_connection(id);
-                // What a closed connection leaves behind, for leak checks.
-                log::debug!(
-                    "core {}: connection closed; {} connections, {} controllers, DMA memory in use {} bytes",
-                    me.id,
-                    me.connections.borrow().len(),
-                    me.controllers.borrow().len(),
-                    me.dma.used()
-                );
-            })
-            .detach();
-        }
     }
 
     /// Graceful stop: close every connection (each finishes its in-flight

@@ -1,5 +1,6 @@
 //! Transports. One connection is one NVMe queue.
 
+pub mod listener;
 pub mod outbox;
 pub mod readiness;
 pub mod recv;
