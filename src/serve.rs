@@ -131,6 +131,9 @@ fn parse_listen(s: &str) -> Result<SocketAddr, String> {
     Ok(a)
 }
 
+/// The checked configuration from parsed flags. `*_idx` are the argv
+/// positions of the repeated subsystem-scoped flags (clap keeps each flag's
+/// values apart; their interleaving decides which subsystem each belongs to).
 fn build_config(
     args: &ServeArgs,
     sub_idx: &[usize],
@@ -138,7 +141,42 @@ fn build_config(
     host_idx: &[usize],
     any_idx: &[usize],
 ) -> Result<TargetConfig, String> {
-    // CPUs.
+    let cpus = pick_cpus(args)?;
+    let listen_strs: Vec<String> = if args.listen.is_empty() {
+        vec![DEFAULT_LISTEN.to_string()]
+    } else {
+        args.listen.clone()
+    };
+    let listen = listen_strs
+        .iter()
+        .map(|s| parse_listen(s))
+        .collect::<Result<Vec<_>, _>>()?;
+    let l = check_limits(args)?;
+    let drafts = subsystem_drafts(args, sub_idx, ns_idx, host_idx, any_idx)?;
+    let subsystems = resolve_subsystems(args, drafts, &listen)?;
+    Ok(TargetConfig {
+        listen,
+        cpus,
+        subsystems,
+        queue_depth: args.queue_depth,
+        max_io_size: l.max_io_size as u32,
+        in_capsule_data: l.icd as u32,
+        maxh2cdata: l.maxh2cdata,
+        max_c2h_data: (l.max_io_size as u32).min(MAX_C2H_DATA),
+        max_io_queues: args.max_io_queues,
+        max_connections: args.max_connections as usize,
+        max_controllers: args.max_controllers as usize,
+        max_controllers_per_host: args.max_controllers_per_host as usize,
+        dma_memory: l.dma_memory,
+        idle_poll: l.idle_poll,
+        connect_timeout: l.connect_timeout,
+        pdu_timeout: l.pdu_timeout,
+        tcp_congestion: args.tcp_congestion.clone(),
+    })
+}
+
+/// `--cpus` and `--cores`, against the CPUs this process may use.
+fn pick_cpus(args: &ServeArgs) -> Result<Vec<usize>, String> {
     let allowed = allowed_cpus();
     let mut cpus = match &args.cpus {
         Some(l) => {
@@ -162,18 +200,21 @@ fn build_config(
         cpus.truncate(n);
     }
 
-    // Listeners.
-    let listen_strs: Vec<String> = if args.listen.is_empty() {
-        vec![DEFAULT_LISTEN.to_string()]
-    } else {
-        args.listen.clone()
-    };
-    let listen = listen_strs
-        .iter()
-        .map(|s| parse_listen(s))
-        .collect::<Result<Vec<_>, _>>()?;
+    Ok(cpus)
+}
 
-    // Limits.
+/// Sizes, counts and times from the flags, each checked against its limit.
+struct Limits {
+    max_io_size: u64,
+    icd: u64,
+    maxh2cdata: u32,
+    dma_memory: usize,
+    idle_poll: std::time::Duration,
+    connect_timeout: std::time::Duration,
+    pdu_timeout: std::time::Duration,
+}
+
+fn check_limits(args: &ServeArgs) -> Result<Limits, String> {
     if !(MIN_QUEUE_DEPTH..=MAX_QUEUE_DEPTH).contains(&args.queue_depth) {
         return Err(format!(
             "--queue-depth {}: between {MIN_QUEUE_DEPTH} and {MAX_QUEUE_DEPTH}",
@@ -257,7 +298,36 @@ fn build_config(
     let connect_timeout = timeout("--connect-timeout", &args.connect_timeout)?;
     let pdu_timeout = timeout("--pdu-timeout", &args.pdu_timeout)?;
 
-    // Subsystems, namespaces and hosts, in command-line order.
+    Ok(Limits {
+        max_io_size,
+        icd,
+        maxh2cdata,
+        dma_memory,
+        idle_poll,
+        connect_timeout,
+        pdu_timeout,
+    })
+}
+
+/// A subsystem as the flags describe it, before its namespaces are opened.
+struct Draft {
+    nqn: String,
+    specs: Vec<NamespaceSpec>,
+    hosts: Vec<String>,
+    any: bool,
+}
+
+/// Subsystems, namespaces and hosts, in command-line order: a namespace or
+/// host belongs to the last `--subsystem` before it; hosts before any
+/// subsystem apply to all, and to the embedded default when no subsystem is
+/// named. Returns the drafts with those global hosts merged.
+fn subsystem_drafts(
+    args: &ServeArgs,
+    sub_idx: &[usize],
+    ns_idx: &[usize],
+    host_idx: &[usize],
+    any_idx: &[usize],
+) -> Result<Vec<Draft>, String> {
     enum Item<'a> {
         Sub(&'a str),
         Ns(&'a str),
@@ -286,12 +356,6 @@ fn build_config(
     items.extend(any_idx.iter().map(|&i| (i, Item::Any)));
     items.sort_by_key(|(i, _)| *i);
 
-    struct Draft {
-        nqn: String,
-        specs: Vec<NamespaceSpec>,
-        hosts: Vec<String>,
-        any: bool,
-    }
     let mut global_hosts = Vec::new();
     let mut global_any = false;
     let mut drafts: Vec<Draft> = Vec::new();
@@ -335,8 +399,8 @@ fn build_config(
             },
         }
     }
-    let embedded_default = drafts.is_empty();
-    if embedded_default {
+    // No subsystem named: the embedded default, under the global host rule.
+    if drafts.is_empty() {
         let path = PathBuf::from(DEFAULT_DATA_DIR).join(DEFAULT_DATA_FILE);
         file::create_sparse(&path, DEFAULT_DATA_FILE_SIZE)?;
         drafts.push(Draft {
@@ -350,15 +414,30 @@ fn build_config(
             any: false,
         });
     }
+    for d in &mut drafts {
+        let mut hosts = global_hosts.clone();
+        hosts.append(&mut d.hosts);
+        d.hosts = hosts;
+        d.any |= global_any;
+    }
+    Ok(drafts)
+}
+
+/// The subsystems to serve: each one's host rule (loopback-only listeners admit any host; others need
+/// an explicit choice), and its namespaces opened and checked.
+fn resolve_subsystems(
+    args: &ServeArgs,
+    drafts: Vec<Draft>,
+    listen: &[SocketAddr],
+) -> Result<Vec<SubsystemConfig>, String> {
     if drafts.len() > MAX_SUBSYSTEMS {
         return Err(format!("at most {MAX_SUBSYSTEMS} subsystems"));
     }
     let all_loopback = listen.iter().all(|a| a.ip().is_loopback());
     let mut subsystems = Vec::new();
     for d in drafts {
-        let mut hosts = global_hosts.clone();
-        hosts.extend(d.hosts);
-        let mut any = d.any || global_any;
+        let hosts = d.hosts;
+        let mut any = d.any;
         if hosts.is_empty() && !any {
             if all_loopback {
                 // Only this machine can reach a loopback listener.
@@ -395,25 +474,7 @@ fn build_config(
             namespaces,
         });
     }
-    Ok(TargetConfig {
-        listen,
-        cpus,
-        subsystems,
-        queue_depth: args.queue_depth,
-        max_io_size: max_io_size as u32,
-        in_capsule_data: icd as u32,
-        maxh2cdata,
-        max_c2h_data: (max_io_size as u32).min(MAX_C2H_DATA),
-        max_io_queues: args.max_io_queues,
-        max_connections: args.max_connections as usize,
-        max_controllers: args.max_controllers as usize,
-        max_controllers_per_host: args.max_controllers_per_host as usize,
-        dma_memory,
-        idle_poll,
-        connect_timeout,
-        pdu_timeout,
-        tcp_congestion: args.tcp_congestion.clone(),
-    })
+    Ok(subsystems)
 }
 
 fn resolve_namespace(nqn: &str, nsid: u32, spec: NamespaceSpec) -> Result<NamespaceConfig, String> {

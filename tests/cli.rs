@@ -256,3 +256,33 @@ fn backings_without_o_direct_or_with_too_small_blocks_are_refused() {
     drop(lo);
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// Hosts given before any subsystem apply to every subsystem, the embedded
+/// default included: `serve --allow-host X` serves the default file to X only.
+#[test]
+fn global_hosts_bind_the_embedded_default_too() {
+    let host = "nqn.2014-08.org.nvmexpress:uuid:0c0c0c0c-0000-4000-8000-000000000001";
+    let dir = scratch_dir("default-hosts");
+    let t = Target::start_in(&dir, &["--allow-host", host]);
+    assert!(
+        t.output().contains(&format!("allowed: {host}")),
+        "{}",
+        t.output()
+    );
+    drop(t);
+    let t = Target::start(&[
+        "--allow-host",
+        host,
+        "--subsystem",
+        NQN,
+        "--namespace",
+        "null:1M",
+    ]);
+    assert!(
+        t.output().contains(&format!("allowed: {host}")),
+        "{}",
+        t.output()
+    );
+    drop(t);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
