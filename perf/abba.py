@@ -177,3 +177,18 @@ def write_result(prefix, text, ext="md"):
         f.write(text)
     log(f"written to {path}")
     return path
+
+
+def idle_cpu(started, secs):
+    """The target's CPU with one connected controller idle for `secs`, as
+    `nvmf-tpc perf --idle` measures it; `started` is a start_* result."""
+    p, pid, port, nqn = started
+    try:
+        out = subprocess.run(
+            [BIN, "perf", "--target", f"127.0.0.1:{port}", "--nqn", nqn, "--idle", str(secs),
+             "--target-pid", str(pid), "--cpus", str(CLIENT_CPU), "--quiet"],
+            capture_output=True, text=True, timeout=secs + 30)
+    finally:
+        stop(p)
+    m = re.search(r"target CPU:.*= ([\d.]+% of one core)", out.stdout)
+    return m.group(1) if m else (out.stdout + out.stderr).strip()[-200:]

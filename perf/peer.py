@@ -20,11 +20,10 @@ SPDK_DIR, PERF_NO_BUILD=1.
 
 import argparse
 import os
-import re
-import subprocess
 import time
 
-from abba import (BIN, CLIENT_CPU, TARGET_CPU, build, cpu_ticks, header, log, med, proc_ticks,
+from abba import idle_cpu as abba_idle_cpu
+from abba import (CLIENT_CPU, TARGET_CPU, build, cpu_ticks, header, log, med, proc_ticks,
                   spdk_perf, spread, start_nvmf_tpc, start_spdk, stop, wait_idle, write_result)
 
 NQN = "nqn.2026-11.io.nvmf-tpc:peer"
@@ -86,16 +85,7 @@ def run(name, row, secs, discarded):
 def idle_cpu(name, secs=10):
     """Target CPU with one connected controller idle for `secs` (our host)."""
     wait_idle()
-    p, pid, port, nqn = start(name)
-    try:
-        out = subprocess.run(
-            [BIN, "perf", "--target", f"127.0.0.1:{port}", "--nqn", nqn, "--idle", str(secs),
-             "--target-pid", str(pid), "--cpus", str(CLIENT_CPU), "--quiet"],
-            capture_output=True, text=True, timeout=secs + 30)
-    finally:
-        stop(p)
-    m = re.search(r"target CPU:.*= ([\d.]+% of one core)", out.stdout)
-    return m.group(1) if m else (out.stdout + out.stderr).strip()[-200:]
+    return abba_idle_cpu(start(name), secs)
 
 
 def table(results, discarded, pairs, secs):

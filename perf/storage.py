@@ -24,12 +24,12 @@ CLIENT_CPU (0), PERF_NO_BUILD=1.
 import argparse
 import json
 import os
-import re
 import subprocess
 import sys
 import time
 
-from abba import (BIN, CLIENT_CPU, TARGET_CPU, build, header, log, med, proc_ticks, spdk_perf,
+from abba import idle_cpu as abba_idle_cpu
+from abba import (CLIENT_CPU, TARGET_CPU, build, header, log, med, proc_ticks, spdk_perf,
                   spread, start_nvmf_tpc, start_spdk, stop, wait_idle, write_result)
 
 
@@ -109,16 +109,7 @@ def loop_device(path):
 
 
 def idle_cpu(backing, secs=5):
-    p, pid, port, nqn = start_ours(backing)
-    try:
-        out = subprocess.run(
-            [BIN, "perf", "--target", f"127.0.0.1:{port}", "--nqn", nqn, "--idle", str(secs),
-             "--target-pid", str(pid), "--cpus", str(CLIENT_CPU), "--quiet"],
-            capture_output=True, text=True, timeout=secs + 30)
-    finally:
-        stop(p)
-    m = re.search(r"target CPU:.*= ([\d.]+% of one core)", out.stdout)
-    return m.group(1) if m else (out.stdout + out.stderr).strip()[-200:]
+    return abba_idle_cpu(start_ours(backing), secs)
 
 
 def table(results, pairs, secs):
