@@ -672,6 +672,22 @@ fn expect_r2t(p: &mut Peer) -> DataHeader {
     }
 }
 
+/// I/O queue 1 of `cntlid` on a socket with a 4 KiB receive buffer: the
+/// target's sends to it stall at once.
+fn slow_reader(addr: SocketAddr, cntlid: u16, d: Digests) -> Peer {
+    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    sock.set_recv_buffer_size(4096).unwrap();
+    sock.connect(&addr.into()).unwrap();
+    let s: TcpStream = sock.into();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut p = Peer { s, d };
+    p.send(&icreq(d));
+    p.send(&connect_sized(1, 1, cntlid, 31, d));
+    assert!(matches!(p.recv(), Some(Rx::IcResp)));
+    assert!(p.expect_resp().status.is_success());
+    p
+}
+
 /// Identify on the admin queue still answers: the target is up and this
 /// core serves its other connections.
 fn still_serving(admin: &mut Peer, cid: u16, d: Digests) {
@@ -1080,17 +1096,7 @@ fn a_host_that_stops_reading_does_not_hold_blocks_against_writers() {
     let t = Target::start(&["--subsystem", NQN, "--namespace", "ram:16M", "--cores", "1"]);
     let d = Digests::default();
     let (_admin, cntlid) = enabled_admin(t.addr, d);
-    // A receive buffer of a few KiB: the target's sends stall at once.
-    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-    sock.set_recv_buffer_size(4096).unwrap();
-    sock.connect(&t.addr.into()).unwrap();
-    let s: TcpStream = sock.into();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    let mut p = Peer { s, d };
-    p.send(&icreq(d));
-    p.send(&connect_sized(1, 1, cntlid, 31, d));
-    assert!(matches!(p.recv(), Some(Rx::IcResp)));
-    assert!(p.expect_resp().status.is_success());
+    let mut p = slow_reader(t.addr, cntlid, d);
     for cid in 10..40u16 {
         p.send(&read_cmd(cid, 0, 32, d));
     }
@@ -1350,15 +1356,7 @@ fn a_peer_that_stops_reading_cannot_grow_memory() {
     };
     let d = Digests::default();
     let (mut admin, cntlid) = enabled_admin(t.addr, d);
-    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-    sock.set_recv_buffer_size(4096).unwrap();
-    sock.connect(&t.addr.into()).unwrap();
-    let s: TcpStream = sock.into();
-    let mut p = Peer { s, d };
-    p.send(&icreq(d));
-    p.send(&connect_sized(1, 1, cntlid, 31, d));
-    assert!(matches!(p.recv(), Some(Rx::IcResp)));
-    assert!(p.expect_resp().status.is_success());
+    let mut p = slow_reader(t.addr, cntlid, d);
     for cid in 10..42u16 {
         p.send(&read_cmd(cid, 0, 256, d));
     }
