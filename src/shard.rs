@@ -11,6 +11,7 @@ use crate::nvme::registry::Registry;
 use crate::nvme::Namespace;
 use crate::storage::DmaBudget;
 use crate::trigger::Trigger;
+use crate::wire::command::Sqe;
 use crate::wire::fabrics::connect_offset;
 use crate::wire::log_page::SmartCounters;
 use crate::wire::status::Status;
@@ -877,6 +878,14 @@ impl Registry for Shard {
 
     async fn flush_subsystem(&self, subsys: usize) -> std::io::Result<()> {
         Shard::flush_subsystem(self, subsys).await
+    }
+
+    fn stats(&self) -> &RefCell<Vec<SmartCounters>> {
+        &self.stats
+    }
+
+    fn record_error(self: &Rc<Self>, cntlid: u16, sqid: u16, sqe: &Sqe, status: Status) {
+        Shard::record_error(self, cntlid, sqid, sqe, status)
     }
 }
 

@@ -9,6 +9,7 @@ pub mod discovery;
 pub mod fabrics;
 pub mod io;
 pub mod io_ctrl;
+pub mod queue;
 pub mod registry;
 
 use crate::config::NamespaceConfig;

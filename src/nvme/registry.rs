@@ -9,6 +9,7 @@ use super::io_ctrl::{AttachInfo, LocalIoCtrl};
 use super::Namespace;
 use crate::config::TargetConfig;
 use crate::trigger::Trigger;
+use crate::wire::command::Sqe;
 use crate::wire::log_page::SmartCounters;
 use crate::wire::status::Status;
 use std::rc::Rc;
@@ -52,6 +53,11 @@ pub trait Registry: 'static {
     async fn publish_state(self: &Rc<Self>, ctrl: &Controller) -> bool;
     /// Close `ctrl`'s I/O queues on every core.
     fn teardown_io(self: &Rc<Self>, ctrl: &Controller);
+    /// This core's I/O statistics, per subsystem.
+    fn stats(&self) -> &std::cell::RefCell<Vec<SmartCounters>>;
+    /// Add a failed command to its controller's error log, on whichever core
+    /// owns it.
+    fn record_error(self: &Rc<Self>, cntlid: u16, sqid: u16, sqe: &Sqe, status: Status);
     /// Flush every namespace of a subsystem on this core.
     async fn flush_subsystem(&self, subsys: usize) -> std::io::Result<()>;
 }

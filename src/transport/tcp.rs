@@ -11,13 +11,13 @@ use super::readiness::Registration;
 use super::recv::RecvBuf;
 use super::socket::{self, PollingReader};
 use crate::config::ADMIN_IN_CAPSULE_DATA;
-use crate::nvme::fabrics::{self, Binding};
-use crate::nvme::{admin, io, Namespace, Outcome, Response, Xfer};
+use crate::nvme::fabrics::Binding;
+use crate::nvme::queue::Queue;
+use crate::nvme::{Namespace, Outcome, Response, Xfer};
 use crate::shard::Shard;
 use crate::storage::{dma_buffer, Charge, DataBuf, SendPart};
 use crate::trigger::Trigger;
-use crate::wire::command::{self, fctype, sgl, Cqe, Sqe, SQE_LEN};
-use crate::wire::fabrics::CONNECT_DATA_LEN;
+use crate::wire::command::{self, sgl, Cqe, Sqe, SQE_LEN};
 use crate::wire::pdu::{
     self, fes, field, flags, pdu_type, CommonHeader, DataHeader, Digests, Direction, FatalError,
     IcReq, IcResp, Layout, CH_LEN, DIGEST_LEN,
@@ -107,25 +107,14 @@ struct H2cXfer {
     digest_failed: bool,
 }
 
-struct QueueState {
-    binding: Option<Binding>,
-    connecting: bool,
-    qid: u16,
-    entries: u32,
-    sq_flow_disabled: bool,
-}
-
 pub struct Conn {
     shard: Rc<Shard>,
-    local: SocketAddr,
-    peer: SocketAddr,
     digests: Digests,
     /// Host PDU data alignment in bytes.
     pda: usize,
     out: Outbox<Out>,
-    state: RefCell<QueueState>,
-    /// One bit per CID in flight.
-    inflight: RefCell<Box<[u64]>>,
+    /// The queue as the controller core sees it: binding, CIDs, dispatch.
+    q: Queue<Shard>,
     outstanding: Cell<u32>,
     depth: DepthEstimate,
     /// Counted in the shard's `active_io`.
@@ -275,20 +264,10 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream, kill: Rc<Trigger>) {
     }
     let conn = Rc::new(Conn {
         shard: shard.clone(),
-        local,
-        peer,
         digests: icreq.digests,
         pda: (icreq.hpda as usize + 1) * 4,
         out: Outbox::default(),
-        state: RefCell::new(QueueState {
-            binding: None,
-            connecting: false,
-            qid: 0,
-            // Until Connect sizes the queue only the Connect itself may be in flight.
-            entries: 1,
-            sq_flow_disabled: false,
-        }),
-        inflight: RefCell::new(vec![0u64; 65536 / 64].into_boxed_slice()),
+        q: Queue::new(shard.clone(), peer, local),
         outstanding: Cell::new(0),
         depth: DepthEstimate::default(),
         active: Cell::new(false),
@@ -369,7 +348,7 @@ fn ch_bytes(ch: &CommonHeader) -> Vec<u8> {
 
 impl Conn {
     fn max_in_capsule(&self) -> usize {
-        let st = self.state.borrow();
+        let st = self.q.state.borrow();
         match st.binding {
             Some(Binding::Io { .. }) => self.shard.cfg.in_capsule_data as usize,
             _ => ADMIN_IN_CAPSULE_DATA.max(self.shard.cfg.in_capsule_data) as usize,
@@ -386,7 +365,7 @@ impl Conn {
     /// sends (4 queues x QD8: 739k -> 580k), so `FLOW_BATCH` stays.
     fn flow_batch(&self, rb: &Reader) -> usize {
         let outstanding = self.outstanding.get() as usize;
-        let io = matches!(self.state.borrow().binding, Some(Binding::Io { .. }));
+        let io = matches!(self.q.state.borrow().binding, Some(Binding::Io { .. }));
         let active = io && outstanding > 0;
         if self.active.get() != active {
             self.active.set(active);
@@ -518,13 +497,13 @@ impl Conn {
         let cid = sqe.cid();
         // Submission queue accounting (§3.3.1 of NVMe-oF: the host never has
         // more than SQSIZE commands outstanding).
-        if self.outstanding.get() >= self.state.borrow().entries {
+        if self.outstanding.get() >= self.q.state.borrow().entries {
             return Err(Stop::Fatal(
                 FatalError::new(fes::PDU_SEQUENCE_ERROR, field::TYPE),
                 hdr[..l.hlen].to_vec(),
             ));
         }
-        if self.cid_busy(cid) && !self.forget_aer(cid) {
+        if self.q.cid_busy(cid) && !self.forget_aer(cid) {
             // The completion is sent but the original command stays tracked.
             self.outstanding.set(self.outstanding.get() + 1);
             self.out.push(Out::Done {
@@ -535,9 +514,9 @@ impl Conn {
             });
             return Ok(());
         }
-        self.set_cid(cid, true);
+        self.q.set_cid(cid, true);
         self.outstanding.set(self.outstanding.get() + 1);
-        let entries = self.state.borrow().entries as u16;
+        let entries = self.q.state.borrow().entries as u16;
         self.sqhd.set(if entries <= 1 {
             0
         } else {
@@ -554,7 +533,7 @@ impl Conn {
         }
         match self.plan(&sqe, icd.as_ref()) {
             Err(s) => {
-                self.log_failure(&sqe, s);
+                self.q.log_failure(&sqe, s);
                 self.complete(cid, Response::status(s), 0, None);
             }
             Ok(plan) => self.dispatch(sqe, plan, icd, charge),
@@ -615,7 +594,7 @@ impl Conn {
 
     /// Check a command and the data it carries or asks for.
     fn plan(&self, sqe: &Sqe, icd: Option<&DmaBuffer>) -> Result<Plan, Status> {
-        let (xfer, ns) = self.prepare(sqe)?;
+        let (xfer, ns) = self.q.prepare(sqe)?;
         let d = sqe.sgl();
         match xfer {
             Xfer::None => Ok(Plan::Execute(ns, 0)),
@@ -678,7 +657,7 @@ impl Conn {
     /// Command ID Conflict there failed its shutdown). The AER is dropped,
     /// never to complete under a CID that now means another command.
     fn forget_aer(&self, cid: u16) -> bool {
-        let st = self.state.borrow();
+        let st = self.q.state.borrow();
         let Some(Binding::Admin(ctrl)) = &st.binding else {
             return false;
         };
@@ -687,62 +666,9 @@ impl Conn {
             return false;
         };
         aers.remove(i);
-        self.set_cid(cid, false);
+        self.q.set_cid(cid, false);
         self.outstanding.set(self.outstanding.get() - 1);
         true
-    }
-
-    fn cid_busy(&self, cid: u16) -> bool {
-        self.inflight.borrow()[cid as usize / 64] & (1 << (cid % 64)) != 0
-    }
-
-    fn set_cid(&self, cid: u16, busy: bool) {
-        let mut f = self.inflight.borrow_mut();
-        let w = &mut f[cid as usize / 64];
-        if busy {
-            *w |= 1 << (cid % 64);
-        } else {
-            *w &= !(1 << (cid % 64));
-        }
-    }
-
-    /// Phase one of dispatch: which command set, is it allowed now, what data.
-    fn prepare(&self, sqe: &Sqe) -> Result<(Xfer, Option<Rc<Namespace>>), Status> {
-        crate::nvme::check_common(sqe)?;
-        let mut st = self.state.borrow_mut();
-        if sqe.opcode() == command::admin::FABRICS {
-            return match (sqe.fctype(), &st.binding) {
-                (fctype::CONNECT, None) if !st.connecting => {
-                    st.connecting = true;
-                    Ok((Xfer::FromHost(CONNECT_DATA_LEN), None))
-                }
-                (fctype::CONNECT, _) => Err(Status::COMMAND_SEQUENCE_ERROR),
-                (_, None) => Err(Status::COMMAND_SEQUENCE_ERROR),
-                (fctype::PROPERTY_GET | fctype::PROPERTY_SET, Some(Binding::Admin(_))) => {
-                    Ok((Xfer::None, None))
-                }
-                (fctype::DISCONNECT, Some(_)) => Ok((Xfer::None, None)),
-                _ => Err(Status::INVALID_OPCODE),
-            };
-        }
-        let max_io = self.shard.cfg.max_io_size;
-        match &st.binding {
-            None => Err(Status::COMMAND_SEQUENCE_ERROR),
-            Some(Binding::Admin(ctrl)) => {
-                ctrl.touch();
-                admin::prepare(ctrl, sqe, max_io).map(|x| (x, None))
-            }
-            Some(Binding::Io { subsys, local, .. }) => {
-                local.commands.set(local.commands.get() + 1);
-                // I/O before CC.EN=1 (or after a reset) breaks the bring-up
-                // sequence; Linux nvmet answers the same.
-                if !local.ready() {
-                    return Err(Status::COMMAND_SEQUENCE_ERROR);
-                }
-                let ns = self.shard.namespace(*subsys, sqe.nsid()).cloned();
-                io::prepare(sqe, ns.as_ref(), max_io).map(|x| (x, ns))
-            }
-        }
     }
 
     fn start_r2t(&self, sqe: Sqe, ns: Option<Rc<Namespace>>, len: usize, charge: Option<Charge>) {
@@ -841,12 +767,12 @@ impl Conn {
         let me = self.clone();
         self.executing.set(self.executing.get() + 1);
         let mut fut = Box::pin(async move {
-            let outcome = me.execute(&sqe, ns, data).await;
+            let outcome = me.q.execute(&sqe, ns, data, &me.kill).await;
             me.executing.set(me.executing.get() - 1);
             match outcome {
                 Outcome::Done(r) => {
                     if !r.status.is_success() {
-                        me.log_failure(&sqe, r.status);
+                        me.q.log_failure(&sqe, r.status);
                     }
                     me.complete(sqe.cid(), r, max_len, charge)
                 }
@@ -862,130 +788,11 @@ impl Conn {
         glommio::spawn_local(fut).detach();
     }
 
-    /// Phase two: run the command.
-    async fn execute(
-        self: &Rc<Self>,
-        sqe: &Sqe,
-        ns: Option<Rc<Namespace>>,
-        data: Option<DmaBuffer>,
-    ) -> Outcome {
-        if sqe.opcode() == command::admin::FABRICS {
-            return self.execute_fabrics(sqe, data).await.into();
-        }
-        let binding = {
-            let st = self.state.borrow();
-            match &st.binding {
-                Some(Binding::Admin(c)) => Ok(c.clone()),
-                Some(Binding::Io { subsys, local, .. }) => Err((*subsys, local.write_through())),
-                None => return Status::COMMAND_SEQUENCE_ERROR.into(),
-            }
-        };
-        match binding {
-            Ok(ctrl) => admin::execute(&self.shard, &ctrl, sqe, data, self.local).await,
-            Err((subsys, write_through)) => {
-                let Some(ns) = ns else {
-                    return Status::INVALID_NAMESPACE.into();
-                };
-                let r = io::execute(sqe, &ns, data, write_through).await;
-                self.count_io(subsys, sqe, &ns, &r);
-                r.into()
-            }
-        }
-    }
-
-    fn count_io(&self, subsys: usize, sqe: &Sqe, ns: &Namespace, r: &Response) {
-        let mut stats = self.shard.stats.borrow_mut();
-        let Some(s) = stats.get_mut(subsys) else {
-            return;
-        };
-        let bytes = ((sqe.nlb() as u64) + 1) << ns.block_shift;
-        match sqe.opcode() {
-            command::io::READ => {
-                s.read_commands += 1;
-                s.bytes_read += bytes;
-            }
-            command::io::WRITE => {
-                s.write_commands += 1;
-                s.bytes_written += bytes;
-            }
-            _ => {}
-        }
-        if r.status.sct() == 2 {
-            s.media_errors += 1;
-        }
-    }
-
-    async fn execute_fabrics(self: &Rc<Self>, sqe: &Sqe, data: Option<DmaBuffer>) -> Response {
-        match sqe.fctype() {
-            fctype::CONNECT => {
-                let Some(d) = data else {
-                    return Response::status(Status::DATA_SGL_LENGTH_INVALID);
-                };
-                let r = fabrics::connect(&self.shard, sqe, d.as_bytes(), &self.kill).await;
-                let mut st = self.state.borrow_mut();
-                st.connecting = false;
-                match r {
-                    Ok(c) => {
-                        let cntlid = match &c.binding {
-                            Binding::Admin(ctrl) => ctrl.cntlid,
-                            Binding::Io { cntlid, .. } => *cntlid,
-                        };
-                        st.qid = c.qid;
-                        st.entries = c.entries;
-                        st.sq_flow_disabled = c.sq_flow_disabled;
-                        st.binding = Some(c.binding);
-                        log::info!(
-                            "{}: queue {} of controller {cntlid} connected on core {}",
-                            self.peer,
-                            c.qid,
-                            self.shard.id
-                        );
-                        Response::dw0(cntlid as u32)
-                    }
-                    Err(r) => r,
-                }
-            }
-            fctype::PROPERTY_GET | fctype::PROPERTY_SET => {
-                let ctrl = match &self.state.borrow().binding {
-                    Some(Binding::Admin(c)) => c.clone(),
-                    _ => return Response::status(Status::COMMAND_SEQUENCE_ERROR),
-                };
-                if sqe.fctype() == fctype::PROPERTY_GET {
-                    fabrics::property_get(&ctrl, sqe)
-                } else {
-                    fabrics::property_set(&self.shard, &ctrl, sqe)
-                }
-            }
-            fctype::DISCONNECT => Response {
-                close_after: true,
-                ..Response::ok()
-            },
-            _ => Response::status(Status::INVALID_OPCODE),
-        }
-    }
-
-    /// Failed commands are logged (never successful ones: no line per I/O)
-    /// and go to their controller's error log, which may live on another core.
-    fn log_failure(&self, sqe: &Sqe, s: Status) {
-        let st = self.state.borrow();
-        log::info!(
-            "{}: queue {} command {:?} failed: {s}",
-            self.peer,
-            st.qid,
-            sqe
-        );
-        match &st.binding {
-            Some(Binding::Admin(ctrl)) => ctrl.record_error(0, sqe.cid(), s, sqe.nsid(), 0),
-            Some(Binding::Io { cntlid, .. }) => self.shard.record_error(*cntlid, st.qid, sqe, s),
-            None => {}
-        }
-    }
-
     /// The CID is free again at once; the command still counts against the
     /// queue's entries until the writer has sent its completion, so a host
     /// that stops reading cannot make the outbox grow without bound.
     fn complete(&self, cid: u16, resp: Response, max_len: usize, charge: Option<Charge>) {
-        self.set_cid(cid, false);
+        self.q.set_cid(cid, false);
         let done = Out::Done {
             cid,
             resp,
@@ -1003,7 +810,7 @@ impl Conn {
             dw0: r.dw0,
             dw1: r.dw1,
             sqhd: self.sqhd.get(),
-            sqid: self.state.borrow().qid,
+            sqid: self.q.state.borrow().qid,
             cid,
             status: r.status,
         }
@@ -1031,8 +838,8 @@ impl Conn {
             if Instant::now() >= report {
                 log::warn!(
                     "{}: queue {} closed with {} commands still running at the backing; its qid stays taken until they finish",
-                    self.peer,
-                    self.state.borrow().qid,
+                    self.q.peer,
+                    self.q.state.borrow().qid,
                     self.executing.get()
                 );
                 report += DRAIN_REPORT_INTERVAL;
@@ -1040,7 +847,7 @@ impl Conn {
         }
         self.out.close();
         let (binding, qid) = {
-            let mut st = self.state.borrow_mut();
+            let mut st = self.q.state.borrow_mut();
             (st.binding.take(), st.qid)
         };
         match binding {
@@ -1069,10 +876,11 @@ async fn watchdog(conn: Rc<Conn>) {
         if conn.kill.sleep(tick).await {
             return;
         }
-        if conn.state.borrow().binding.is_none() && born.elapsed() > conn.shard.connect_timeout() {
+        if conn.q.state.borrow().binding.is_none() && born.elapsed() > conn.shard.connect_timeout()
+        {
             log::warn!(
                 "{}: no Connect within the connect timeout; closing",
-                conn.peer
+                conn.q.peer
             );
             conn.kill.fire();
             return;
@@ -1084,7 +892,7 @@ async fn watchdog(conn: Rc<Conn>) {
                 if t.elapsed() > pdu_timeout {
                     log::warn!(
                         "{}: partial PDU for over {:?}; closing",
-                        conn.peer,
+                        conn.q.peer,
                         pdu_timeout
                     );
                     conn.kill.fire();
@@ -1192,7 +1000,7 @@ fn encode_done(
     mark: &mut usize,
 ) {
     let d = conn.digests;
-    let sq_flow_disabled = conn.state.borrow().sq_flow_disabled;
+    let sq_flow_disabled = conn.q.state.borrow().sq_flow_disabled;
     let mut skip_resp = false;
     if let (Some(data), true) = (&resp.data, resp.status.is_success()) {
         let total = data.len().min(max_len);

@@ -1,0 +1,238 @@
+//! One NVMe queue as the controller core sees it, whatever carries it: what
+//! it is bound to (an admin queue's controller, an I/O queue's subsystem and
+//! controller), the command IDs in flight, and the two phases of dispatch
+//! that Linux nvmet runs in core.c: `prepare` (which command set, allowed
+//! now, what data it moves) and `execute`. A transport owns one per
+//! connection and does the I/O around it (transport/tcp.rs).
+
+use super::fabrics::{self, Binding};
+use super::registry::Registry;
+use super::{admin, io, Namespace, Outcome, Response, Xfer};
+use crate::trigger::Trigger;
+use crate::wire::command::{self, fctype, Sqe};
+use crate::wire::fabrics::CONNECT_DATA_LEN;
+use crate::wire::status::Status;
+use glommio::io::DmaBuffer;
+use std::cell::RefCell;
+use std::net::SocketAddr;
+use std::rc::Rc;
+
+/// What Connect made of the queue.
+pub struct QueueState {
+    pub binding: Option<Binding>,
+    /// A Connect is being executed.
+    pub connecting: bool,
+    pub qid: u16,
+    /// SQSIZE + 1: most commands the host may have outstanding.
+    pub entries: u32,
+    /// Connect CATTR bit 2: reads may end with a SUCCESS C2HData.
+    pub sq_flow_disabled: bool,
+}
+
+pub struct Queue<R: Registry> {
+    pub registry: Rc<R>,
+    /// The host's address, for log lines.
+    pub peer: SocketAddr,
+    /// The address the host reached (the discovery log describes it).
+    pub local: SocketAddr,
+    pub state: RefCell<QueueState>,
+    /// One bit per CID in flight.
+    inflight: RefCell<Box<[u64]>>,
+}
+
+impl<R: Registry> Queue<R> {
+    pub fn new(registry: Rc<R>, peer: SocketAddr, local: SocketAddr) -> Queue<R> {
+        Queue {
+            registry,
+            peer,
+            local,
+            state: RefCell::new(QueueState {
+                binding: None,
+                connecting: false,
+                qid: 0,
+                // Until Connect sizes the queue only the Connect itself may be in flight.
+                entries: 1,
+                sq_flow_disabled: false,
+            }),
+            inflight: RefCell::new(vec![0u64; 65536 / 64].into_boxed_slice()),
+        }
+    }
+
+    pub fn cid_busy(&self, cid: u16) -> bool {
+        self.inflight.borrow()[cid as usize / 64] & (1 << (cid % 64)) != 0
+    }
+
+    pub fn set_cid(&self, cid: u16, busy: bool) {
+        let mut f = self.inflight.borrow_mut();
+        let w = &mut f[cid as usize / 64];
+        if busy {
+            *w |= 1 << (cid % 64);
+        } else {
+            *w &= !(1 << (cid % 64));
+        }
+    }
+
+    /// Phase one of dispatch: which command set, is it allowed now, what data.
+    pub fn prepare(&self, sqe: &Sqe) -> Result<(Xfer, Option<Rc<Namespace>>), Status> {
+        crate::nvme::check_common(sqe)?;
+        let mut st = self.state.borrow_mut();
+        if sqe.opcode() == command::admin::FABRICS {
+            return match (sqe.fctype(), &st.binding) {
+                (fctype::CONNECT, None) if !st.connecting => {
+                    st.connecting = true;
+                    Ok((Xfer::FromHost(CONNECT_DATA_LEN), None))
+                }
+                (fctype::CONNECT, _) => Err(Status::COMMAND_SEQUENCE_ERROR),
+                (_, None) => Err(Status::COMMAND_SEQUENCE_ERROR),
+                (fctype::PROPERTY_GET | fctype::PROPERTY_SET, Some(Binding::Admin(_))) => {
+                    Ok((Xfer::None, None))
+                }
+                (fctype::DISCONNECT, Some(_)) => Ok((Xfer::None, None)),
+                _ => Err(Status::INVALID_OPCODE),
+            };
+        }
+        let max_io = self.registry.cfg().max_io_size;
+        match &st.binding {
+            None => Err(Status::COMMAND_SEQUENCE_ERROR),
+            Some(Binding::Admin(ctrl)) => {
+                ctrl.touch();
+                admin::prepare(ctrl, sqe, max_io).map(|x| (x, None))
+            }
+            Some(Binding::Io { subsys, local, .. }) => {
+                local.commands.set(local.commands.get() + 1);
+                // I/O before CC.EN=1 (or after a reset) breaks the bring-up
+                // sequence; Linux nvmet answers the same.
+                if !local.ready() {
+                    return Err(Status::COMMAND_SEQUENCE_ERROR);
+                }
+                let ns = self.registry.namespace(*subsys, sqe.nsid()).cloned();
+                io::prepare(sqe, ns.as_ref(), max_io).map(|x| (x, ns))
+            }
+        }
+    }
+
+    /// Phase two: run the command.
+    pub async fn execute(
+        &self,
+        sqe: &Sqe,
+        ns: Option<Rc<Namespace>>,
+        data: Option<DmaBuffer>,
+        kill: &Rc<Trigger>,
+    ) -> Outcome {
+        if sqe.opcode() == command::admin::FABRICS {
+            return self.execute_fabrics(sqe, data, kill).await.into();
+        }
+        let binding = {
+            let st = self.state.borrow();
+            match &st.binding {
+                Some(Binding::Admin(c)) => Ok(c.clone()),
+                Some(Binding::Io { subsys, local, .. }) => Err((*subsys, local.write_through())),
+                None => return Status::COMMAND_SEQUENCE_ERROR.into(),
+            }
+        };
+        match binding {
+            Ok(ctrl) => admin::execute(&self.registry, &ctrl, sqe, data, self.local).await,
+            Err((subsys, write_through)) => {
+                let Some(ns) = ns else {
+                    return Status::INVALID_NAMESPACE.into();
+                };
+                let r = io::execute(sqe, &ns, data, write_through).await;
+                self.count_io(subsys, sqe, &ns, &r);
+                r.into()
+            }
+        }
+    }
+
+    fn count_io(&self, subsys: usize, sqe: &Sqe, ns: &Namespace, r: &Response) {
+        let mut stats = self.registry.stats().borrow_mut();
+        let Some(s) = stats.get_mut(subsys) else {
+            return;
+        };
+        let bytes = ((sqe.nlb() as u64) + 1) << ns.block_shift;
+        match sqe.opcode() {
+            command::io::READ => {
+                s.read_commands += 1;
+                s.bytes_read += bytes;
+            }
+            command::io::WRITE => {
+                s.write_commands += 1;
+                s.bytes_written += bytes;
+            }
+            _ => {}
+        }
+        if r.status.sct() == 2 {
+            s.media_errors += 1;
+        }
+    }
+
+    async fn execute_fabrics(
+        &self,
+        sqe: &Sqe,
+        data: Option<DmaBuffer>,
+        kill: &Rc<Trigger>,
+    ) -> Response {
+        match sqe.fctype() {
+            fctype::CONNECT => {
+                let Some(d) = data else {
+                    return Response::status(Status::DATA_SGL_LENGTH_INVALID);
+                };
+                let r = fabrics::connect(&self.registry, sqe, d.as_bytes(), kill).await;
+                let mut st = self.state.borrow_mut();
+                st.connecting = false;
+                match r {
+                    Ok(c) => {
+                        let cntlid = match &c.binding {
+                            Binding::Admin(ctrl) => ctrl.cntlid,
+                            Binding::Io { cntlid, .. } => *cntlid,
+                        };
+                        st.qid = c.qid;
+                        st.entries = c.entries;
+                        st.sq_flow_disabled = c.sq_flow_disabled;
+                        st.binding = Some(c.binding);
+                        log::info!(
+                            "{}: queue {} of controller {cntlid} connected on core {}",
+                            self.peer,
+                            c.qid,
+                            self.registry.core()
+                        );
+                        Response::dw0(cntlid as u32)
+                    }
+                    Err(r) => r,
+                }
+            }
+            fctype::PROPERTY_GET | fctype::PROPERTY_SET => {
+                let ctrl = match &self.state.borrow().binding {
+                    Some(Binding::Admin(c)) => c.clone(),
+                    _ => return Response::status(Status::COMMAND_SEQUENCE_ERROR),
+                };
+                if sqe.fctype() == fctype::PROPERTY_GET {
+                    fabrics::property_get(&ctrl, sqe)
+                } else {
+                    fabrics::property_set(&self.registry, &ctrl, sqe)
+                }
+            }
+            fctype::DISCONNECT => Response {
+                close_after: true,
+                ..Response::ok()
+            },
+            _ => Response::status(Status::INVALID_OPCODE),
+        }
+    }
+
+    /// Failed commands are logged (never successful ones: no line per I/O)
+    /// and go to their controller's error log, which may live on another core.
+    pub fn log_failure(&self, sqe: &Sqe, s: Status) {
+        let st = self.state.borrow();
+        log::info!(
+            "{}: queue {} command {:?} failed: {s}",
+            self.peer,
+            st.qid,
+            sqe
+        );
+        match &st.binding {
+            Some(Binding::Admin(ctrl)) => ctrl.record_error(0, sqe.cid(), s, sqe.nsid(), 0),
+            Some(Binding::Io { cntlid, .. }) => self.registry.record_error(*cntlid, st.qid, sqe, s),
+            None => {}
+        }
+    }
+}
