@@ -434,11 +434,8 @@ fn run(args: &PerfArgs, plan: Arc<Plan>) -> Result<i32, String> {
         match worker::spawn(core, cpu, plan.clone(), shared.clone(), tx.clone()) {
             Ok(h) => handles.push(h),
             Err(e) => {
-                shared.abort.store(true, Ordering::Relaxed);
                 drop(tx);
-                for h in handles {
-                    let _ = h.join();
-                }
+                stop_cores(&shared, handles);
                 return Err(e);
             }
         }
@@ -446,37 +443,11 @@ fn run(args: &PerfArgs, plan: Arc<Plan>) -> Result<i32, String> {
     drop(tx);
 
     // Connect: wait for every core (or the first failure).
-    let mut geo: Option<Geometry> = None;
     let mut failures: Vec<String> = Vec::new();
-    let mut finished = 0usize;
-    let mut ready = 0usize;
-    while ready + finished < ncores {
-        match rx.recv() {
-            Ok(Msg::Ready { geo: g, .. }) => {
-                ready += 1;
-                geo.get_or_insert(g);
-            }
-            Ok(Msg::Done { failure, .. }) => {
-                finished += 1;
-                if let Some(err) = failure {
-                    failures.push(err);
-                    shared.abort.store(true, Ordering::Relaxed);
-                }
-            }
-            Ok(Msg::Tick { .. }) => {}
-            Err(_) => break,
-        }
-    }
-    let geo = match geo {
-        Some(g) if failures.is_empty() => g,
-        _ => {
-            shared.abort.store(true, Ordering::Relaxed);
-            for h in handles {
-                let _ = h.join();
-            }
-            if failures.is_empty() {
-                failures.push("a client core stopped while connecting".into());
-            }
+    let geo = match await_ready(&rx, ncores, &shared, &mut failures) {
+        Some(g) => g,
+        None => {
+            stop_cores(&shared, handles);
             return Err(failures.join("; "));
         }
     };
@@ -484,10 +455,7 @@ fn run(args: &PerfArgs, plan: Arc<Plan>) -> Result<i32, String> {
     let shape = match Shape::new(&plan, &geo) {
         Ok(s) => s,
         Err(e) => {
-            shared.abort.store(true, Ordering::Relaxed);
-            for h in handles {
-                let _ = h.join();
-            }
+            stop_cores(&shared, handles);
             return Err(e);
         }
     };
@@ -592,33 +560,13 @@ fn run(args: &PerfArgs, plan: Arc<Plan>) -> Result<i32, String> {
             let warm = end <= tl.warmup_end;
             let iv = &slices[printed].iv;
             if plan.idle.is_none() {
-                let iops = iv.ios() as f64 / dur;
-                let mibs = iv.bytes as f64 / dur / (1 << 20) as f64;
-                let p99 = iv.p99_us();
-                if !args.quiet {
-                    println!(
-                        "[{:6.1} s] {:>11} IOPS {:>9.1} MiB/s   p99 {:>9.1} µs{}{}",
-                        (end - tl.t0).as_secs_f64(),
-                        grouped(iops.round() as u64),
-                        mibs,
-                        p99,
-                        if iv.errors > 0 {
-                            format!("   errors {}", iv.errors)
-                        } else {
-                            String::new()
-                        },
-                        if warm { "   (warm-up)" } else { "" }
-                    );
-                }
-                per_second.push(Json::obj([
-                    ("t_s", Json::Num((end - tl.t0).as_secs_f64())),
-                    ("seconds", Json::Num(dur)),
-                    ("warmup", Json::Bool(warm)),
-                    ("iops", Json::Num(iops)),
-                    ("mib_s", Json::Num(mibs)),
-                    ("p99_us", Json::Num(p99)),
-                    ("errors", Json::int(iv.errors)),
-                ]));
+                per_second.push(interval_line(
+                    args,
+                    iv,
+                    (end - tl.t0).as_secs_f64(),
+                    dur,
+                    warm,
+                ));
             }
             if !warm {
                 total.merge(iv);
@@ -632,18 +580,7 @@ fn run(args: &PerfArgs, plan: Arc<Plan>) -> Result<i32, String> {
     // A run cut short has no end sample: take one now.
     let start_sample = samples[0].unwrap_or_else(|| (Instant::now(), cpu_sample(args.target_pid)));
     let end_sample = samples[1].unwrap_or_else(|| (Instant::now(), cpu_sample(args.target_pid)));
-    let measured_s = if aborted {
-        // Only whole intervals after the warm-up were merged.
-        (0..printed)
-            .filter(|&i| tl.events[i] > tl.warmup_end)
-            .map(|i| {
-                let s = if i == 0 { tl.t0 } else { tl.events[i - 1] };
-                (tl.events[i] - s).as_secs_f64()
-            })
-            .sum::<f64>()
-    } else {
-        (tl.end - tl.warmup_end).as_secs_f64()
-    };
+    let measured_s = measured_seconds(tl, aborted, printed);
     let client_cpu = end_sample.1.client.saturating_sub(start_sample.1.client);
     let target_cpu = match (start_sample.1.target, end_sample.1.target) {
         (Some(a), Some(b)) => Some(b.saturating_sub(a)),
@@ -669,6 +606,100 @@ fn run(args: &PerfArgs, plan: Arc<Plan>) -> Result<i32, String> {
         per_second,
     };
     Ok(r.finish())
+}
+
+/// Abort every client core and wait for them.
+fn stop_cores(shared: &Shared, handles: Vec<glommio::ExecutorJoinHandle<()>>) {
+    shared.abort.store(true, Ordering::Relaxed);
+    for h in handles {
+        let _ = h.join();
+    }
+}
+
+/// Wait until every core has connected; the namespace geometry they found,
+/// or None with the reasons in `failures`.
+fn await_ready(
+    rx: &mpsc::Receiver<Msg>,
+    ncores: usize,
+    shared: &Shared,
+    failures: &mut Vec<String>,
+) -> Option<Geometry> {
+    let mut geo: Option<Geometry> = None;
+    let mut finished = 0usize;
+    let mut ready = 0usize;
+    while ready + finished < ncores {
+        match rx.recv() {
+            Ok(Msg::Ready { geo: g, .. }) => {
+                ready += 1;
+                geo.get_or_insert(g);
+            }
+            Ok(Msg::Done { failure, .. }) => {
+                finished += 1;
+                if let Some(err) = failure {
+                    failures.push(err);
+                    shared.abort.store(true, Ordering::Relaxed);
+                }
+            }
+            Ok(Msg::Tick { .. }) => {}
+            Err(_) => break,
+        }
+    }
+    match geo {
+        Some(g) if failures.is_empty() => Some(g),
+        _ => {
+            if failures.is_empty() {
+                failures.push("a client core stopped while connecting".into());
+            }
+            None
+        }
+    }
+}
+
+/// One interval every live core has reported: its line (unless --quiet)
+/// and its JSON record.
+fn interval_line(args: &PerfArgs, iv: &Interval, t_s: f64, dur: f64, warm: bool) -> Json {
+    let iops = iv.ios() as f64 / dur;
+    let mibs = iv.bytes as f64 / dur / (1 << 20) as f64;
+    let p99 = iv.p99_us();
+    if !args.quiet {
+        println!(
+            "[{:6.1} s] {:>11} IOPS {:>9.1} MiB/s   p99 {:>9.1} µs{}{}",
+            t_s,
+            grouped(iops.round() as u64),
+            mibs,
+            p99,
+            if iv.errors > 0 {
+                format!("   errors {}", iv.errors)
+            } else {
+                String::new()
+            },
+            if warm { "   (warm-up)" } else { "" }
+        );
+    }
+    Json::obj([
+        ("t_s", Json::Num(t_s)),
+        ("seconds", Json::Num(dur)),
+        ("warmup", Json::Bool(warm)),
+        ("iops", Json::Num(iops)),
+        ("mib_s", Json::Num(mibs)),
+        ("p99_us", Json::Num(p99)),
+        ("errors", Json::int(iv.errors)),
+    ])
+}
+
+/// Seconds the merged intervals cover: the whole measurement, or for a run
+/// cut short only the whole intervals after the warm-up.
+fn measured_seconds(tl: &Timeline, aborted: bool, printed: usize) -> f64 {
+    if !aborted {
+        return (tl.end - tl.warmup_end).as_secs_f64();
+    }
+    (0..printed)
+        .filter(|&i| tl.events[i] > tl.warmup_end)
+        .map(|i| {
+            let s = if i == 0 { tl.t0 } else { tl.events[i - 1] };
+            (tl.events[i] - s).as_secs_f64()
+        })
+        .sum::<f64>()
 }
 
 fn print_header(args: &PerfArgs, plan: &Plan, geo: &Geometry, shape: &Shape) {
