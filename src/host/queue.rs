@@ -46,16 +46,10 @@ use std::time::Duration;
 const RX_BUF_LEN: usize = 64 * 1024;
 /// SQE byte 1, PSDT = 01b: the data pointer is an SGL (required by fabrics).
 const PSDT_SGL: u8 = 0x40;
-/// In-capsule data limit of a new admin queue (NVMe/TCP: at least 8 KiB).
-pub(crate) const ADMIN_IN_CAPSULE: usize = 8192;
 /// Smallest MAXH2CDATA a controller may report (NVMe/TCP 1.0 §3.6.2.3).
 const MAXH2CDATA_MIN: u32 = 4096;
 /// Offset of the CID inside a CapsuleResp PDU (8-byte header + CQE byte 12).
 const RESP_CID_FIELD: u32 = 8 + 12;
-/// Offsets of data PDU fields, reported as FEI.
-const CCCID_FIELD: u32 = 8;
-const DATAO_FIELD: u32 = 12;
-const DATAL_FIELD: u32 = 16;
 
 type Stream = Rc<RefCell<TcpStream>>;
 
@@ -668,7 +662,7 @@ impl Conn {
             let Some(idx) = self.slot_index(&slots, dh.cccid) else {
                 return Err(fatal(
                     fes::INVALID_HEADER_FIELD,
-                    CCCID_FIELD,
+                    field::CCCID,
                     format!("R2T for unknown CID {}", dh.cccid),
                 ));
             };
@@ -676,14 +670,14 @@ impl Conn {
             if s.tx_len == 0 {
                 return Err(fatal(
                     fes::INVALID_HEADER_FIELD,
-                    CCCID_FIELD,
+                    field::CCCID,
                     format!("R2T for CID {}, which has no data to transfer", dh.cccid),
                 ));
             }
             if s.r2t.is_some() {
                 return Err(fatal(
                     fes::R2T_LIMIT_EXCEEDED,
-                    CCCID_FIELD,
+                    field::CCCID,
                     format!("second outstanding R2T for CID {}", dh.cccid),
                 ));
             }
@@ -691,7 +685,7 @@ impl Conn {
             if len == 0 || off < s.r2t_end || off + len > s.tx_len {
                 return Err(fatal(
                     fes::DATA_OUT_OF_RANGE,
-                    DATAO_FIELD,
+                    field::DATAO,
                     format!(
                         "R2T offset {off} length {len} for CID {} ({} bytes, {} requested)",
                         dh.cccid, s.tx_len, s.r2t_end
@@ -702,7 +696,7 @@ impl Conn {
                 // The data's owner is gone: the command cannot finish.
                 return Err(fatal(
                     fes::PDU_SEQUENCE_ERROR,
-                    CCCID_FIELD,
+                    field::CCCID,
                     format!("R2T for abandoned CID {}", dh.cccid),
                 ));
             }
@@ -736,7 +730,7 @@ impl Conn {
             let Some(idx) = self.slot_index(&slots, dh.cccid) else {
                 return Err(fatal(
                     fes::INVALID_HEADER_FIELD,
-                    CCCID_FIELD,
+                    field::CCCID,
                     format!("C2HData for unknown CID {}", dh.cccid),
                 ));
             };
@@ -744,14 +738,14 @@ impl Conn {
             if dh.length as usize != len {
                 return Err(fatal(
                     fes::INVALID_HEADER_FIELD,
-                    DATAL_FIELD,
+                    field::DATAL,
                     format!("C2HData DATAL {} but {len} data bytes", dh.length),
                 ));
             }
             if off != s.rx_got || off + len > s.rx_len {
                 return Err(fatal(
                     fes::DATA_OUT_OF_RANGE,
-                    DATAO_FIELD,
+                    field::DATAO,
                     format!(
                         "C2HData offset {off} length {len} for CID {} expecting offset {} of {}",
                         dh.cccid, s.rx_got, s.rx_len
@@ -1033,7 +1027,11 @@ impl Queue {
             hpda_align: (usize::from(cfg.hpda) + 1) * 4,
             fd,
             stream,
-            in_capsule_limit: Cell::new(if qid == 0 { ADMIN_IN_CAPSULE } else { 0 }),
+            in_capsule_limit: Cell::new(if qid == 0 {
+                crate::config::ADMIN_IN_CAPSULE_DATA as usize
+            } else {
+                0
+            }),
             slots: RefCell::new((0..slots).map(|_| Slot::default()).collect()),
             // Popped from the end: CID 0 goes first.
             free: RefCell::new((0..slots as u16).rev().collect()),

@@ -713,18 +713,18 @@ impl Conn {
             let mut slots = self.r2t.borrow_mut();
             match slots.get_mut(dh.ttag as usize).and_then(|s| s.take()) {
                 Some(x) => x,
-                None => return Err(bad(fes::INVALID_HEADER_FIELD, 10)),
+                None => return Err(bad(fes::INVALID_HEADER_FIELD, field::TTAG)),
             }
         };
         // Data must arrive in order, within the R2T (§3.6.2.7).
         let err = if x.cid != dh.cccid {
-            Some((fes::INVALID_HEADER_FIELD, 8))
+            Some((fes::INVALID_HEADER_FIELD, field::CCCID))
         } else if dh.offset as usize != x.received {
-            Some((fes::DATA_OUT_OF_RANGE, 12))
+            Some((fes::DATA_OUT_OF_RANGE, field::DATAO))
         } else if dh.length as usize != l.data_len {
-            Some((fes::INVALID_HEADER_FIELD, 16))
+            Some((fes::INVALID_HEADER_FIELD, field::DATAL))
         } else if x.received + l.data_len > x.len {
-            Some((fes::DATA_OUT_OF_RANGE, 16))
+            Some((fes::DATA_OUT_OF_RANGE, field::DATAL))
         } else {
             None
         };

@@ -55,13 +55,19 @@ pub mod fes {
     pub const UNSUPPORTED_PARAMETER: u16 = 0x06;
 }
 
-/// Byte offsets inside the common header, used as the FEI of a TermReq.
+/// Byte offsets of header fields, used as the FEI of a TermReq: the common
+/// header's, then those of the data PDUs' headers (H2CData, C2HData and R2T
+/// share a layout, NVMe/TCP 1.0 §3.6.2.6-8).
 pub mod field {
     pub const TYPE: u32 = 0;
     pub const FLAGS: u32 = 1;
     pub const HLEN: u32 = 2;
     pub const PDO: u32 = 3;
     pub const PLEN: u32 = 4;
+    pub const CCCID: u32 = 8;
+    pub const TTAG: u32 = 10;
+    pub const DATAO: u32 = 12;
+    pub const DATAL: u32 = 16;
 }
 
 /// A fatal transport error: the PDU that caused it is answered with a TermReq
