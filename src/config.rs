@@ -164,6 +164,9 @@ pub struct TargetConfig {
     pub pdu_timeout: std::time::Duration,
     /// TCP congestion control set on accepted sockets (None: the system's).
     pub tcp_congestion: Option<String>,
+    /// Receive and send buffer size set on accepted sockets (0: the
+    /// kernel's autotuning).
+    pub socket_buffer: usize,
 }
 
 impl TargetConfig {
@@ -178,6 +181,12 @@ impl TargetConfig {
         (self.max_io_size / 4096).trailing_zeros() as u8
     }
 }
+
+/// Receive and send buffer of accepted connections unless told otherwise:
+/// what SPDK's target sets.
+pub const DEFAULT_SOCKET_BUFFER: usize = 2 << 20;
+/// Largest `--socket-buffer`: kernel memory per connection and direction.
+pub const MAX_SOCKET_BUFFER: usize = 64 << 20;
 
 /// Longest `--idle-poll`: beyond it polling costs more than a wake-up saves.
 pub const MAX_IDLE_POLL: std::time::Duration = std::time::Duration::from_millis(10);

@@ -93,6 +93,11 @@ pub struct ServeArgs {
     /// dctcp, bbr); default: the system's (net.ipv4.tcp_congestion_control).
     #[arg(long, value_name = "NAME")]
     pub tcp_congestion: Option<String>,
+    /// Receive and send buffer of each accepted connection (0: the kernel's
+    /// autotuning); at most net.core.rmem_max and net.core.wmem_max.
+    /// Default: 2M where those allow it, as SPDK sets them, else autotuning.
+    #[arg(long, value_name = "SIZE")]
+    pub socket_buffer: Option<String>,
     /// Log level: error, warn, info, debug, trace (RUST_LOG overrides).
     #[arg(long, default_value = "info")]
     pub log_level: String,
@@ -172,6 +177,7 @@ fn build_config(
         connect_timeout: l.connect_timeout,
         pdu_timeout: l.pdu_timeout,
         tcp_congestion: args.tcp_congestion.clone(),
+        socket_buffer: l.socket_buffer,
     })
 }
 
@@ -212,6 +218,7 @@ struct Limits {
     idle_poll: std::time::Duration,
     connect_timeout: std::time::Duration,
     pdu_timeout: std::time::Duration,
+    socket_buffer: usize,
 }
 
 fn check_limits(args: &ServeArgs) -> Result<Limits, String> {
@@ -297,6 +304,7 @@ fn check_limits(args: &ServeArgs) -> Result<Limits, String> {
     };
     let connect_timeout = timeout("--connect-timeout", &args.connect_timeout)?;
     let pdu_timeout = timeout("--pdu-timeout", &args.pdu_timeout)?;
+    let socket_buffer = socket_buffer(args.socket_buffer.as_deref())?;
 
     Ok(Limits {
         max_io_size,
@@ -306,7 +314,35 @@ fn check_limits(args: &ServeArgs) -> Result<Limits, String> {
         idle_poll,
         connect_timeout,
         pdu_timeout,
+        socket_buffer,
     })
+}
+
+/// `--socket-buffer`: a size the kernel grants in full, or 0. Without the
+/// flag, the default where the kernel grants it, else autotuning.
+fn socket_buffer(arg: Option<&str>) -> Result<usize, String> {
+    use crate::transport::socket::check_buffers;
+    let Some(v) = arg else {
+        return Ok(match check_buffers(DEFAULT_SOCKET_BUFFER) {
+            Ok(()) => DEFAULT_SOCKET_BUFFER,
+            Err(e) => {
+                log::info!("socket buffers left to the kernel: {e}");
+                0
+            }
+        });
+    };
+    if v == "0" {
+        return Ok(0);
+    }
+    let n = parse_size(v).map_err(|e| format!("--socket-buffer: {e}"))?;
+    if n > MAX_SOCKET_BUFFER as u64 {
+        return Err(format!(
+            "--socket-buffer {v}: at most {}M",
+            MAX_SOCKET_BUFFER >> 20
+        ));
+    }
+    check_buffers(n as usize).map_err(|e| format!("--socket-buffer {v}: {e}"))?;
+    Ok(n as usize)
 }
 
 /// A subsystem as the flags describe it, before its namespaces are opened.

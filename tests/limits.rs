@@ -9,6 +9,7 @@ use nvmf_tpc::host::{Controller, HostConfig, IoQueue};
 use nvmf_tpc::wire::log_page::lid;
 use nvmf_tpc::wire::status::Status;
 use std::net::TcpStream;
+use std::os::fd::AsRawFd;
 use std::rc::Rc;
 use std::time::Duration;
 
@@ -279,6 +280,127 @@ fn accepted_sockets_probe_silent_peers() {
         std::thread::sleep(Duration::from_millis(20));
     }
     assert_eq!(seen, Some((1, 2)), "target socket (state, timer)");
+}
+
+/// The target's socket for the connection from `client`, taken from its
+/// process (pidfd_getfd, Linux 5.6) so that its options can be read.
+fn target_socket_fd(t: &Target, client: std::net::SocketAddr) -> Option<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd;
+    let tcp = std::fs::read_to_string("/proc/net/tcp").unwrap();
+    let (lport, rport) = (
+        format!(":{:04X}", t.addr.port()),
+        format!(":{:04X}", client.port()),
+    );
+    let inode = tcp.lines().skip(1).find_map(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        (f[1].ends_with(&lport) && f[2].ends_with(&rport)).then(|| f[9].to_string())
+    })?;
+    let want = format!("socket:[{inode}]");
+    let fd: i32 = std::fs::read_dir(format!("/proc/{}/fd", t.pid()))
+        .unwrap()
+        .flatten()
+        .find(|e| std::fs::read_link(e.path()).is_ok_and(|l| l.to_string_lossy() == want))?
+        .file_name()
+        .to_str()?
+        .parse()
+        .ok()?;
+    // SAFETY: plain system calls; the results are checked and owned.
+    unsafe {
+        let pidfd = libc::syscall(libc::SYS_pidfd_open, t.pid() as i32, 0) as i32;
+        assert!(
+            pidfd >= 0,
+            "pidfd_open: {}",
+            std::io::Error::last_os_error()
+        );
+        let pidfd = std::os::fd::OwnedFd::from_raw_fd(pidfd);
+        let got = libc::syscall(libc::SYS_pidfd_getfd, pidfd.as_raw_fd(), fd, 0) as i32;
+        assert!(got >= 0, "pidfd_getfd: {}", std::io::Error::last_os_error());
+        Some(std::os::fd::OwnedFd::from_raw_fd(got))
+    }
+}
+
+/// (SO_RCVBUF, SO_SNDBUF) of the target's side of a new connection, once
+/// the target has had time to set them up.
+fn accepted_buffers(t: &Target, settled: impl Fn((usize, usize)) -> bool) -> (usize, usize) {
+    let c = TcpStream::connect(t.addr).unwrap();
+    let me = c.local_addr().unwrap();
+    let mut seen = (0, 0);
+    for _ in 0..100 {
+        if let Some(fd) = target_socket_fd(t, me) {
+            let s = socket2::SockRef::from(&fd);
+            seen = (s.recv_buffer_size().unwrap(), s.send_buffer_size().unwrap());
+            if settled(seen) {
+                break;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    seen
+}
+
+/// Field `i` of a sysctl (tcp_rmem: min, default, max).
+fn sysctl(name: &str, i: usize) -> usize {
+    let path = format!("/proc/sys/{}", name.replace('.', "/"));
+    let v = std::fs::read_to_string(&path).unwrap();
+    v.split_whitespace().nth(i).unwrap().parse().unwrap()
+}
+
+#[test]
+fn accepted_sockets_get_the_buffers_asked_for() {
+    // The kernel reports twice the size set (socket(7)).
+    let t = Target::start(&[
+        "--subsystem",
+        NQN,
+        "--namespace",
+        "ram:1M",
+        "--socket-buffer",
+        "1M",
+    ]);
+    assert_eq!(
+        accepted_buffers(&t, |b| b == (2 << 20, 2 << 20)),
+        (2 << 20, 2 << 20)
+    );
+    drop(t);
+    // 0: the kernel's own sizes, which start from net.ipv4.tcp_rmem/tcp_wmem.
+    let t = Target::start(&[
+        "--subsystem",
+        NQN,
+        "--namespace",
+        "ram:1M",
+        "--socket-buffer",
+        "0",
+    ]);
+    let (rx, _) = accepted_buffers(&t, |b| b.0 > 0);
+    assert_eq!(rx, sysctl("net.ipv4.tcp_rmem", 1));
+    drop(t);
+    // The default: 2 MiB where the kernel grants it (SPDK's size).
+    let t = Target::start(&["--subsystem", NQN, "--namespace", "ram:1M"]);
+    let (rmax, wmax) = (
+        sysctl("net.core.rmem_max", 0),
+        sysctl("net.core.wmem_max", 0),
+    );
+    let want = if rmax.min(wmax) >= 2 << 20 {
+        (4 << 20, 4 << 20)
+    } else {
+        (sysctl("net.ipv4.tcp_rmem", 1), 0)
+    };
+    let got = accepted_buffers(&t, |b| b.0 == want.0);
+    assert_eq!(
+        got.0, want.0,
+        "default receive buffer (rmem_max {rmax}, wmem_max {wmax})"
+    );
+    if want.1 > 0 {
+        assert_eq!(got.1, want.1);
+    }
+    // Beyond what the kernel grants, or beyond the limit: refused at start.
+    let over = (rmax.max(wmax) + 4096).to_string();
+    for v in [over.as_str(), "65M"] {
+        let Err((st, out)) = Target::try_start(&["--socket-buffer", v]) else {
+            panic!("--socket-buffer {v}: started");
+        };
+        assert_eq!(st.and_then(|s| s.code()), Some(2), "{v}: {out}");
+        assert!(out.contains("--socket-buffer"), "{v}: {out}");
+    }
 }
 
 /// One host NQN cannot take every controller: past

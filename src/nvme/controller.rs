@@ -320,6 +320,7 @@ mod tests {
             connect_timeout: std::time::Duration::from_secs(10),
             pdu_timeout: std::time::Duration::from_secs(30),
             tcp_congestion: None,
+            socket_buffer: 0,
         }
     }
 

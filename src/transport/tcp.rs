@@ -212,6 +212,11 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream, kill: Rc<Trigger>) {
     if let Err(e) = socket::watch_liveness(stream.as_raw_fd()) {
         log::warn!("cannot set TCP keepalive: {e}");
     }
+    if shard.cfg.socket_buffer > 0 {
+        if let Err(e) = socket::set_buffers(stream.as_raw_fd(), shard.cfg.socket_buffer) {
+            log::warn!("cannot set socket buffers: {e}");
+        }
+    }
     if let Some(cc) = &shard.cfg.tcp_congestion {
         if let Err(e) = socket::set_congestion(stream.as_raw_fd(), cc) {
             log::warn!("cannot set TCP congestion control {cc}: {e}");
