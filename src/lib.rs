@@ -8,6 +8,7 @@
 //! (an initiator used by tests and the perf tool).
 
 pub mod admission;
+pub mod balance;
 pub mod config;
 pub mod cpus;
 pub mod fault;

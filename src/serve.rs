@@ -740,6 +740,7 @@ pub fn run(cfg: TargetConfig) -> Result<(), String> {
     let hosts = Arc::new(crate::admission::HostTable::new(
         cfg.max_controllers_per_host,
     ));
+    let balance = crate::balance::Balance::new(cfg.cpus.len());
     let (ready_tx, ready_rx) = mpsc::channel::<Result<(), String>>();
     let mut handles = Vec::new();
     for (i, &cpu) in cfg.cpus.iter().enumerate() {
@@ -747,6 +748,7 @@ pub fn run(cfg: TargetConfig) -> Result<(), String> {
         let rams = rams.clone();
         let locks = locks.clone();
         let hosts = hosts.clone();
+        let balance = balance.clone();
         let mesh = mesh.clone();
         let ready = ready_tx.clone();
         let mut b = LocalExecutorBuilder::new(Placement::Fixed(cpu))
@@ -782,7 +784,7 @@ pub fn run(cfg: TargetConfig) -> Result<(), String> {
                 // SAFETY: gettid has no arguments and cannot fail.
                 let tid = unsafe { libc::gettid() };
                 log::debug!("core {i} runs on thread {tid} (CPU {cpu})");
-                let started = start_shard(cfg, rams, locks, senders, hosts).await;
+                let started = start_shard(cfg, rams, locks, senders, hosts, balance).await;
                 let (shard, listeners) = match started {
                     Ok(x) => x,
                     Err(e) => {
@@ -791,6 +793,8 @@ pub fn run(cfg: TargetConfig) -> Result<(), String> {
                     }
                 };
                 shard.spawn_receivers(receivers);
+                glommio::spawn_local(crate::transport::listener::serve_handed(shard.clone()))
+                    .detach();
                 for l in listeners {
                     glommio::spawn_local(crate::transport::listener::serve_listener(
                         shard.clone(),
@@ -851,6 +855,7 @@ async fn start_shard(
     locks: Arc<Vec<Vec<Arc<BlockLocks>>>>,
     senders: glommio::channels::channel_mesh::Senders<shard::CtlMsg>,
     hosts: Arc<crate::admission::HostTable>,
+    balance: Arc<crate::balance::Balance>,
 ) -> Result<(Rc<Shard>, Vec<TcpListener>), String> {
     let mut namespaces = Vec::new();
     let mut zeroes = None;
@@ -888,7 +893,7 @@ async fn start_shard(
         listeners.push(TcpListener::bind(a).map_err(|e| format!("cannot listen on {a}: {e}"))?);
     }
     Ok((
-        Rc::new(Shard::new(cfg, namespaces, senders, hosts)),
+        Rc::new(Shard::new(cfg, namespaces, senders, hosts, balance)),
         listeners,
     ))
 }

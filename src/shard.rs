@@ -4,6 +4,7 @@
 //! messages over a glommio channel mesh (never per I/O command).
 
 use crate::admission::HostTable;
+use crate::balance::{Balance, Seat};
 use crate::config::{TargetConfig, DISCOVERY_DEFAULT_KATO_MS};
 use crate::nvme::controller::{Controller, SubsysRef};
 use crate::nvme::io_ctrl::{AttachInfo, IoState, LocalIoCtrl};
@@ -15,9 +16,10 @@ use crate::wire::fabrics::connect_offset;
 use crate::wire::log_page::SmartCounters;
 use crate::wire::status::Status;
 use glommio::channels::channel_mesh::{Full, MeshBuilder, Senders};
-use glommio::channels::local_channel::{self, LocalSender};
+use glommio::channels::local_channel::{self, LocalReceiver, LocalSender};
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
+use std::os::fd::OwnedFd;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -85,6 +87,16 @@ pub enum CtlMsg {
         idle_ms: Option<u64>,
         stats: SmartCounters,
     },
+    /// A connection another core accepted, for the receiver to serve
+    /// (`balance`).
+    Connection(Handoff),
+}
+
+/// An accepted socket on its way to the core that will serve it.
+#[derive(Debug)]
+pub struct Handoff {
+    pub fd: OwnedFd,
+    pub seat: Seat,
 }
 
 /// Controllers owned here, with the trigger that closes their admin queue.
@@ -120,6 +132,11 @@ pub struct Shard {
     pub dma: Rc<DmaBudget>,
     /// Controllers per host NQN, shared by every core.
     hosts: Arc<HostTable>,
+    /// Connections per core, shared by every core.
+    pub balance: Arc<Balance>,
+    /// Connections handed over by other cores, until the transport takes them.
+    handed_tx: LocalSender<Handoff>,
+    handed_rx: RefCell<Option<LocalReceiver<Handoff>>>,
 }
 
 /// Controller ids 1..=0xFFEF are split into one contiguous slice per shard,
@@ -147,6 +164,7 @@ impl Shard {
         namespaces: Vec<Vec<Rc<Namespace>>>,
         senders: Senders<CtlMsg>,
         hosts: Arc<HostTable>,
+        balance: Arc<Balance>,
     ) -> Shard {
         let id = senders.peer_id();
         let peers = senders.nr_consumers().max(1);
@@ -154,6 +172,7 @@ impl Shard {
         let base = CNTLID_MIN + span * id as u16;
         let nsub = cfg.subsystems.len();
         let dma = DmaBudget::new(cfg.dma_memory);
+        let (handed_tx, handed_rx) = local_channel::new_unbounded();
         Shard {
             id,
             peers,
@@ -175,6 +194,9 @@ impl Shard {
             started: Instant::now(),
             dma,
             hosts,
+            balance,
+            handed_tx,
+            handed_rx: RefCell::new(Some(handed_rx)),
         }
     }
 
@@ -268,6 +290,11 @@ impl Shard {
                     glommio::timer::sleep(d).await;
                 }
                 self.send(from, CtlMsg::AttachIoResp { req, result }).await;
+            }
+            CtlMsg::Connection(h) => {
+                // Unbounded and never closed while the shard lives; a
+                // failure only drops the socket (closing it).
+                let _ = self.handed_tx.try_send(h);
             }
             CtlMsg::AttachIoResp { req, .. }
             | CtlMsg::QueryResp { req, .. }
@@ -565,6 +592,17 @@ impl Shard {
         let t = Rc::new(Trigger::new());
         c.insert(id, t.clone());
         Some((id, t))
+    }
+
+    /// Send a connection this core accepted to core `to` to serve.
+    pub fn hand_over(self: &Rc<Self>, to: usize, h: Handoff) {
+        self.post(to, CtlMsg::Connection(h));
+    }
+
+    /// The connections other cores hand to this one (taken once, by the
+    /// transport's task that serves them).
+    pub fn take_handed(&self) -> Option<LocalReceiver<Handoff>> {
+        self.handed_rx.borrow_mut().take()
     }
 
     pub fn unregister_connection(&self, id: u64) {

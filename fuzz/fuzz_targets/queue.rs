@@ -109,7 +109,8 @@ async fn build_env() -> Env {
         namespaces.push(v);
     }
     let hosts = Arc::new(nvmf_tpc::admission::HostTable::new(16));
-    let shard = Rc::new(Shard::new(cfg, namespaces, senders, hosts));
+    let balance = nvmf_tpc::balance::Balance::new(1);
+    let shard = Rc::new(Shard::new(cfg, namespaces, senders, hosts, balance));
     shard.spawn_receivers(receivers);
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
     let addr = listener.local_addr().expect("listener address");
@@ -216,6 +217,7 @@ async fn connect(env: &Env) -> (TcpStream, glommio::Task<()>) {
         env.shard.clone(),
         server,
         Rc::new(Trigger::new()),
+        env.shard.balance.place(env.shard.id),
     ));
     (client, serve)
 }

@@ -105,6 +105,7 @@ pub fn target_config() -> TargetConfig {
         connect_timeout: Duration::from_millis(200),
         pdu_timeout: Duration::from_millis(200),
         tcp_congestion: None,
+        socket_buffer: 0,
     }
 }
 

@@ -10,6 +10,7 @@ use super::outbox::Outbox;
 use super::readiness::Registration;
 use super::recv::RecvBuf;
 use super::socket::{self, PollingReader};
+use crate::balance::Seat;
 use crate::config::ADMIN_IN_CAPSULE_DATA;
 use crate::nvme::fabrics::Binding;
 use crate::nvme::queue::Queue;
@@ -131,6 +132,9 @@ pub struct Conn {
     pdu_open: Cell<bool>,
     /// PDUs read so far: the watchdog sees progress without a clock read per PDU.
     pdus: Cell<u64>,
+    /// This connection's weight in where new connections go; given up
+    /// once it is an admin queue (`balance`).
+    seat: Seat,
 }
 
 /// Most completions a reader lets queue up before the writer sends them
@@ -207,7 +211,7 @@ impl Sender {
 }
 
 /// Serve one accepted connection until it closes.
-pub async fn serve(shard: Rc<Shard>, stream: TcpStream, kill: Rc<Trigger>) {
+pub async fn serve(shard: Rc<Shard>, stream: TcpStream, kill: Rc<Trigger>, seat: Seat) {
     let _ = stream.set_nodelay(true);
     if let Err(e) = socket::watch_liveness(stream.as_raw_fd()) {
         log::warn!("cannot set TCP keepalive: {e}");
@@ -283,6 +287,7 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream, kill: Rc<Trigger>) {
         kill: kill.clone(),
         pdu_open: Cell::new(false),
         pdus: Cell::new(0),
+        seat,
     });
     let writer = glommio::spawn_local(writer(conn.clone(), Sender { fd, w, reg }));
     // Awaited, never dropped: glommio 0.9 does not free a task cancelled
@@ -778,6 +783,10 @@ impl Conn {
                 Outcome::Done(r) => {
                     if !r.status.is_success() {
                         me.q.log_failure(&sqe, r.status);
+                    } else if sqe.opcode() == command::admin::FABRICS && me.is_admin() {
+                        // Connected as an admin or discovery queue: no
+                        // I/O will weigh on this core through it.
+                        me.seat.vacate();
                     }
                     me.complete(sqe.cid(), r, max_len, charge)
                 }
@@ -796,6 +805,10 @@ impl Conn {
     /// The CID is free again at once; the command still counts against the
     /// queue's entries until the writer has sent its completion, so a host
     /// that stops reading cannot make the outbox grow without bound.
+    fn is_admin(&self) -> bool {
+        matches!(self.q.state.borrow().binding, Some(Binding::Admin(_)))
+    }
+
     fn complete(&self, cid: u16, resp: Response, max_len: usize, charge: Option<Charge>) {
         self.q.set_cid(cid, false);
         let done = Out::Done {
