@@ -30,10 +30,11 @@ SOAK_CUTS ?= 60
 soak:
 	POWERCUT_CUTS=$(SOAK_CUTS) $(CARGO) test --release --test power_cut -- --nocapture
 
-## Coverage-guided fuzzing (fuzz/): the PDU header check, the wire decoders, and
+## Coverage-guided fuzzing (fuzz/): the PDU header check, the wire decoders, the receive
+## protocol without I/O (rx), and
 ## the queue state machine (byte streams against a live connection). cargo-fuzz needs
 ## nightly flags; RUSTC_BOOTSTRAP lets the one stable toolchain here accept them.
-FUZZ_TARGETS := pdu_layout decoders queue
+FUZZ_TARGETS := pdu_layout decoders queue rx
 FUZZ_SMOKE_SECONDS ?= 20
 FUZZ_SECONDS ?= 600
 FUZZ := RUSTC_BOOTSTRAP=1 $(CARGO) fuzz run -O --sanitizer none
@@ -41,11 +42,14 @@ FUZZ := RUSTC_BOOTSTRAP=1 $(CARGO) fuzz run -O --sanitizer none
 fuzz-tools:
 	command -v cargo-fuzz >/dev/null || $(CARGO) install cargo-fuzz --locked
 
+# rx reads the queue target's seeds too (same input format).
+FUZZ_CORPUS = fuzz/corpus/$$t $$([ $$t = rx ] && echo fuzz/seeds/queue)
+
 fuzz-smoke: fuzz-tools
-	for t in $(FUZZ_TARGETS); do $(FUZZ) $$t -- -max_total_time=$(FUZZ_SMOKE_SECONDS) || exit 1; done
+	for t in $(FUZZ_TARGETS); do mkdir -p fuzz/corpus/$$t; $(FUZZ) $$t $(FUZZ_CORPUS) -- -max_total_time=$(FUZZ_SMOKE_SECONDS) || exit 1; done
 
 fuzz: fuzz-tools
-	for t in $(FUZZ_TARGETS); do $(FUZZ) $$t -- -max_total_time=$(FUZZ_SECONDS) || exit 1; done
+	for t in $(FUZZ_TARGETS); do mkdir -p fuzz/corpus/$$t; $(FUZZ) $$t $(FUZZ_CORPUS) -- -max_total_time=$(FUZZ_SECONDS) || exit 1; done
 
 lint:
 	$(CARGO) fmt --all -- --check

@@ -22,7 +22,14 @@ fuzz_target!(|data: &[u8]| {
     }
     if data.len() >= 64 {
         let sqe = Sqe::from_slice(data);
-        let _ = (sqe.opcode(), sqe.cid(), sqe.nsid(), sqe.slba(), sqe.nlb(), sqe.sgl());
+        let _ = (
+            sqe.opcode(),
+            sqe.cid(),
+            sqe.nsid(),
+            sqe.slba(),
+            sqe.nlb(),
+            sqe.sgl(),
+        );
         let _ = ConnectCmd::decode(&sqe);
         let _ = PropertyCmd::decode(&sqe);
         let g = GetLogPage::decode(&sqe);

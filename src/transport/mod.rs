@@ -4,5 +4,6 @@ pub mod listener;
 pub mod outbox;
 pub mod readiness;
 pub mod recv;
+pub mod rx;
 pub mod socket;
 pub mod tcp;

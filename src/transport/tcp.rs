@@ -9,6 +9,7 @@
 use super::outbox::Outbox;
 use super::readiness::Registration;
 use super::recv::RecvBuf;
+use super::rx::{Fatal, Pdu, Rx};
 use super::socket::{self, PollingReader};
 use crate::balance::Seat;
 use crate::config::ADMIN_IN_CAPSULE_DATA;
@@ -20,8 +21,8 @@ use crate::storage::{dma_buffer, Charge, DataBuf, SendPart};
 use crate::trigger::Trigger;
 use crate::wire::command::{self, sgl, Cqe, Sqe, SQE_LEN};
 use crate::wire::pdu::{
-    self, fes, field, flags, pdu_type, CommonHeader, DataHeader, Digests, Direction, FatalError,
-    IcReq, IcResp, Layout, CH_LEN, DIGEST_LEN,
+    self, fes, field, flags, pdu_type, DataHeader, Digests, FatalError, IcReq, IcResp, Layout,
+    CH_LEN, DIGEST_LEN,
 };
 use crate::wire::status::Status;
 use futures_lite::io::{ReadHalf, WriteHalf};
@@ -43,8 +44,6 @@ const SEND_BUF_LEN: usize = 256 * 1024;
 const DRAIN_REPORT_INTERVAL: Duration = Duration::from_secs(5);
 /// Longest interval between two looks of a connection's watchdog.
 const WATCHDOG_TICK_MAX: Duration = Duration::from_secs(5);
-/// Highest HPDA a host may ask for (§3.6.2.2: 0..=31).
-const HPDA_MAX: u8 = 31;
 
 /// What the writer sends.
 enum Out {
@@ -96,16 +95,20 @@ impl From<std::io::Error> for Stop {
     }
 }
 
-/// A write whose data arrives by H2CData.
+impl From<Fatal> for Stop {
+    fn from(f: Fatal) -> Stop {
+        Stop::Fatal(f.error, f.header)
+    }
+}
+
+/// A write whose data arrives by H2CData: what `Rx` keeps for it besides
+/// its progress.
 struct H2cXfer {
-    cid: u16,
     sqe: Sqe,
     ns: Option<Rc<Namespace>>,
-    buf: DmaBuffer,
+    /// Out while the reader fills it.
+    buf: Option<DmaBuffer>,
     charge: Option<Charge>,
-    len: usize,
-    received: usize,
-    digest_failed: bool,
 }
 
 pub struct Conn {
@@ -126,7 +129,8 @@ pub struct Conn {
     /// Commands waiting for DMA memory before their R2T or execution.
     waiting_mem: Cell<u32>,
     sqhd: Cell<u16>,
-    r2t: RefCell<Vec<Option<H2cXfer>>>,
+    /// The receive protocol: PDU rules and the transfers asked for by R2T.
+    rx: RefCell<Rx<H2cXfer>>,
     kill: Rc<Trigger>,
     /// A PDU has begun to arrive and is not complete yet.
     pdu_open: Cell<bool>,
@@ -239,9 +243,10 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream, kill: Rc<Trigger>, seat:
     let reader = PollingReader::new(fd, r, shard.cfg.idle_poll);
     let reg = reader.registration();
     let mut rb = RecvBuf::new(reader);
+    let rx = RefCell::new(Rx::new(shard.cfg.maxh2cdata as usize));
 
     // Connection setup (§3.3): the first PDU must be an ICReq, within a time limit.
-    let ic = futures_lite::future::or(async { Some(read_icreq(&mut rb).await) }, async {
+    let ic = futures_lite::future::or(async { Some(read_icreq(&mut rb, &rx).await) }, async {
         glommio::timer::sleep(shard.connect_timeout()).await;
         None
     })
@@ -283,7 +288,7 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream, kill: Rc<Trigger>, seat:
         executing: Cell::new(0),
         waiting_mem: Cell::new(0),
         sqhd: Cell::new(0),
-        r2t: RefCell::new(Vec::new()),
+        rx,
         kill: kill.clone(),
         pdu_open: Cell::new(false),
         pdus: Cell::new(0),
@@ -322,38 +327,36 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream, kill: Rc<Trigger>, seat:
     watchdog.await;
 }
 
-async fn read_icreq(rb: &mut Reader) -> Result<IcReq, Stop> {
+async fn read_icreq(rb: &mut Reader, rx: &RefCell<Rx<H2cXfer>>) -> Result<IcReq, Stop> {
     if !rb.next_pdu().await? {
         return Err(Stop::Eof);
     }
-    rb.fill(CH_LEN).await?;
-    let ch = CommonHeader::decode(rb.take(CH_LEN));
-    let mut hdr = ch_bytes(&ch);
-    let l = pdu::layout(ch, Direction::HostToController, Digests::default(), 0)
-        .map_err(|e| Stop::Fatal(e, hdr.clone()))?;
-    if ch.pdu_type != pdu_type::IC_REQ {
-        return Err(Stop::Fatal(
-            FatalError::new(fes::PDU_SEQUENCE_ERROR, field::TYPE),
-            hdr,
-        ));
+    let (pdu, _) = read_header(rb, rx, 0).await?;
+    match pdu {
+        Pdu::IcReq(ic) => Ok(ic),
+        _ => unreachable!("the first PDU is an ICReq or a fatal error"),
     }
-    let rest = l.hlen - CH_LEN;
-    rb.fill(rest).await?;
-    hdr.extend_from_slice(rb.take(rest));
-    let ic = IcReq::decode(&hdr);
-    if ic.pfv != 0 {
-        return Err(Stop::Fatal(FatalError::header(8), hdr));
-    }
-    if ic.hpda > HPDA_MAX {
-        return Err(Stop::Fatal(FatalError::header(10), hdr));
-    }
-    Ok(ic)
 }
 
-fn ch_bytes(ch: &CommonHeader) -> Vec<u8> {
-    let mut b = vec![0u8; CH_LEN];
-    ch.encode(&mut b);
-    b
+/// Read one PDU's header and have `rx` check it (borrowed only between
+/// reads: tasks of the queue open transfers meanwhile): what it is, and its
+/// layout.
+async fn read_header(
+    rb: &mut Reader,
+    rx: &RefCell<Rx<H2cXfer>>,
+    max_icd: usize,
+) -> Result<(Pdu, Layout), Stop> {
+    rb.fill(CH_LEN).await?;
+    let mut hdr = [0u8; pdu::MAX_HEADER_LEN + DIGEST_LEN];
+    hdr[..CH_LEN].copy_from_slice(rb.take(CH_LEN));
+    let ch = hdr[..CH_LEN].try_into().unwrap();
+    let l = rx.borrow_mut().begin(ch, max_icd)?;
+    let ht = l.header_total();
+    rb.fill(ht - CH_LEN).await?;
+    hdr[CH_LEN..ht].copy_from_slice(rb.take(ht - CH_LEN));
+    let pdu = rx.borrow_mut().header(&hdr[..ht])?;
+    rb.skip(l.pad_len()).await?;
+    Ok((pdu, l))
 }
 
 impl Conn {
@@ -428,44 +431,15 @@ impl Conn {
     }
 
     async fn read_pdu_body(self: &Rc<Self>, rb: &mut Reader) -> Result<(), Stop> {
-        rb.fill(CH_LEN).await?;
-        let ch = CommonHeader::decode(rb.take(CH_LEN));
-        let max_data = match ch.pdu_type {
-            pdu_type::CAPSULE_CMD => self.max_in_capsule(),
-            pdu_type::H2C_DATA => self.shard.cfg.maxh2cdata as usize,
-            _ => 0,
-        };
-        let l = pdu::layout(ch, Direction::HostToController, self.digests, max_data)
-            .map_err(|e| Stop::Fatal(e, ch_bytes(&ch)))?;
-        // The rest of the header and its digest.
-        let mut hdr = [0u8; pdu::MAX_HEADER_LEN + DIGEST_LEN];
-        let ht = l.header_total();
-        ch.encode(&mut hdr[..CH_LEN]);
-        rb.fill(ht - CH_LEN).await?;
-        hdr[CH_LEN..ht].copy_from_slice(rb.take(ht - CH_LEN));
-        let hdr = &hdr[..ht];
-        if l.hdgst {
-            let want = u32::from_le_bytes(hdr[l.hlen..ht].try_into().unwrap());
-            if pdu::digest(&hdr[..l.hlen]) != want {
-                return Err(Stop::Fatal(
-                    FatalError::new(fes::HEADER_DIGEST_ERROR, 0),
-                    hdr[..l.hlen].to_vec(),
-                ));
+        let (pdu, l) = read_header(rb, &self.rx, self.max_in_capsule()).await?;
+        match pdu {
+            Pdu::Capsule { sqe, data } => self.on_capsule(rb, &l, sqe, data).await,
+            Pdu::H2cData { ttag, at, len } => self.on_h2c_data(rb, &l, ttag, at, len).await,
+            Pdu::Term { error, data } => {
+                rb.skip(data).await?;
+                Err(Stop::HostTerm(error))
             }
-        }
-        rb.skip(l.pad_len()).await?;
-        match ch.pdu_type {
-            pdu_type::CAPSULE_CMD => self.on_capsule(rb, &l, hdr).await,
-            pdu_type::H2C_DATA => self.on_h2c_data(rb, &l, hdr).await,
-            pdu_type::H2C_TERM_REQ => {
-                rb.skip(l.data_len).await?;
-                Err(Stop::HostTerm(pdu::decode_term_req(hdr)))
-            }
-            // A second ICReq, or anything else, is out of sequence.
-            _ => Err(Stop::Fatal(
-                FatalError::new(fes::PDU_SEQUENCE_ERROR, field::TYPE),
-                hdr[..l.hlen].to_vec(),
-            )),
+            Pdu::IcReq(_) => unreachable!("a second ICReq is a fatal error"),
         }
     }
 
@@ -492,15 +466,15 @@ impl Conn {
         self: &Rc<Self>,
         rb: &mut Reader,
         l: &Layout,
-        hdr: &[u8],
+        sqe: Sqe,
+        data_len: usize,
     ) -> Result<(), Stop> {
-        let sqe = Sqe::from_slice(&hdr[CH_LEN..CH_LEN + SQE_LEN]);
         let mut icd = None;
         let mut charge = None;
         let mut digest_ok = true;
-        if l.data_len > 0 {
-            charge = Some(self.charge_in_capsule(l.data_len).await);
-            let mut b = dma_buffer(l.data_len);
+        if data_len > 0 {
+            charge = Some(self.charge_in_capsule(data_len).await);
+            let mut b = dma_buffer(data_len);
             digest_ok = self.read_data(rb, l, &mut b, 0).await?;
             icd = Some(b);
         }
@@ -508,9 +482,12 @@ impl Conn {
         // Submission queue accounting (§3.3.1 of NVMe-oF: the host never has
         // more than SQSIZE commands outstanding).
         if self.outstanding.get() >= self.q.state.borrow().entries {
+            let mut hdr = vec![0u8; CH_LEN + SQE_LEN];
+            l.header.encode(&mut hdr[..CH_LEN]);
+            hdr[CH_LEN..].copy_from_slice(&sqe.0);
             return Err(Stop::Fatal(
                 FatalError::new(fes::PDU_SEQUENCE_ERROR, field::TYPE),
-                hdr[..l.hlen].to_vec(),
+                hdr,
             ));
         }
         if self.q.cid_busy(cid) && !self.forget_aer(cid) {
@@ -651,7 +628,7 @@ impl Conn {
         if let Some(c) = dma.try_acquire(len) {
             return c;
         }
-        if self.waiting_mem.get() > 0 || self.r2t.borrow().iter().any(Option::is_some) {
+        if self.waiting_mem.get() > 0 || self.rx.borrow().open_transfers() > 0 {
             return dma.force(len);
         }
         // Waiting for memory is not the host's fault: the PDU timer stops.
@@ -682,83 +659,54 @@ impl Conn {
     }
 
     fn start_r2t(&self, sqe: Sqe, ns: Option<Rc<Namespace>>, len: usize, charge: Option<Charge>) {
-        let mut slots = self.r2t.borrow_mut();
-        let ttag = match slots.iter().position(|s| s.is_none()) {
-            Some(i) => i,
-            None => {
-                slots.push(None);
-                slots.len() - 1
-            }
-        };
         let cid = sqe.cid();
-        slots[ttag] = Some(H2cXfer {
-            cid,
+        let x = H2cXfer {
             sqe,
             ns,
-            buf: dma_buffer(len),
+            buf: Some(dma_buffer(len)),
             charge,
-            len,
-            received: 0,
-            digest_failed: false,
-        });
+        };
+        let ttag = self.rx.borrow_mut().open(cid, len, x);
         // One R2T for the whole transfer; the host splits it at MAXH2CDATA.
         self.out.push(Out::R2T(DataHeader {
             cccid: cid,
-            ttag: ttag as u16,
+            ttag,
             offset: 0,
             length: len as u32,
         }));
     }
 
+    /// H2CData that `rx` checked: read it into its transfer's buffer; once
+    /// the transfer is whole, run its command.
     async fn on_h2c_data(
         self: &Rc<Self>,
         rb: &mut Reader,
         l: &Layout,
-        hdr: &[u8],
+        ttag: u16,
+        at: usize,
+        len: usize,
     ) -> Result<(), Stop> {
-        let dh = DataHeader::decode(hdr);
-        let bad =
-            |fes_v: u16, fei: u32| Stop::Fatal(FatalError::new(fes_v, fei), hdr[..l.hlen].to_vec());
-        let mut x = {
-            let mut slots = self.r2t.borrow_mut();
-            match slots.get_mut(dh.ttag as usize).and_then(|s| s.take()) {
-                Some(x) => x,
-                None => return Err(bad(fes::INVALID_HEADER_FIELD, field::TTAG)),
-            }
+        debug_assert_eq!(len, l.data_len);
+        let mut buf = (self.rx.borrow_mut().state_mut(ttag).buf.take())
+            .expect("the buffer is in its transfer between PDUs");
+        let ok = self.read_data(rb, l, &mut buf, at).await?;
+        let done = {
+            let mut rx = self.rx.borrow_mut();
+            rx.state_mut(ttag).buf = Some(buf);
+            rx.data_done(ok)
         };
-        // Data must arrive in order, within the R2T (§3.6.2.7).
-        let err = if x.cid != dh.cccid {
-            Some((fes::INVALID_HEADER_FIELD, field::CCCID))
-        } else if dh.offset as usize != x.received {
-            Some((fes::DATA_OUT_OF_RANGE, field::DATAO))
-        } else if dh.length as usize != l.data_len {
-            Some((fes::INVALID_HEADER_FIELD, field::DATAL))
-        } else if x.received + l.data_len > x.len {
-            Some((fes::DATA_OUT_OF_RANGE, field::DATAL))
-        } else {
-            None
-        };
-        if let Some((f, fei)) = err {
-            // The command dies with the connection.
-            return Err(bad(f, fei));
-        }
-        let at = x.received;
-        let ok = self.read_data(rb, l, &mut x.buf, at).await?;
-        x.digest_failed |= !ok;
-        x.received += l.data_len;
-        if x.received < x.len {
-            self.r2t.borrow_mut()[dh.ttag as usize] = Some(x);
+        let Some((x, digest_failed)) = done else {
             return Ok(());
-        }
-        if x.digest_failed {
+        };
+        if digest_failed {
             self.complete(
-                x.cid,
+                x.sqe.cid(),
                 Response::status(Status::TRANSIENT_TRANSPORT_ERROR),
                 0,
                 None,
             );
         } else {
-            self.spawn_execute(x.sqe, x.ns, Some(x.buf), 0, x.charge);
+            self.spawn_execute(x.sqe, x.ns, x.buf, 0, x.charge);
         }
         Ok(())
     }
@@ -846,7 +794,7 @@ impl Conn {
         // waiting for H2CData, which can never come now, release their
         // memory, which the waiting commands may be waiting for.
         self.kill.fire();
-        self.r2t.borrow_mut().clear();
+        self.rx.borrow_mut().close_all();
         // Writes still waiting for H2CData can never finish now: only
         // commands running or waiting for memory are waited for, whether
         // or not their completions can still be sent.
