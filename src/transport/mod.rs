@@ -1,5 +1,6 @@
 //! Transports. One connection is one NVMe queue.
 
+mod flow;
 pub mod listener;
 pub mod outbox;
 pub mod readiness;
@@ -7,3 +8,5 @@ pub mod recv;
 pub mod rx;
 pub mod socket;
 pub mod tcp;
+mod watchdog;
+mod writer;

@@ -14,11 +14,13 @@
 //! with the driver's own state for it (`T`: its buffer and command), which
 //! comes back from `data_done` when the last byte has arrived.
 
-use crate::wire::command::{Sqe, SQE_LEN};
+use crate::nvme::Xfer as Moves;
+use crate::wire::command::{sgl, SglDescriptor, Sqe, SQE_LEN};
 use crate::wire::pdu::{
     self, fes, field, pdu_type, CommonHeader, DataHeader, Digests, Direction, FatalError, IcReq,
     Layout, CH_LEN, DIGEST_LEN,
 };
+use crate::wire::status::Status;
 
 /// Highest host PDU data alignment we accept (ICReq HPDA, 0-based dwords):
 /// the spec's maximum (§3.6.2.2).
@@ -269,6 +271,54 @@ impl<T> Rx<T> {
     }
 }
 
+/// Where a checked command's data goes, by the SGL it came with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DataPath {
+    /// Run it now; it may send this many bytes to the host.
+    Execute(usize),
+    /// Ask for this many bytes by R2T first.
+    R2T(usize),
+}
+
+/// The data of a command that moves `xfer`, described by SGL `d`, with
+/// `icd` bytes of in-capsule data (None: none came). NVMe/TCP 1.0 §3.3.1:
+/// data to the host is a Transport SGL Data Block; data from the host comes
+/// in the capsule (Data Block, offset 0, its length exactly) or by R2T
+/// (Transport SGL Data Block, with no in-capsule data).
+pub fn data_path(xfer: Moves, d: SglDescriptor, icd: Option<usize>) -> Result<DataPath, Status> {
+    match xfer {
+        Moves::None => Ok(DataPath::Execute(0)),
+        Moves::ToHost(len) => {
+            if d.id != sgl::TRANSPORT_DATA_BLOCK {
+                Err(Status::SGL_TYPE_INVALID)
+            } else if (d.length as usize) < len {
+                Err(Status::DATA_SGL_LENGTH_INVALID)
+            } else {
+                Ok(DataPath::Execute(len))
+            }
+        }
+        Moves::FromHost(len) => match d.id {
+            sgl::DATA_BLOCK_OFFSET => {
+                if d.addr != 0 {
+                    Err(Status::SGL_OFFSET_INVALID)
+                } else if d.length as usize != len || icd.unwrap_or(0) != len {
+                    Err(Status::DATA_SGL_LENGTH_INVALID)
+                } else {
+                    Ok(DataPath::Execute(0))
+                }
+            }
+            sgl::TRANSPORT_DATA_BLOCK if icd.is_none() => {
+                if d.length as usize != len {
+                    Err(Status::DATA_SGL_LENGTH_INVALID)
+                } else {
+                    Ok(DataPath::R2T(len))
+                }
+            }
+            _ => Err(Status::SGL_TYPE_INVALID),
+        },
+    }
+}
+
 /// Whether the data digest `dg` (the 4 bytes after the data) matches `data`.
 pub fn data_digest_ok(data: &[u8], dg: &[u8]) -> bool {
     let want = u32::from_le_bytes(dg[..DIGEST_LEN].try_into().unwrap());
@@ -428,5 +478,78 @@ mod tests {
         let n = pdu.len();
         pdu[n - 1] ^= 1;
         assert_eq!(fes_of(feed(&mut rx, &pdu)).0, fes::HEADER_DIGEST_ERROR);
+    }
+
+    #[test]
+    fn data_comes_in_the_capsule_or_by_r2t_and_goes_by_a_transport_block() {
+        let sgl = |id, addr, length| SglDescriptor { addr, length, id };
+        let t = sgl::TRANSPORT_DATA_BLOCK;
+        let o = sgl::DATA_BLOCK_OFFSET;
+        let cases = [
+            (Moves::None, sgl(0, 0, 0), None, Ok(DataPath::Execute(0))),
+            (
+                Moves::ToHost(4096),
+                sgl(t, 0, 8192),
+                None,
+                Ok(DataPath::Execute(4096)),
+            ),
+            (
+                Moves::ToHost(4096),
+                sgl(t, 0, 512),
+                None,
+                Err(Status::DATA_SGL_LENGTH_INVALID),
+            ),
+            (
+                Moves::ToHost(4096),
+                sgl(o, 0, 4096),
+                None,
+                Err(Status::SGL_TYPE_INVALID),
+            ),
+            (
+                Moves::FromHost(4096),
+                sgl(o, 0, 4096),
+                Some(4096),
+                Ok(DataPath::Execute(0)),
+            ),
+            (
+                Moves::FromHost(4096),
+                sgl(o, 8, 4096),
+                Some(4096),
+                Err(Status::SGL_OFFSET_INVALID),
+            ),
+            (
+                Moves::FromHost(4096),
+                sgl(o, 0, 4096),
+                Some(512),
+                Err(Status::DATA_SGL_LENGTH_INVALID),
+            ),
+            (
+                Moves::FromHost(4096),
+                sgl(o, 0, 4096),
+                None,
+                Err(Status::DATA_SGL_LENGTH_INVALID),
+            ),
+            (
+                Moves::FromHost(4096),
+                sgl(t, 0, 4096),
+                None,
+                Ok(DataPath::R2T(4096)),
+            ),
+            (
+                Moves::FromHost(4096),
+                sgl(t, 0, 8192),
+                None,
+                Err(Status::DATA_SGL_LENGTH_INVALID),
+            ),
+            (
+                Moves::FromHost(4096),
+                sgl(t, 0, 4096),
+                Some(4096),
+                Err(Status::SGL_TYPE_INVALID),
+            ),
+        ];
+        for (xfer, d, icd, want) in cases {
+            assert_eq!(data_path(xfer, d, icd), want, "{xfer:?} {d:?} {icd:?}");
+        }
     }
 }

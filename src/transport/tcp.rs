@@ -1,76 +1,49 @@
-//! NVMe/TCP connection = one queue (NVMe/TCP Transport 1.0). The reader parses
-//! PDUs and starts one task per command; command tasks complete in any order
-//! and push their results to the outbox; the writer sends them in batches.
+//! NVMe/TCP connection = one queue (NVMe/TCP Transport 1.0): the socket
+//! task. The reader reads each PDU header and has `rx` check it, moves data
+//! straight into DMA buffers, and starts one task per command; command tasks
+//! complete in any order and push their results to the outbox, which the
+//! writer (`writer.rs`) sends in batches.
 //!
 //! Receive flow: ICReq → ICResp, then CapsuleCmd (SQE plus optional in-capsule
 //! data read straight into a DMA buffer), H2CData answering our R2Ts (read
 //! straight into the command's DMA buffer), or H2CTermReq.
 
+use super::flow::{DepthEstimate, FLOW_BATCH};
 use super::outbox::Outbox;
-use super::readiness::Registration;
 use super::recv::RecvBuf;
-use super::rx::{Fatal, Pdu, Rx};
+use super::rx::{data_path, DataPath, Fatal, Pdu, Rx};
 use super::socket::{self, PollingReader};
+use super::watchdog::watchdog;
+use super::writer::{writer, Out, Sender};
 use crate::balance::Seat;
 use crate::config::ADMIN_IN_CAPSULE_DATA;
 use crate::nvme::fabrics::Binding;
 use crate::nvme::queue::Queue;
-use crate::nvme::{Namespace, Outcome, Response, Xfer};
+use crate::nvme::{Namespace, Outcome, Response};
 use crate::shard::Shard;
-use crate::storage::{dma_buffer, Charge, DataBuf, SendPart};
+use crate::storage::{dma_buffer, Charge};
 use crate::trigger::Trigger;
-use crate::wire::command::{self, sgl, Cqe, Sqe, SQE_LEN};
+use crate::wire::command::{self, Cqe, Sqe, SQE_LEN};
 use crate::wire::pdu::{
-    self, fes, field, flags, pdu_type, DataHeader, Digests, FatalError, IcReq, IcResp, Layout,
-    CH_LEN, DIGEST_LEN,
+    self, fes, field, pdu_type, DataHeader, Digests, FatalError, IcReq, IcResp, Layout, CH_LEN,
+    DIGEST_LEN,
 };
 use crate::wire::status::Status;
-use futures_lite::io::{ReadHalf, WriteHalf};
+use futures_lite::io::ReadHalf;
 use futures_lite::AsyncWriteExt;
 use glommio::io::DmaBuffer;
 use glommio::net::TcpStream;
 use std::cell::{Cell, RefCell};
 use std::future::Future;
 use std::net::SocketAddr;
-use std::os::unix::io::{AsRawFd, RawFd};
+use std::os::unix::io::AsRawFd;
 use std::rc::Rc;
 use std::task::{Context, Waker};
 use std::time::{Duration, Instant};
 
-/// Send buffer capacity before it is flushed mid-batch.
-const SEND_BUF_LEN: usize = 256 * 1024;
 /// How often a closing queue whose commands are still running at the
 /// backing says so.
 const DRAIN_REPORT_INTERVAL: Duration = Duration::from_secs(5);
-/// Longest interval between two looks of a connection's watchdog.
-const WATCHDOG_TICK_MAX: Duration = Duration::from_secs(5);
-
-/// What the writer sends.
-enum Out {
-    Done {
-        cid: u16,
-        resp: Response,
-        /// Bytes the host's SGL can take.
-        max_len: usize,
-        /// The command's DMA memory, returned once this is sent.
-        _charge: Option<Charge>,
-    },
-    R2T(DataHeader),
-    Term(FatalError, Vec<u8>),
-}
-
-impl Out {
-    /// A RAM range's data stops holding its blocks (`DataBuf::release_hold`).
-    fn release_hold(&self) {
-        if let Out::Done {
-            resp: Response { data: Some(d), .. },
-            ..
-        } = self
-        {
-            d.release_hold();
-        }
-    }
-}
 
 /// What a checked command does next.
 enum Plan {
@@ -112,14 +85,14 @@ struct H2cXfer {
 }
 
 pub struct Conn {
-    shard: Rc<Shard>,
-    digests: Digests,
+    pub(super) shard: Rc<Shard>,
+    pub(super) digests: Digests,
     /// Host PDU data alignment in bytes.
-    pda: usize,
-    out: Outbox<Out>,
+    pub(super) pda: usize,
+    pub(super) out: Outbox<Out>,
     /// The queue as the controller core sees it: binding, CIDs, dispatch.
-    q: Queue<Shard>,
-    outstanding: Cell<u32>,
+    pub(super) q: Queue<Shard>,
+    pub(super) outstanding: Cell<u32>,
     depth: DepthEstimate,
     /// Counted in the shard's `active_io`.
     active: Cell<bool>,
@@ -131,21 +104,15 @@ pub struct Conn {
     sqhd: Cell<u16>,
     /// The receive protocol: PDU rules and the transfers asked for by R2T.
     rx: RefCell<Rx<H2cXfer>>,
-    kill: Rc<Trigger>,
+    pub(super) kill: Rc<Trigger>,
     /// A PDU has begun to arrive and is not complete yet.
-    pdu_open: Cell<bool>,
+    pub(super) pdu_open: Cell<bool>,
     /// PDUs read so far: the watchdog sees progress without a clock read per PDU.
-    pdus: Cell<u64>,
+    pub(super) pdus: Cell<u64>,
     /// This connection's weight in where new connections go; given up
     /// once it is an admin queue (`balance`).
     seat: Seat,
 }
-
-/// Most completions a reader lets queue up before the writer sends them
-/// (see `Conn::flow_batch`). Fewer cost more system calls per I/O, more
-/// leave the host idle longer: 12 measured best of 4, 6, 8, 12, 16 and 24
-/// (4 KiB reads at QD32, perf/README.md).
-const FLOW_BATCH: usize = 12;
 
 impl Drop for Conn {
     fn drop(&mut self) {
@@ -156,63 +123,7 @@ impl Drop for Conn {
     }
 }
 
-/// The host's queue depth on this connection as the target sees it: the most
-/// commands here at once (outstanding plus those already buffered), over
-/// the last one or two windows of `DEPTH_WINDOW` observations.
-#[derive(Default)]
-struct DepthEstimate {
-    current: Cell<usize>,
-    previous: Cell<usize>,
-    seen: Cell<u32>,
-}
-
-const DEPTH_WINDOW: u32 = 4096;
-
-impl DepthEstimate {
-    fn observe(&self, now: usize) -> usize {
-        self.current.set(self.current.get().max(now));
-        let seen = self.seen.get() + 1;
-        if seen >= DEPTH_WINDOW {
-            self.previous.set(self.current.replace(0));
-            self.seen.set(0);
-        } else {
-            self.seen.set(seen);
-        }
-        self.current.get().max(self.previous.get())
-    }
-}
-
 type Reader = RecvBuf<PollingReader<ReadHalf<TcpStream>>>;
-
-/// The send half: non-blocking vectored sends; a full socket waits for room
-/// (see `socket::send_all`).
-struct Sender {
-    /// Shared with the reader: waits for room while the core polls. (First:
-    /// fields drop in order, and it must leave epoll before `w` closes the
-    /// socket.)
-    reg: Option<Rc<Registration>>,
-    fd: RawFd,
-    w: WriteHalf<TcpStream>,
-}
-
-impl Sender {
-    async fn send<'p>(
-        &mut self,
-        count: usize,
-        part: impl Fn(usize) -> SendPart<'p>,
-        release: impl Fn(),
-    ) -> std::io::Result<()> {
-        socket::send_all(
-            self.fd,
-            &mut self.w,
-            self.reg.as_deref(),
-            count,
-            part,
-            release,
-        )
-        .await
-    }
-}
 
 /// Serve one accepted connection until it closes.
 pub async fn serve(shard: Rc<Shard>, stream: TcpStream, kill: Rc<Trigger>, seat: Seat) {
@@ -582,39 +493,10 @@ impl Conn {
     /// Check a command and the data it carries or asks for.
     fn plan(&self, sqe: &Sqe, icd: Option<&DmaBuffer>) -> Result<Plan, Status> {
         let (xfer, ns) = self.q.prepare(sqe)?;
-        let d = sqe.sgl();
-        match xfer {
-            Xfer::None => Ok(Plan::Execute(ns, 0)),
-            Xfer::ToHost(len) => {
-                if d.id != sgl::TRANSPORT_DATA_BLOCK {
-                    Err(Status::SGL_TYPE_INVALID)
-                } else if (d.length as usize) < len {
-                    Err(Status::DATA_SGL_LENGTH_INVALID)
-                } else {
-                    Ok(Plan::Execute(ns, len))
-                }
-            }
-            Xfer::FromHost(len) => match d.id {
-                sgl::DATA_BLOCK_OFFSET => {
-                    let got = icd.map_or(0, |b| b.len());
-                    if d.addr != 0 {
-                        Err(Status::SGL_OFFSET_INVALID)
-                    } else if d.length as usize != len || got != len {
-                        Err(Status::DATA_SGL_LENGTH_INVALID)
-                    } else {
-                        Ok(Plan::Execute(ns, 0))
-                    }
-                }
-                sgl::TRANSPORT_DATA_BLOCK if icd.is_none() => {
-                    if d.length as usize != len {
-                        Err(Status::DATA_SGL_LENGTH_INVALID)
-                    } else {
-                        Ok(Plan::R2T(ns, len))
-                    }
-                }
-                _ => Err(Status::SGL_TYPE_INVALID),
-            },
-        }
+        Ok(match data_path(xfer, sqe.sgl(), icd.map(|b| b.len()))? {
+            DataPath::Execute(len) => Plan::Execute(ns, len),
+            DataPath::R2T(len) => Plan::R2T(ns, len),
+        })
     }
 
     /// Charge in-capsule data to this core's DMA memory. When it is spent
@@ -771,7 +653,7 @@ impl Conn {
         self.out.push(done);
     }
 
-    fn cqe(&self, cid: u16, r: &Response) -> [u8; command::CQE_LEN] {
+    pub(super) fn cqe(&self, cid: u16, r: &Response) -> [u8; command::CQE_LEN] {
         Cqe {
             dw0: r.dw0,
             dw1: r.dw1,
@@ -827,209 +709,5 @@ impl Conn {
             }
             None => {}
         }
-    }
-}
-
-/// Closes a connection that has not connected in time, or that began a PDU
-/// and stopped sending mid-way.
-async fn watchdog(conn: Rc<Conn>) {
-    let born = Instant::now();
-    let pdu_timeout = conn.shard.cfg.pdu_timeout;
-    // Looks often enough that a limit is overrun by at most a quarter.
-    let tick = (conn.shard.connect_timeout().min(pdu_timeout) / 4).min(WATCHDOG_TICK_MAX);
-    let mut stuck_since: Option<(u64, Instant)> = None;
-    loop {
-        if conn.kill.sleep(tick).await {
-            return;
-        }
-        if conn.q.state.borrow().binding.is_none() && born.elapsed() > conn.shard.connect_timeout()
-        {
-            log::warn!(
-                "{}: no Connect within the connect timeout; closing",
-                conn.q.peer
-            );
-            conn.kill.fire();
-            return;
-        }
-        // A PDU open with no PDU completed since the last look: stuck since then.
-        let now = (conn.pdu_open.get(), conn.pdus.get());
-        stuck_since = match (now, stuck_since) {
-            ((true, n), Some((m, t))) if n == m => {
-                if t.elapsed() > pdu_timeout {
-                    log::warn!(
-                        "{}: partial PDU for over {:?}; closing",
-                        conn.q.peer,
-                        pdu_timeout
-                    );
-                    conn.kill.fire();
-                    return;
-                }
-                Some((m, t))
-            }
-            ((true, n), _) => Some((n, Instant::now())),
-            ((false, _), _) => None,
-        };
-    }
-}
-
-/// A piece of a batch on the wire: bytes of the header buffer, or data of
-/// one completion of the batch (sent from its own buffer, not copied).
-enum Seg {
-    Hdr(std::ops::Range<usize>),
-    Data(usize, std::ops::Range<usize>),
-}
-
-/// The send side: drains the outbox in batches; each batch leaves in as few
-/// vectored sends as the socket takes.
-async fn writer(conn: Rc<Conn>, mut tx: Sender) {
-    let mut batch = Vec::new();
-    let mut buf: Vec<u8> = Vec::with_capacity(SEND_BUF_LEN);
-    let mut segs: Vec<Seg> = Vec::new();
-    let mut closing = false;
-    while !closing && conn.out.next_batch(&mut batch).await {
-        let mut mark = 0;
-        if conn.digests.data {
-            // A data digest is computed here over the bytes: RAM disk ranges
-            // are copied first so that the digest matches what is sent.
-            for item in batch.iter_mut() {
-                if let Out::Done { resp, .. } = item {
-                    resp.data = resp.data.take().map(DataBuf::owned);
-                }
-            }
-        }
-        for (i, item) in batch.iter().enumerate() {
-            match item {
-                Out::R2T(dh) => pdu::encode_r2t(*dh, conn.digests, &mut buf),
-                Out::Term(e, hdr) => {
-                    pdu::encode_term_req(pdu_type::C2H_TERM_REQ, *e, hdr, &mut buf);
-                    closing = true;
-                }
-                Out::Done {
-                    cid, resp, max_len, ..
-                } => {
-                    closing |= resp.close_after;
-                    conn.outstanding
-                        .set(conn.outstanding.get().saturating_sub(1));
-                    encode_done(
-                        &conn, *cid, resp, *max_len, i, &mut buf, &mut segs, &mut mark,
-                    );
-                }
-            }
-        }
-        if buf.len() > mark {
-            segs.push(Seg::Hdr(mark..buf.len()));
-        }
-        let part = |k: usize| match &segs[k] {
-            Seg::Hdr(r) => SendPart::Bytes(&buf[r.clone()]),
-            Seg::Data(i, r) => match &batch[*i] {
-                Out::Done {
-                    resp: Response { data: Some(d), .. },
-                    ..
-                } => d.part(r.clone()),
-                _ => SendPart::Bytes(&[]),
-            },
-        };
-        // Blocks of RAM disks stay held until sent; if the host makes the
-        // send wait, let go of them, in this batch, in what is queued, and
-        // in what is queued until the send is done (`Conn::complete`).
-        let release = || {
-            conn.out.set_stalled(true);
-            batch.iter().for_each(Out::release_hold);
-            conn.out.for_each_queued(Out::release_hold);
-        };
-        let sent = tx.send(segs.len(), part, release).await;
-        conn.out.set_stalled(false);
-        batch.clear();
-        buf.clear();
-        segs.clear();
-        if sent.is_err() {
-            break;
-        }
-    }
-    let _ = tx.w.flush().await;
-    let _ = tx.w.close().await;
-    // A dead socket or a Disconnect ends the reader too.
-    conn.kill.fire();
-}
-
-/// A completion: C2HData PDUs for its data, then the CapsuleResp unless the
-/// last C2HData carried SUCCESS. Headers go to `buf`; data is referenced.
-#[allow(clippy::too_many_arguments)]
-fn encode_done(
-    conn: &Conn,
-    cid: u16,
-    resp: &Response,
-    max_len: usize,
-    item: usize,
-    buf: &mut Vec<u8>,
-    segs: &mut Vec<Seg>,
-    mark: &mut usize,
-) {
-    let d = conn.digests;
-    let sq_flow_disabled = conn.q.state.borrow().sq_flow_disabled;
-    let mut skip_resp = false;
-    if let (Some(data), true) = (&resp.data, resp.status.is_success()) {
-        let total = data.len().min(max_len);
-        let chunk = conn.shard.cfg.max_c2h_data as usize;
-        let mut off = 0;
-        while off < total {
-            let n = chunk.min(total - off);
-            let last = off + n == total;
-            let mut f = 0;
-            if last {
-                f |= flags::LAST_PDU;
-                if sq_flow_disabled {
-                    f |= flags::SUCCESS;
-                    skip_resp = true;
-                }
-            }
-            pdu::encode_data_header_aligned(
-                pdu_type::C2H_DATA,
-                DataHeader {
-                    cccid: cid,
-                    ttag: 0,
-                    offset: off as u32,
-                    length: n as u32,
-                },
-                f,
-                d,
-                conn.pda,
-                buf,
-            );
-            segs.push(Seg::Hdr(*mark..buf.len()));
-            segs.push(Seg::Data(item, off..off + n));
-            *mark = buf.len();
-            if d.data {
-                buf.extend_from_slice(&data.digest(off..off + n).to_le_bytes());
-            }
-            off += n;
-        }
-    }
-    if !skip_resp {
-        pdu::encode_capsule_resp(&conn.cqe(cid, resp), d, buf);
-    }
-}
-
-#[cfg(test)]
-mod depth_tests {
-    use super::{DepthEstimate, DEPTH_WINDOW};
-
-    #[test]
-    fn depth_keeps_the_peak_for_a_window_then_follows_the_host_down() {
-        let d = DepthEstimate::default();
-        assert_eq!(d.observe(3), 3);
-        assert_eq!(d.observe(16), 16);
-        // Fewer commands here for a while (the target sent half a burst):
-        // the peak stands for the rest of this window and the next.
-        for _ in 0..DEPTH_WINDOW {
-            assert_eq!(d.observe(8), 16);
-        }
-        // Two windows without it: the estimate is what the host does now.
-        for _ in 0..DEPTH_WINDOW {
-            d.observe(8);
-        }
-        assert_eq!(d.observe(8), 8);
-        // A deeper host is seen at once.
-        assert_eq!(d.observe(64), 64);
     }
 }
