@@ -345,31 +345,28 @@ fn sysctl(name: &str, i: usize) -> usize {
     v.split_whitespace().nth(i).unwrap().parse().unwrap()
 }
 
-#[test]
-fn accepted_sockets_get_the_buffers_asked_for() {
-    // The kernel reports twice the size set (socket(7)).
-    let t = Target::start(&[
+fn with_socket_buffer(v: &str) -> Target {
+    Target::start(&[
         "--subsystem",
         NQN,
         "--namespace",
         "ram:1M",
         "--socket-buffer",
-        "1M",
-    ]);
+        v,
+    ])
+}
+
+#[test]
+fn accepted_sockets_get_the_buffers_asked_for() {
+    // The kernel reports twice the size set (socket(7)).
+    let t = with_socket_buffer("1M");
     assert_eq!(
         accepted_buffers(&t, |b| b == (2 << 20, 2 << 20)),
         (2 << 20, 2 << 20)
     );
     drop(t);
     // 0: the kernel's own sizes, which start from net.ipv4.tcp_rmem/tcp_wmem.
-    let t = Target::start(&[
-        "--subsystem",
-        NQN,
-        "--namespace",
-        "ram:1M",
-        "--socket-buffer",
-        "0",
-    ]);
+    let t = with_socket_buffer("0");
     let (rx, _) = accepted_buffers(&t, |b| b.0 > 0);
     assert_eq!(rx, sysctl("net.ipv4.tcp_rmem", 1));
     drop(t);
