@@ -9,9 +9,10 @@
 # On a 2-CPU machine the client shares the CPUs with the target, so the
 # efficiency measured is a floor, not the design's: one target core already
 # takes both client cores' load there, and two target cores add little
-# because the client needs the same CPUs. Which target core each connection
-# lands on is the kernel's SO_REUSEPORT hash, so runs with few connections
-# vary; SCALE_QUEUES=4 SCALE_QD=8 spreads the load over more of them.
+# because the client needs the same CPUs. Connections are placed on the
+# target core with the fewest I/O queues (src/balance.rs), so each target
+# core serves its share; SCALE_QUEUES=4 SCALE_QD=8 spreads the load over
+# more of them.
 #
 # Environment: PERF_TIME (10), PERF_WARMUP (1), SCALE_QUEUES (I/O queues per
 # client core, 1), SCALE_QD (32), PERF_ARGS (extra `perf` flags),
