@@ -118,7 +118,8 @@ impl Drop for Conn {
     fn drop(&mut self) {
         if self.active.get() {
             let n = self.shard.active_io.get();
-            self.shard.active_io.set(n.saturating_sub(1));
+            assert!(n > 0, "an active queue is counted in its core's active_io");
+            self.shard.active_io.set(n - 1);
         }
     }
 }
@@ -294,9 +295,8 @@ impl Conn {
         if self.active.get() != active {
             self.active.set(active);
             let n = self.shard.active_io.get();
-            self.shard
-                .active_io
-                .set(if active { n + 1 } else { n.saturating_sub(1) });
+            assert!(active || n > 0, "a queue going idle was counted active");
+            self.shard.active_io.set(if active { n + 1 } else { n - 1 });
         }
         if self.shard.active_io.get() > 1 {
             return FLOW_BATCH;

@@ -111,8 +111,10 @@ pub(super) async fn writer(conn: Rc<Conn>, mut tx: Sender) {
                     cid, resp, max_len, ..
                 } => {
                     closing |= resp.close_after;
-                    conn.outstanding
-                        .set(conn.outstanding.get().saturating_sub(1));
+                    // Every completion sent was counted when its capsule came.
+                    let n = conn.outstanding.get();
+                    assert!(n > 0, "a completion for no outstanding command");
+                    conn.outstanding.set(n - 1);
                     encode_done(
                         &conn, *cid, resp, *max_len, i, &mut buf, &mut segs, &mut mark,
                     );
