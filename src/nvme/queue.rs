@@ -2,8 +2,10 @@
 //! it is bound to (an admin queue's controller, an I/O queue's subsystem and
 //! controller), the command IDs in flight, and the two phases of dispatch
 //! that Linux nvmet runs in core.c: `prepare` (which command set, allowed
-//! now, what data it moves) and `execute`. A transport owns one per
-//! connection and does the I/O around it (transport/tcp.rs).
+//! now, what data it moves) and `execute`, then `run` ends each command
+//! (error log, CID, completion) through the `Transport` that carries the
+//! queue, as nvmet calls its transport's `queue_response`. A transport owns
+//! one per connection and does the I/O around it (transport/tcp.rs).
 
 use super::fabrics::{self, Binding};
 use super::registry::Registry;
@@ -27,6 +29,20 @@ pub struct QueueState {
     pub entries: u32,
     /// Connect CATTR bit 2: reads may end with a SUCCESS C2HData.
     pub sq_flow_disabled: bool,
+}
+
+/// What the core asks of the transport that carries a queue (Linux nvmet:
+/// `struct nvmet_fabrics_ops`, whose `queue_response` this is).
+pub trait Transport {
+    /// The transport's own part of one command (TCP: how much read data
+    /// the host's SGL takes, the DMA memory charged), given back with its
+    /// completion.
+    type Ctx;
+    /// Send the completion of `cid`, with the command's read data before
+    /// it. The core has freed the CID already.
+    fn queue_response(&self, cid: u16, resp: Response, ctx: Self::Ctx);
+    /// A Connect made this an admin or discovery queue.
+    fn admin_connected(&self) {}
 }
 
 pub struct Queue<R: Registry> {
@@ -109,6 +125,41 @@ impl<R: Registry> Queue<R> {
                 io::prepare(sqe, ns.as_ref(), max_io).map(|x| (x, ns))
             }
         }
+    }
+
+    /// Run a prepared command to its end: execute it, log a failure, and
+    /// complete it through the transport. An AER completes only when an
+    /// event comes (`Outcome::Deferred`).
+    pub async fn run<T: Transport>(
+        &self,
+        t: &T,
+        sqe: Sqe,
+        ns: Option<Rc<Namespace>>,
+        data: Option<DmaBuffer>,
+        kill: &Rc<Trigger>,
+        ctx: T::Ctx,
+    ) {
+        let Outcome::Done(r) = self.execute(&sqe, ns, data, kill).await else {
+            return;
+        };
+        if !r.status.is_success() {
+            self.log_failure(&sqe, r.status);
+        } else if sqe.opcode() == command::admin::FABRICS && self.is_admin() {
+            t.admin_connected();
+        }
+        self.complete(t, sqe.cid(), r, ctx);
+    }
+
+    /// End a command: its CID is free again and the transport sends the
+    /// completion (also for commands that never ran: failed checks, a
+    /// transport error, the queue closing).
+    pub fn complete<T: Transport>(&self, t: &T, cid: u16, resp: Response, ctx: T::Ctx) {
+        self.set_cid(cid, false);
+        t.queue_response(cid, resp, ctx);
+    }
+
+    pub fn is_admin(&self) -> bool {
+        matches!(self.state.borrow().binding, Some(Binding::Admin(_)))
     }
 
     /// Phase two: run the command.

@@ -18,8 +18,8 @@ use super::writer::{writer, Out, Sender};
 use crate::balance::Seat;
 use crate::config::ADMIN_IN_CAPSULE_DATA;
 use crate::nvme::fabrics::Binding;
-use crate::nvme::queue::Queue;
-use crate::nvme::{Namespace, Outcome, Response};
+use crate::nvme::queue::{Queue, Transport};
+use crate::nvme::{Namespace, Response};
 use crate::shard::Shard;
 use crate::storage::{dma_buffer, Charge};
 use crate::trigger::Trigger;
@@ -82,6 +82,39 @@ struct H2cXfer {
     /// Out while the reader fills it.
     buf: Option<DmaBuffer>,
     charge: Option<Charge>,
+}
+
+/// The TCP transport's part of a command, back with its completion.
+pub struct DoneCtx {
+    /// Bytes of read data the host's SGL takes.
+    max_len: usize,
+    /// The command's DMA memory, returned once its completion is sent.
+    charge: Option<Charge>,
+}
+
+impl Transport for Conn {
+    type Ctx = DoneCtx;
+
+    /// The CID is free again at once; the command still counts against the
+    /// queue's entries until the writer has sent its completion, so a host
+    /// that stops reading cannot make the outbox grow without bound.
+    fn queue_response(&self, cid: u16, resp: Response, ctx: DoneCtx) {
+        let done = Out::Done {
+            cid,
+            resp,
+            max_len: ctx.max_len,
+            _charge: ctx.charge,
+        };
+        if self.out.stalled() {
+            done.release_hold();
+        }
+        self.out.push(done);
+    }
+
+    /// No I/O will weigh on this core through an admin or discovery queue.
+    fn admin_connected(&self) {
+        self.seat.vacate();
+    }
 }
 
 pub struct Conn {
@@ -607,21 +640,9 @@ impl Conn {
         let me = self.clone();
         self.executing.set(self.executing.get() + 1);
         let mut fut = Box::pin(async move {
-            let outcome = me.q.execute(&sqe, ns, data, &me.kill).await;
+            let ctx = DoneCtx { max_len, charge };
+            me.q.run(&*me, sqe, ns, data, &me.kill, ctx).await;
             me.executing.set(me.executing.get() - 1);
-            match outcome {
-                Outcome::Done(r) => {
-                    if !r.status.is_success() {
-                        me.q.log_failure(&sqe, r.status);
-                    } else if sqe.opcode() == command::admin::FABRICS && me.is_admin() {
-                        // Connected as an admin or discovery queue: no
-                        // I/O will weigh on this core through it.
-                        me.seat.vacate();
-                    }
-                    me.complete(sqe.cid(), r, max_len, charge)
-                }
-                Outcome::Deferred => {}
-            }
         });
         if inline {
             let mut cx = Context::from_waker(Waker::noop());
@@ -632,25 +653,10 @@ impl Conn {
         glommio::spawn_local(fut).detach();
     }
 
-    /// The CID is free again at once; the command still counts against the
-    /// queue's entries until the writer has sent its completion, so a host
-    /// that stops reading cannot make the outbox grow without bound.
-    fn is_admin(&self) -> bool {
-        matches!(self.q.state.borrow().binding, Some(Binding::Admin(_)))
-    }
-
+    /// A command that ends without running (or with a transport error).
     fn complete(&self, cid: u16, resp: Response, max_len: usize, charge: Option<Charge>) {
-        self.q.set_cid(cid, false);
-        let done = Out::Done {
-            cid,
-            resp,
-            max_len,
-            _charge: charge,
-        };
-        if self.out.stalled() {
-            done.release_hold();
-        }
-        self.out.push(done);
+        self.q
+            .complete(self, cid, resp, DoneCtx { max_len, charge });
     }
 
     pub(super) fn cqe(&self, cid: u16, r: &Response) -> [u8; command::CQE_LEN] {
