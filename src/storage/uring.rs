@@ -499,6 +499,20 @@ mod tests {
             .unwrap();
     }
 
+    /// A new file of `len` bytes in the temporary directory, read-write.
+    fn temp_file(name: &str, len: u64) -> (std::path::PathBuf, Rc<OwnedFd>) {
+        let path = std::env::temp_dir().join(format!("{name}-{}", std::process::id()));
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)
+            .unwrap();
+        f.set_len(len).unwrap();
+        (path, Rc::new(OwnedFd::from(f)))
+    }
+
     fn buffer(fill: u8) -> DmaBuffer {
         let mut b = glommio::allocate_dma_buffer(4096);
         b.as_bytes_mut().fill(fill);
@@ -508,16 +522,7 @@ mod tests {
     #[test]
     fn writes_reads_syncs_and_reports_the_errno() {
         run(|| async {
-            let path = std::env::temp_dir().join(format!("uring-{}", std::process::id()));
-            let f = std::fs::OpenOptions::new()
-                .read(true)
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .open(&path)
-                .unwrap();
-            f.set_len(8192).unwrap();
-            let file = Rc::new(OwnedFd::from(f));
+            let (path, file) = temp_file("uring", 8192);
             let ring = Ring::current().unwrap();
             let (n, _) = ring.write(&file, 4096, buffer(7)).await;
             assert_eq!(n.unwrap(), 4096);
@@ -547,16 +552,7 @@ mod tests {
     #[test]
     fn a_lone_operation_goes_at_once_and_a_burst_is_gathered() {
         run(|| async {
-            let path = std::env::temp_dir().join(format!("uring-g-{}", std::process::id()));
-            let f = std::fs::OpenOptions::new()
-                .read(true)
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .open(&path)
-                .unwrap();
-            f.set_len(64 * 4096).unwrap();
-            let file = Rc::new(OwnedFd::from(f));
+            let (path, file) = temp_file("uring-g", 64 * 4096);
             let ring = Ring::current().unwrap();
             let lone = ring.write(&file, 0, buffer(1));
             // (glommio runs a spawned task's first poll at once: the reaper
