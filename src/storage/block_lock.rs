@@ -135,7 +135,13 @@ async fn released_here() {
         if RELEASES.get() != seen {
             return std::task::Poll::Ready(());
         }
-        WAITING.with_borrow_mut(|w| w.push(cx.waker().clone()));
+        // Once per task: one whose holder is on another core comes back
+        // here after every `RETRY`.
+        WAITING.with_borrow_mut(|w| {
+            if !w.iter().any(|x| x.will_wake(cx.waker())) {
+                w.push(cx.waker().clone());
+            }
+        });
         std::task::Poll::Pending
     })
     .await
@@ -216,6 +222,31 @@ mod tests {
                     "the waiter got the stripe {} rounds after its release",
                     at - 10
                 );
+            })
+            .unwrap()
+            .join()
+            .unwrap();
+    }
+
+    /// A command waiting for a stripe held on another core looks again
+    /// every `RETRY`, and is still listed once among this core's waiters.
+    #[test]
+    fn a_waiter_for_another_core_is_listed_once() {
+        glommio::LocalExecutorBuilder::default()
+            .spawn(|| async {
+                let h: LocksHandle = Rc::new(Arc::default());
+                // Taken as another core takes it: no release here wakes anyone.
+                assert!(h.try_take(7, true));
+                let waiter = glommio::spawn_local({
+                    let h = h.clone();
+                    async move {
+                        hold(&h, 7, 1, true).await;
+                    }
+                });
+                glommio::timer::sleep(RETRY * 100).await;
+                assert_eq!(WAITING.with_borrow(|w| w.len()), 1);
+                h.release(7, true);
+                waiter.await;
             })
             .unwrap()
             .join()
