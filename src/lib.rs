@@ -1,7 +1,8 @@
 //! nvmf-tpc: a thread-per-core NVMe/TCP target on glommio.
 //!
-//! Layers, from the wire up: `wire` (pure formats), `io_wait` (what the
-//! executor awaits from glommio's ring), `storage` (backings),
+//! Layers, from the wire up: `wire` (pure formats), `io_wait` and
+//! `reply_hint` (what the executor's tasks tell each other: waits on
+//! glommio's ring, replies woken), `storage` (backings),
 //! `nvme` (the NVMe controller core: controllers and command sets; it sees
 //! its shard only as an `nvme::registry::Registry`), `transport` (NVMe/TCP
 //! connections), `shard` (one executor), `serve` (start and stop), and `host`
@@ -16,6 +17,7 @@ pub mod host;
 pub mod io_wait;
 pub mod nvme;
 pub mod perf;
+pub mod reply_hint;
 pub mod serve;
 pub mod shard;
 pub mod storage;
