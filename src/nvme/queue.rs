@@ -4,18 +4,20 @@
 //! that Linux nvmet runs in core.c: `prepare` (which command set, allowed
 //! now, what data it moves) and `execute`, then `run` ends each command
 //! (error log, CID, completion) through the `Transport` that carries the
-//! queue, as nvmet calls its transport's `queue_response`. A transport owns
-//! one per connection and does the I/O around it (transport/tcp.rs).
+//! queue, as nvmet calls its transport's `queue_response`. It also keeps
+//! the submission queue's accounting: commands outstanding against SQSIZE,
+//! and the SQ head each completion reports. A transport owns one per
+//! connection and does the I/O around it (transport/tcp.rs).
 
 use super::fabrics::{self, Binding};
 use super::registry::Registry;
 use super::{admin, io, Namespace, Outcome, Response, Xfer};
 use crate::trigger::Trigger;
-use crate::wire::command::{self, fctype, Sqe};
+use crate::wire::command::{self, fctype, Cqe, Sqe};
 use crate::wire::fabrics::CONNECT_DATA_LEN;
 use crate::wire::status::Status;
 use glommio::io::DmaBuffer;
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::net::SocketAddr;
 use std::rc::Rc;
 
@@ -45,6 +47,19 @@ pub trait Transport {
     fn admin_connected(&self) {}
 }
 
+/// What `admit` made of a command that arrived.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Admit {
+    /// Its CID is in flight now: check and run it.
+    Accepted,
+    /// Its CID is in flight already: answer Command ID Conflict; the
+    /// command holding the CID stays tracked.
+    CidConflict,
+    /// The host has more commands outstanding than the queue has entries,
+    /// which it never may (NVMe-oF 1.1 §2.4.1): a fatal transport error.
+    Overflow,
+}
+
 pub struct Queue<R: Registry> {
     pub registry: Rc<R>,
     /// The host's address, for log lines.
@@ -54,6 +69,10 @@ pub struct Queue<R: Registry> {
     pub state: RefCell<QueueState>,
     /// One bit per CID in flight.
     inflight: RefCell<Box<[u64]>>,
+    /// Commands admitted whose completion has not been sent yet.
+    outstanding: Cell<u32>,
+    /// The SQ head pointer completions report.
+    sqhd: Cell<u16>,
 }
 
 impl<R: Registry> Queue<R> {
@@ -71,7 +90,77 @@ impl<R: Registry> Queue<R> {
                 sq_flow_disabled: false,
             }),
             inflight: RefCell::new(vec![0u64; 65536 / 64].into_boxed_slice()),
+            outstanding: Cell::new(0),
+            sqhd: Cell::new(0),
         }
+    }
+
+    /// A command arrived: count it against the queue's entries, take its
+    /// CID, and move the SQ head past it. Every command but an `Overflow`
+    /// counts until `completion_sent`.
+    pub fn admit(&self, cid: u16) -> Admit {
+        let entries = self.state.borrow().entries;
+        if self.outstanding.get() >= entries {
+            return Admit::Overflow;
+        }
+        self.outstanding.set(self.outstanding.get() + 1);
+        if self.cid_busy(cid) && !self.forget_aer(cid) {
+            return Admit::CidConflict;
+        }
+        self.set_cid(cid, true);
+        let entries = entries as u16;
+        self.sqhd.set(if entries <= 1 {
+            0
+        } else {
+            (self.sqhd.get() + 1) % entries
+        });
+        Admit::Accepted
+    }
+
+    /// The transport sent a command's completion to the host: the host may
+    /// use its entry again.
+    pub fn completion_sent(&self) {
+        let n = self.outstanding.get();
+        assert!(n > 0, "a completion for no outstanding command");
+        self.outstanding.set(n - 1);
+    }
+
+    /// Commands admitted and not yet answered.
+    pub fn outstanding(&self) -> u32 {
+        self.outstanding.get()
+    }
+
+    /// The completion queue entry for `cid`.
+    pub fn cqe(&self, cid: u16, r: &Response) -> [u8; command::CQE_LEN] {
+        Cqe {
+            dw0: r.dw0,
+            dw1: r.dw1,
+            sqhd: self.sqhd.get(),
+            sqid: self.state.borrow().qid,
+            cid,
+            status: r.status,
+        }
+        .encode()
+    }
+
+    /// A host that reuses the CID of its Asynchronous Event Request has
+    /// given up on it: SPDK's host aborts its AERs on its own side before
+    /// it shuts a controller down, then reads CC with the freed CID (a
+    /// Command ID Conflict there failed its shutdown). The AER is dropped,
+    /// never to complete under a CID that now means another command.
+    fn forget_aer(&self, cid: u16) -> bool {
+        let st = self.state.borrow();
+        let Some(Binding::Admin(ctrl)) = &st.binding else {
+            return false;
+        };
+        let mut aers = ctrl.aers.borrow_mut();
+        let Some(i) = aers.iter().position(|&c| c == cid) else {
+            return false;
+        };
+        aers.remove(i);
+        self.set_cid(cid, false);
+        self.outstanding.set(self.outstanding.get() - 1);
+        true
     }
 
     pub fn cid_busy(&self, cid: u16) -> bool {

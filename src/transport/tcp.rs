@@ -18,12 +18,12 @@ use super::writer::{writer, Out, Sender};
 use crate::balance::Seat;
 use crate::config::ADMIN_IN_CAPSULE_DATA;
 use crate::nvme::fabrics::Binding;
-use crate::nvme::queue::{Queue, Transport};
+use crate::nvme::queue::{Admit, Queue, Transport};
 use crate::nvme::{Namespace, Response};
 use crate::shard::Shard;
 use crate::storage::{dma_buffer, Charge};
 use crate::trigger::Trigger;
-use crate::wire::command::{self, Cqe, Sqe, SQE_LEN};
+use crate::wire::command::{Sqe, SQE_LEN};
 use crate::wire::pdu::{
     self, fes, field, pdu_type, DataHeader, Digests, FatalError, IcReq, IcResp, Layout, CH_LEN,
     DIGEST_LEN,
@@ -125,7 +125,6 @@ pub struct Conn {
     pub(super) out: Outbox<Out>,
     /// The queue as the controller core sees it: binding, CIDs, dispatch.
     pub(super) q: Queue<Shard>,
-    pub(super) outstanding: Cell<u32>,
     depth: DepthEstimate,
     /// Counted in the shard's `active_io`.
     active: Cell<bool>,
@@ -134,7 +133,6 @@ pub struct Conn {
     executing: Cell<u32>,
     /// Commands waiting for DMA memory before their R2T or execution.
     waiting_mem: Cell<u32>,
-    sqhd: Cell<u16>,
     /// The receive protocol: PDU rules and the transfers asked for by R2T.
     rx: RefCell<Rx<H2cXfer>>,
     pub(super) kill: Rc<Trigger>,
@@ -227,12 +225,10 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream, kill: Rc<Trigger>, seat:
         pda: (icreq.hpda as usize + 1) * 4,
         out: Outbox::default(),
         q: Queue::new(shard.clone(), peer, local),
-        outstanding: Cell::new(0),
         depth: DepthEstimate::default(),
         active: Cell::new(false),
         executing: Cell::new(0),
         waiting_mem: Cell::new(0),
-        sqhd: Cell::new(0),
         rx,
         kill: kill.clone(),
         pdu_open: Cell::new(false),
@@ -322,7 +318,7 @@ impl Conn {
     /// core already works while each host does, and splitting only costs
     /// sends (4 queues x QD8: 739k -> 580k), so `FLOW_BATCH` stays.
     fn flow_batch(&self, rb: &Reader) -> usize {
-        let outstanding = self.outstanding.get() as usize;
+        let outstanding = self.q.outstanding() as usize;
         let io = matches!(self.q.state.borrow().binding, Some(Binding::Io { .. }));
         let active = io && outstanding > 0;
         if self.active.get() != active {
@@ -423,36 +419,29 @@ impl Conn {
             icd = Some(b);
         }
         let cid = sqe.cid();
-        // Submission queue accounting (§3.3.1 of NVMe-oF: the host never has
-        // more than SQSIZE commands outstanding).
-        if self.outstanding.get() >= self.q.state.borrow().entries {
-            let mut hdr = vec![0u8; CH_LEN + SQE_LEN];
-            l.header.encode(&mut hdr[..CH_LEN]);
-            hdr[CH_LEN..].copy_from_slice(&sqe.0);
-            return Err(Stop::Fatal(
-                FatalError::new(fes::PDU_SEQUENCE_ERROR, field::TYPE),
-                hdr,
-            ));
+        match self.q.admit(cid) {
+            Admit::Accepted => {}
+            Admit::CidConflict => {
+                // Sent without freeing the CID: the command holding it
+                // stays tracked.
+                self.out.push(Out::Done {
+                    cid,
+                    resp: Response::status(Status::CID_CONFLICT),
+                    max_len: 0,
+                    _charge: None,
+                });
+                return Ok(());
+            }
+            Admit::Overflow => {
+                let mut hdr = vec![0u8; CH_LEN + SQE_LEN];
+                l.header.encode(&mut hdr[..CH_LEN]);
+                hdr[CH_LEN..].copy_from_slice(&sqe.0);
+                return Err(Stop::Fatal(
+                    FatalError::new(fes::PDU_SEQUENCE_ERROR, field::TYPE),
+                    hdr,
+                ));
+            }
         }
-        if self.q.cid_busy(cid) && !self.forget_aer(cid) {
-            // The completion is sent but the original command stays tracked.
-            self.outstanding.set(self.outstanding.get() + 1);
-            self.out.push(Out::Done {
-                cid,
-                resp: Response::status(Status::CID_CONFLICT),
-                max_len: 0,
-                _charge: None,
-            });
-            return Ok(());
-        }
-        self.q.set_cid(cid, true);
-        self.outstanding.set(self.outstanding.get() + 1);
-        let entries = self.q.state.borrow().entries as u16;
-        self.sqhd.set(if entries <= 1 {
-            0
-        } else {
-            (self.sqhd.get() + 1) % entries
-        });
         if !digest_ok {
             self.complete(
                 cid,
@@ -553,26 +542,6 @@ impl Conn {
         c
     }
 
-    /// A host that reuses the CID of its Asynchronous Event Request has
-    /// given up on it: SPDK's host aborts its AERs on its own side before
-    /// it shuts a controller down, then reads CC with the freed CID (a
-    /// Command ID Conflict there failed its shutdown). The AER is dropped,
-    /// never to complete under a CID that now means another command.
-    fn forget_aer(&self, cid: u16) -> bool {
-        let st = self.q.state.borrow();
-        let Some(Binding::Admin(ctrl)) = &st.binding else {
-            return false;
-        };
-        let mut aers = ctrl.aers.borrow_mut();
-        let Some(i) = aers.iter().position(|&c| c == cid) else {
-            return false;
-        };
-        aers.remove(i);
-        self.q.set_cid(cid, false);
-        self.outstanding.set(self.outstanding.get() - 1);
-        true
-    }
-
     fn start_r2t(&self, sqe: Sqe, ns: Option<Rc<Namespace>>, len: usize, charge: Option<Charge>) {
         let cid = sqe.cid();
         let x = H2cXfer {
@@ -657,18 +626,6 @@ impl Conn {
     fn complete(&self, cid: u16, resp: Response, max_len: usize, charge: Option<Charge>) {
         self.q
             .complete(self, cid, resp, DoneCtx { max_len, charge });
-    }
-
-    pub(super) fn cqe(&self, cid: u16, r: &Response) -> [u8; command::CQE_LEN] {
-        Cqe {
-            dw0: r.dw0,
-            dw1: r.dw1,
-            sqhd: self.sqhd.get(),
-            sqid: self.q.state.borrow().qid,
-            cid,
-            status: r.status,
-        }
-        .encode()
     }
 
     /// Stop reading new commands: let in-flight ones finish, however long

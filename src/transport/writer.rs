@@ -111,10 +111,7 @@ pub(super) async fn writer(conn: Rc<Conn>, mut tx: Sender) {
                     cid, resp, max_len, ..
                 } => {
                     closing |= resp.close_after;
-                    // Every completion sent was counted when its capsule came.
-                    let n = conn.outstanding.get();
-                    assert!(n > 0, "a completion for no outstanding command");
-                    conn.outstanding.set(n - 1);
+                    conn.q.completion_sent();
                     encode_done(
                         &conn, *cid, resp, *max_len, i, &mut buf, &mut segs, &mut mark,
                     );
@@ -211,6 +208,6 @@ fn encode_done(
         }
     }
     if !skip_resp {
-        pdu::encode_capsule_resp(&conn.cqe(cid, resp), d, buf);
+        pdu::encode_capsule_resp(&conn.q.cqe(cid, resp), d, buf);
     }
 }
