@@ -10,6 +10,7 @@ use crate::nvme::Namespace;
 use crate::shard::{self, Shard, STOP};
 use crate::storage::block_lock::BlockLocks;
 use crate::storage::{Backend, FileBackend, RamDisk};
+use glommio::channels::channel_mesh::{Full, MeshBuilder};
 use glommio::net::TcpListener;
 use glommio::{LocalExecutorBuilder, Placement};
 use std::net::SocketAddr;
@@ -147,119 +148,63 @@ pub fn banner(cfg: &TargetConfig) -> String {
     s
 }
 
+/// What every core shares: created once, before the executors start.
+#[derive(Clone)]
+struct Shared {
+    cfg: Arc<TargetConfig>,
+    /// RAM disks, per subsystem and namespace (None for other backings).
+    rams: Arc<Vec<Vec<Option<Arc<RamDisk>>>>>,
+    /// One block lock table per namespace, whichever core serves it.
+    locks: Arc<Vec<Vec<Arc<BlockLocks>>>>,
+    mesh: MeshBuilder<shard::CtlMsg, Full>,
+    hosts: Arc<crate::admission::HostTable>,
+    balance: Arc<crate::balance::Balance>,
+}
+
+impl Shared {
+    fn new(cfg: TargetConfig) -> Result<Shared, String> {
+        let mut rams = Vec::new();
+        for s in &cfg.subsystems {
+            let mut v = Vec::new();
+            for n in &s.namespaces {
+                v.push(match n.backing {
+                    Backing::Ram(sz) => Some(Arc::new(RamDisk::new(sz)?)),
+                    _ => None,
+                });
+            }
+            rams.push(v);
+        }
+        let locks = cfg
+            .subsystems
+            .iter()
+            .map(|s| s.namespaces.iter().map(|_| Arc::default()).collect())
+            .collect();
+        Ok(Shared {
+            mesh: shard::mesh(cfg.cpus.len()),
+            hosts: Arc::new(crate::admission::HostTable::new(
+                cfg.max_controllers_per_host,
+            )),
+            balance: crate::balance::Balance::new(cfg.cpus.len()),
+            rams: Arc::new(rams),
+            locks: Arc::new(locks),
+            cfg: Arc::new(cfg),
+        })
+    }
+}
+
 /// Start every executor and serve until SIGINT/SIGTERM (or `STOP`).
 /// Returns an error when any executor could not start.
 pub fn run(cfg: TargetConfig) -> Result<(), String> {
     probe_listeners(&cfg)?;
-    let cfg = Arc::new(cfg);
-    // RAM disks are created once and shared by every core.
-    let mut rams: Vec<Vec<Option<Arc<RamDisk>>>> = Vec::new();
-    for s in &cfg.subsystems {
-        let mut v = Vec::new();
-        for n in &s.namespaces {
-            v.push(match n.backing {
-                Backing::Ram(sz) => Some(Arc::new(RamDisk::new(sz)?)),
-                _ => None,
-            });
-        }
-        rams.push(v);
-    }
-    let rams = Arc::new(rams);
-    // One block lock table per namespace, whichever core serves it.
-    let locks: Arc<Vec<Vec<Arc<BlockLocks>>>> = Arc::new(
-        cfg.subsystems
-            .iter()
-            .map(|s| s.namespaces.iter().map(|_| Arc::default()).collect())
-            .collect(),
-    );
-    let mesh = shard::mesh(cfg.cpus.len());
-    let hosts = Arc::new(crate::admission::HostTable::new(
-        cfg.max_controllers_per_host,
-    ));
-    let balance = crate::balance::Balance::new(cfg.cpus.len());
+    let shared = Shared::new(cfg)?;
+    let cfg = shared.cfg.clone();
     let (ready_tx, ready_rx) = mpsc::channel::<Result<(), String>>();
     let mut handles = Vec::new();
     for (i, &cpu) in cfg.cpus.iter().enumerate() {
-        let cfg = cfg.clone();
-        let rams = rams.clone();
-        let locks = locks.clone();
-        let hosts = hosts.clone();
-        let balance = balance.clone();
-        let mesh = mesh.clone();
-        let ready = ready_tx.clone();
-        let mut b = LocalExecutorBuilder::new(Placement::Fixed(cpu))
-            .name(&format!("nvmf-tpc-{i}"))
-            .io_memory(cfg.dma_memory);
-        if !cfg.idle_poll.is_zero() {
-            b = b.spin_before_park(cfg.idle_poll);
-        }
-        let h = b
-            .spawn(move || async move {
-                let (senders, receivers) = match mesh.join().await {
-                    Ok(x) => x,
-                    Err(_) => {
-                        let _ = ready.send(Err("cannot join the control mesh".into()));
-                        return true;
-                    }
-                };
-                crate::storage::uring::set_window(if cfg.idle_poll.is_zero() {
-                    std::time::Duration::ZERO
-                } else {
-                    crate::storage::uring::IO_POLL
-                });
-                // This core's epoll set, made now: a failure shows at start,
-                // and the descriptor count stays flat while hosts come and go.
-                if !cfg.idle_poll.is_zero() {
-                    if let Err(e) = crate::transport::readiness::prepare() {
-                        let _ = ready.send(Err(format!("cannot create an epoll set: {e}")));
-                        return true;
-                    }
-                }
-                // Its thread id, for `top -H`, perf and tests: glommio gives
-                // the executor and its blocking pool the same thread name.
-                // SAFETY: gettid has no arguments and cannot fail.
-                let tid = unsafe { libc::gettid() };
-                log::debug!("core {i} runs on thread {tid} (CPU {cpu})");
-                let started = start_shard(cfg, rams, locks, senders, hosts, balance).await;
-                let (shard, listeners) = match started {
-                    Ok(x) => x,
-                    Err(e) => {
-                        let _ = ready.send(Err(e));
-                        return true;
-                    }
-                };
-                shard.spawn_receivers(receivers);
-                glommio::spawn_local(crate::transport::listener::serve_handed(shard.clone()))
-                    .detach();
-                for l in listeners {
-                    glommio::spawn_local(crate::transport::listener::serve_listener(
-                        shard.clone(),
-                        l,
-                    ))
-                    .detach();
-                }
-                let _ = ready.send(Ok(()));
-                shard::wait_for_stop().await;
-                // True when every backing flushed.
-                shard.shutdown().await
-            })
-            .map_err(|e| format!("cannot start an executor on CPU {cpu}: {e}"))?;
-        handles.push(h);
+        handles.push(spawn_core(i, cpu, shared.clone(), ready_tx.clone())?);
     }
     drop(ready_tx);
-    let mut failure = None;
-    for _ in 0..cfg.cpus.len() {
-        match ready_rx.recv() {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => {
-                failure.get_or_insert(e);
-            }
-            Err(_) => {
-                failure.get_or_insert("an executor died while starting".into());
-            }
-        }
-    }
-    if let Some(e) = failure {
+    if let Some(e) = wait_started(&ready_rx, cfg.cpus.len()) {
         STOP.store(true, Ordering::Relaxed);
         for h in handles {
             let _ = h.join();
@@ -283,6 +228,95 @@ pub fn run(cfg: TargetConfig) -> Result<(), String> {
     }
     log::info!("stopped");
     Ok(())
+}
+
+/// The first error any core reported while starting, once each has said.
+fn wait_started(ready: &mpsc::Receiver<Result<(), String>>, cores: usize) -> Option<String> {
+    let mut failure = None;
+    for _ in 0..cores {
+        match ready.recv() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                failure.get_or_insert(e);
+            }
+            Err(_) => {
+                failure.get_or_insert("an executor died while starting".into());
+            }
+        }
+    }
+    failure
+}
+
+/// Core `i`'s executor, pinned to `cpu`: it says on `ready` whether it
+/// started, serves until stopped, and returns whether its backings flushed.
+fn spawn_core(
+    i: usize,
+    cpu: usize,
+    shared: Shared,
+    ready: mpsc::Sender<Result<(), String>>,
+) -> Result<glommio::ExecutorJoinHandle<bool>, String> {
+    let cfg = &shared.cfg;
+    let mut b = LocalExecutorBuilder::new(Placement::Fixed(cpu))
+        .name(&format!("nvmf-tpc-{i}"))
+        .io_memory(cfg.dma_memory);
+    if !cfg.idle_poll.is_zero() {
+        b = b.spin_before_park(cfg.idle_poll);
+    }
+    b.spawn(move || async move {
+        match start_core(i, cpu, shared).await {
+            Ok(shard) => {
+                let _ = ready.send(Ok(()));
+                shard::wait_for_stop().await;
+                // True when every backing flushed.
+                shard.shutdown().await
+            }
+            Err(e) => {
+                let _ = ready.send(Err(e));
+                true
+            }
+        }
+    })
+    .map_err(|e| format!("cannot start an executor on CPU {cpu}: {e}"))
+}
+
+/// On core `i`'s executor: join the control mesh, make the core's polling
+/// state, open its namespaces and listeners, and start serving.
+async fn start_core(i: usize, cpu: usize, shared: Shared) -> Result<Rc<Shard>, String> {
+    let Shared {
+        cfg,
+        rams,
+        locks,
+        mesh,
+        hosts,
+        balance,
+    } = shared;
+    let (senders, receivers) = mesh
+        .join()
+        .await
+        .map_err(|_| "cannot join the control mesh".to_string())?;
+    crate::storage::uring::set_window(if cfg.idle_poll.is_zero() {
+        std::time::Duration::ZERO
+    } else {
+        crate::storage::uring::IO_POLL
+    });
+    // This core's epoll set, made now: a failure shows at start, and the
+    // descriptor count stays flat while hosts come and go.
+    if !cfg.idle_poll.is_zero() {
+        crate::transport::readiness::prepare()
+            .map_err(|e| format!("cannot create an epoll set: {e}"))?;
+    }
+    // Its thread id, for `top -H`, perf and tests: glommio gives the
+    // executor and its blocking pool the same thread name.
+    // SAFETY: gettid has no arguments and cannot fail.
+    let tid = unsafe { libc::gettid() };
+    log::debug!("core {i} runs on thread {tid} (CPU {cpu})");
+    let (shard, listeners) = start_shard(cfg, rams, locks, senders, hosts, balance).await?;
+    shard.spawn_receivers(receivers);
+    glommio::spawn_local(crate::transport::listener::serve_handed(shard.clone())).detach();
+    for l in listeners {
+        glommio::spawn_local(crate::transport::listener::serve_listener(shard.clone(), l)).detach();
+    }
+    Ok(shard)
 }
 
 async fn start_shard(
