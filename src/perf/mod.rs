@@ -18,6 +18,8 @@
 //! Exit status: 0 on success; 1 when the target returned any error status,
 //! a short read, a dead connection, or no I/O completed; 2 for bad flags.
 
+mod collect;
+use collect::{cpu_sample, measured_seconds, Collect};
 mod report;
 use report::{print_header, report_idle, Report};
 mod stats;
@@ -33,7 +35,7 @@ use std::collections::BTreeMap;
 use std::net::ToSocketAddrs;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::mpsc;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 use worker::{Geometry, Shape};
@@ -401,32 +403,6 @@ pub fn main(argv: &[String]) -> i32 {
     }
 }
 
-/// A CPU-time sample: this process, and the target when its PID is known.
-#[derive(Clone, Copy, Debug)]
-struct CpuSample {
-    client: Duration,
-    target: Option<Duration>,
-}
-
-fn cpu_sample(pid: Option<u32>) -> CpuSample {
-    CpuSample {
-        client: sys::self_cpu_time(),
-        target: pid.and_then(|p| match sys::proc_cpu_time(p) {
-            Ok(t) => Some(t),
-            Err(e) => {
-                log::warn!("--target-pid: {e}");
-                None
-            }
-        }),
-    }
-}
-
-/// One merged interval.
-struct Slice {
-    reports: usize,
-    iv: Interval,
-}
-
 fn run(args: &PerfArgs, plan: Arc<Plan>) -> Result<i32, String> {
     let shared = Arc::new(Shared::default());
     let (tx, rx) = mpsc::channel::<Msg>();
@@ -446,12 +422,9 @@ fn run(args: &PerfArgs, plan: Arc<Plan>) -> Result<i32, String> {
 
     // Connect: wait for every core (or the first failure).
     let mut failures: Vec<String> = Vec::new();
-    let geo = match await_ready(&rx, ncores, &shared, &mut failures) {
-        Some(g) => g,
-        None => {
-            stop_cores(&shared, handles);
-            return Err(failures.join("; "));
-        }
+    let Some(geo) = await_ready(&rx, ncores, &shared, &mut failures) else {
+        stop_cores(&shared, handles);
+        return Err(failures.join("; "));
     };
     // The cores checked the same already; this cannot fail once they are ready.
     let shape = match Shape::new(&plan, &geo) {
@@ -481,108 +454,16 @@ fn run(args: &PerfArgs, plan: Arc<Plan>) -> Result<i32, String> {
         );
     }
 
-    // Run: merge the cores' reports per interval, print a line per interval,
-    // sample CPU times at the start and the end of the measurement.
-    let mut slices: Vec<Slice> = (0..tl.events.len())
-        .map(|_| Slice {
-            reports: 0,
-            iv: Interval::default(),
-        })
-        .collect();
-    let mut printed = 0usize;
-    let mut total = Interval::default();
-    let mut per_second: Vec<Json> = Vec::new();
-    let mut samples: [Option<(Instant, CpuSample)>; 2] = [None, None];
-    let mut errors: BTreeMap<String, u64> = BTreeMap::new();
-    let mut live = ncores;
-    let mut done = 0usize;
-    let mut aborted = false;
-    while done < ncores {
-        let due = if samples[0].is_none() {
-            Some(tl.warmup_end)
-        } else if samples[1].is_none() {
-            Some(tl.end)
-        } else {
-            None
-        };
-        let wait = due.map_or(Duration::from_millis(200), |d| {
-            d.saturating_duration_since(Instant::now())
-        });
-        let msg = if wait.is_zero() {
-            Err(RecvTimeoutError::Timeout)
-        } else {
-            rx.recv_timeout(wait)
-        };
-        match msg {
-            Err(RecvTimeoutError::Timeout) => {
-                if let Some(d) = due {
-                    if Instant::now() >= d {
-                        let s = Some((Instant::now(), cpu_sample(args.target_pid)));
-                        if samples[0].is_none() {
-                            samples[0] = s;
-                        } else {
-                            samples[1] = s;
-                        }
-                    }
-                }
-            }
-            Err(RecvTimeoutError::Disconnected) => break,
-            Ok(Msg::Tick { idx, iv, .. }) => {
-                if let Some(s) = slices.get_mut(idx) {
-                    s.reports += 1;
-                    s.iv.merge(&iv);
-                }
-            }
-            Ok(Msg::Done {
-                errors: e, failure, ..
-            }) => {
-                for (k, v) in e {
-                    *errors.entry(k).or_default() += v;
-                }
-                done += 1;
-                if let Some(err) = failure {
-                    eprintln!("nvmf-tpc perf: {err}");
-                    failures.push(err);
-                    shared.abort.store(true, Ordering::Relaxed);
-                    aborted = true;
-                    live -= 1;
-                }
-            }
-            Ok(Msg::Ready { .. }) => {}
-        }
-        // Intervals every live core has reported, in order.
-        while printed < slices.len() && slices[printed].reports >= live && live > 0 {
-            let start = if printed == 0 {
-                tl.t0
-            } else {
-                tl.events[printed - 1]
-            };
-            let end = tl.events[printed];
-            let dur = (end - start).as_secs_f64();
-            let warm = end <= tl.warmup_end;
-            let iv = &slices[printed].iv;
-            if plan.idle.is_none() {
-                per_second.push(interval_line(
-                    args,
-                    iv,
-                    (end - tl.t0).as_secs_f64(),
-                    dur,
-                    warm,
-                ));
-            }
-            if !warm {
-                total.merge(iv);
-            }
-            printed += 1;
-        }
-    }
+    let mut c = Collect::new(args, &plan, tl, &shared, failures);
+    c.collect(&rx);
     for h in handles {
         let _ = h.join();
     }
     // A run cut short has no end sample: take one now.
-    let start_sample = samples[0].unwrap_or_else(|| (Instant::now(), cpu_sample(args.target_pid)));
-    let end_sample = samples[1].unwrap_or_else(|| (Instant::now(), cpu_sample(args.target_pid)));
-    let measured_s = measured_seconds(tl, aborted, printed);
+    let start_sample =
+        c.samples[0].unwrap_or_else(|| (Instant::now(), cpu_sample(args.target_pid)));
+    let end_sample = c.samples[1].unwrap_or_else(|| (Instant::now(), cpu_sample(args.target_pid)));
+    let measured_s = measured_seconds(tl, c.aborted, c.printed);
     let client_cpu = end_sample.1.client.saturating_sub(start_sample.1.client);
     let target_cpu = match (start_sample.1.target, end_sample.1.target) {
         (Some(a), Some(b)) => Some(b.saturating_sub(a)),
@@ -591,7 +472,12 @@ fn run(args: &PerfArgs, plan: Arc<Plan>) -> Result<i32, String> {
 
     if plan.idle.is_some() {
         return Ok(report_idle(
-            args, &plan, measured_s, client_cpu, target_cpu, &failures,
+            args,
+            &plan,
+            measured_s,
+            client_cpu,
+            target_cpu,
+            &c.failures,
         ));
     }
     let r = Report {
@@ -599,13 +485,13 @@ fn run(args: &PerfArgs, plan: Arc<Plan>) -> Result<i32, String> {
         plan: &plan,
         geo: &geo,
         shape: &shape,
-        total: &total,
+        total: &c.total,
         seconds: measured_s,
         client_cpu,
         target_cpu,
-        errors: &errors,
-        failures: &failures,
-        per_second,
+        errors: &c.errors,
+        failures: &c.failures,
+        per_second: c.per_second,
     };
     Ok(r.finish())
 }
@@ -655,53 +541,6 @@ fn await_ready(
             None
         }
     }
-}
-
-/// One interval every live core has reported: its line (unless --quiet)
-/// and its JSON record.
-fn interval_line(args: &PerfArgs, iv: &Interval, t_s: f64, dur: f64, warm: bool) -> Json {
-    let iops = iv.ios() as f64 / dur;
-    let mibs = iv.bytes as f64 / dur / (1 << 20) as f64;
-    let p99 = iv.p99_us();
-    if !args.quiet {
-        println!(
-            "[{:6.1} s] {:>11} IOPS {:>9.1} MiB/s   p99 {:>9.1} µs{}{}",
-            t_s,
-            grouped(iops.round() as u64),
-            mibs,
-            p99,
-            if iv.errors > 0 {
-                format!("   errors {}", iv.errors)
-            } else {
-                String::new()
-            },
-            if warm { "   (warm-up)" } else { "" }
-        );
-    }
-    Json::obj([
-        ("t_s", Json::Num(t_s)),
-        ("seconds", Json::Num(dur)),
-        ("warmup", Json::Bool(warm)),
-        ("iops", Json::Num(iops)),
-        ("mib_s", Json::Num(mibs)),
-        ("p99_us", Json::Num(p99)),
-        ("errors", Json::int(iv.errors)),
-    ])
-}
-
-/// Seconds the merged intervals cover: the whole measurement, or for a run
-/// cut short only the whole intervals after the warm-up.
-fn measured_seconds(tl: &Timeline, aborted: bool, printed: usize) -> f64 {
-    if !aborted {
-        return (tl.end - tl.warmup_end).as_secs_f64();
-    }
-    (0..printed)
-        .filter(|&i| tl.events[i] > tl.warmup_end)
-        .map(|i| {
-            let s = if i == 0 { tl.t0 } else { tl.events[i - 1] };
-            (tl.events[i] - s).as_secs_f64()
-        })
-        .sum::<f64>()
 }
 
 #[cfg(test)]
