@@ -56,7 +56,7 @@ pub enum Admit {
     /// command holding the CID stays tracked.
     CidConflict,
     /// The host has more commands outstanding than the queue has entries,
-    /// which it never may (NVMe-oF 1.1 §2.4.1): a fatal transport error.
+    /// which it never may (NVMe-oF §3.3.1): a fatal transport error.
     Overflow,
 }
 

@@ -29,7 +29,7 @@ use crate::wire::pdu::{
     DIGEST_LEN,
 };
 use crate::wire::status::Status;
-use futures_lite::io::ReadHalf;
+use futures_lite::io::{ReadHalf, WriteHalf};
 use futures_lite::AsyncWriteExt;
 use glommio::io::DmaBuffer;
 use glommio::net::TcpStream;
@@ -159,26 +159,10 @@ type Reader = RecvBuf<PollingReader<ReadHalf<TcpStream>>>;
 
 /// Serve one accepted connection until it closes.
 pub async fn serve(shard: Rc<Shard>, stream: TcpStream, kill: Rc<Trigger>, seat: Seat) {
-    let _ = stream.set_nodelay(true);
-    if let Err(e) = socket::watch_liveness(stream.as_raw_fd()) {
-        log::warn!("cannot set TCP keepalive: {e}");
-    }
-    if shard.cfg.socket_buffer > 0 {
-        if let Err(e) = socket::set_buffers(stream.as_raw_fd(), shard.cfg.socket_buffer) {
-            log::warn!("cannot set socket buffers: {e}");
-        }
-    }
-    if let Some(cc) = &shard.cfg.tcp_congestion {
-        if let Err(e) = socket::set_congestion(stream.as_raw_fd(), cc) {
-            log::warn!("cannot set TCP congestion control {cc}: {e}");
-        }
-    }
-    let peer = stream
-        .peer_addr()
-        .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
-    let local = stream
-        .local_addr()
-        .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
+    tune_socket(&shard, &stream);
+    let unknown = || SocketAddr::from(([0, 0, 0, 0], 0));
+    let peer = stream.peer_addr().unwrap_or_else(|_| unknown());
+    let local = stream.local_addr().unwrap_or_else(|_| unknown());
     log::info!("core {}: connection from {peer}", shard.id);
     // The fd stays valid while either half lives (both share the stream).
     let fd = stream.as_raw_fd();
@@ -187,38 +171,9 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream, kill: Rc<Trigger>, seat:
     let reg = reader.registration();
     let mut rb = RecvBuf::new(reader);
     let rx = RefCell::new(Rx::new(shard.cfg.maxh2cdata as usize));
-
-    // Connection setup (§3.3): the first PDU must be an ICReq, within a time limit.
-    let ic = futures_lite::future::or(async { Some(read_icreq(&mut rb, &rx).await) }, async {
-        glommio::timer::sleep(shard.connect_timeout()).await;
-        None
-    })
-    .await;
-    let icreq = match ic {
-        None => {
-            log::warn!("{peer}: no ICReq within the connect timeout; closing");
-            return;
-        }
-        Some(Err(Stop::Fatal(e, hdr))) => {
-            log::warn!("{peer}: bad ICReq ({e:?}); sending C2HTermReq");
-            let mut b = Vec::new();
-            pdu::encode_term_req(pdu_type::C2H_TERM_REQ, e, &hdr, &mut b);
-            let _ = w.write_all(&b).await;
-            let _ = w.close().await;
-            return;
-        }
-        Some(Err(_)) => return,
-        Some(Ok(ic)) => ic,
-    };
-    let resp = IcResp {
-        pfv: 0,
-        cpda: 0,
-        digests: icreq.digests,
-        maxh2cdata: shard.cfg.maxh2cdata,
-    };
-    if w.write_all(&resp.encode()).await.is_err() {
+    let Some(icreq) = handshake(&shard, &mut rb, &rx, &mut w, peer).await else {
         return;
-    }
+    };
     let conn = Rc::new(Conn {
         shard: shard.clone(),
         digests: icreq.digests,
@@ -239,33 +194,77 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream, kill: Rc<Trigger>, seat:
     // Awaited, never dropped: glommio 0.9 does not free a task cancelled
     // by dropping its handle while it sleeps (176 bytes per connection).
     let watchdog = glommio::spawn_local(watchdog(conn.clone()));
-
     let stop = futures_lite::future::or(conn.read_loop(&mut rb), async {
         kill.wait().await;
         Stop::Killed
     })
     .await;
-    match stop {
-        Stop::Eof => log::info!("{peer}: host closed the connection"),
-        Stop::Killed => log::info!("{peer}: queue closed by the target"),
-        Stop::Io(e) => log::info!("{peer}: connection error: {e}"),
-        Stop::HostTerm(e) => log::warn!(
-            "{peer}: host terminated the connection (H2CTermReq fes {:#x} fei {:#x})",
-            e.fes,
-            e.fei
-        ),
-        Stop::Fatal(e, hdr) => {
-            log::warn!(
-                "{peer}: fatal transport error (fes {:#x} fei {:#x}); sending C2HTermReq",
-                e.fes,
-                e.fei
-            );
-            conn.out.push(Out::Term(e, hdr));
-        }
-    }
+    conn.log_stop(stop);
     conn.finish_connection().await;
     writer.await;
     watchdog.await;
+}
+
+/// Socket options every connection gets: no Nagle, liveness probes, and
+/// the configured buffers and congestion control (a failure is logged:
+/// the connection still works).
+fn tune_socket(shard: &Shard, stream: &TcpStream) {
+    let _ = stream.set_nodelay(true);
+    let fd = stream.as_raw_fd();
+    if let Err(e) = socket::watch_liveness(fd) {
+        log::warn!("cannot set TCP keepalive: {e}");
+    }
+    if shard.cfg.socket_buffer > 0 {
+        if let Err(e) = socket::set_buffers(fd, shard.cfg.socket_buffer) {
+            log::warn!("cannot set socket buffers: {e}");
+        }
+    }
+    if let Some(cc) = &shard.cfg.tcp_congestion {
+        if let Err(e) = socket::set_congestion(fd, cc) {
+            log::warn!("cannot set TCP congestion control {cc}: {e}");
+        }
+    }
+}
+
+/// Connection setup (§3.3): the first PDU must be an ICReq, within a time
+/// limit; it is answered with an ICResp. None if the connection ends here
+/// (a bad ICReq is answered with a C2HTermReq first).
+async fn handshake(
+    shard: &Shard,
+    rb: &mut Reader,
+    rx: &RefCell<Rx<H2cXfer>>,
+    w: &mut WriteHalf<TcpStream>,
+    peer: SocketAddr,
+) -> Option<IcReq> {
+    let ic = futures_lite::future::or(async { Some(read_icreq(rb, rx).await) }, async {
+        glommio::timer::sleep(shard.connect_timeout()).await;
+        None
+    })
+    .await;
+    let icreq = match ic {
+        None => {
+            log::warn!("{peer}: no ICReq within the connect timeout; closing");
+            return None;
+        }
+        Some(Err(Stop::Fatal(e, hdr))) => {
+            log::warn!("{peer}: bad ICReq ({e:?}); sending C2HTermReq");
+            let mut b = Vec::new();
+            pdu::encode_term_req(pdu_type::C2H_TERM_REQ, e, &hdr, &mut b);
+            let _ = w.write_all(&b).await;
+            let _ = w.close().await;
+            return None;
+        }
+        Some(Err(_)) => return None,
+        Some(Ok(ic)) => ic,
+    };
+    let resp = IcResp {
+        pfv: 0,
+        cpda: 0,
+        digests: icreq.digests,
+        maxh2cdata: shard.cfg.maxh2cdata,
+    };
+    w.write_all(&resp.encode()).await.ok()?;
+    Some(icreq)
 }
 
 async fn read_icreq(rb: &mut Reader, rx: &RefCell<Rx<H2cXfer>>) -> Result<IcReq, Stop> {
@@ -626,6 +625,30 @@ impl Conn {
     fn complete(&self, cid: u16, resp: Response, max_len: usize, charge: Option<Charge>) {
         self.q
             .complete(self, cid, resp, DoneCtx { max_len, charge });
+    }
+
+    /// Say why the reader stopped; a fatal transport error queues its
+    /// C2HTermReq for the writer.
+    fn log_stop(&self, stop: Stop) {
+        let peer = self.q.peer;
+        match stop {
+            Stop::Eof => log::info!("{peer}: host closed the connection"),
+            Stop::Killed => log::info!("{peer}: queue closed by the target"),
+            Stop::Io(e) => log::info!("{peer}: connection error: {e}"),
+            Stop::HostTerm(e) => log::warn!(
+                "{peer}: host terminated the connection (H2CTermReq fes {:#x} fei {:#x})",
+                e.fes,
+                e.fei
+            ),
+            Stop::Fatal(e, hdr) => {
+                log::warn!(
+                    "{peer}: fatal transport error (fes {:#x} fei {:#x}); sending C2HTermReq",
+                    e.fes,
+                    e.fei
+                );
+                self.out.push(Out::Term(e, hdr));
+            }
+        }
     }
 
     /// Stop reading new commands: let in-flight ones finish, however long
