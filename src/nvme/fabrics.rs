@@ -41,18 +41,10 @@ fn invalid(data: bool, offset: u16) -> Response {
     }
 }
 
-/// Connect (§3.3). `kill` closes this queue when its controller goes away.
-pub async fn connect(
-    shard: &Rc<impl Registry>,
-    sqe: &Sqe,
-    data: &[u8],
-    kill: &Rc<Trigger>,
-) -> Result<Connected, Response> {
-    let cmd = ConnectCmd::decode(sqe);
-    if cmd.recfmt != 0 {
-        return Err(Response::status(Status::CONNECT_INCOMPATIBLE_FORMAT));
-    }
-    let d = ConnectData::decode(data).map_err(|b| invalid(true, b.0))?;
+/// The queue's entries (SQSIZE + 1) if the host may have that many.
+// (The refusal is the Connect response itself, once per connection.)
+#[allow(clippy::result_large_err)]
+fn queue_entries(shard: &Rc<impl Registry>, cmd: &ConnectCmd) -> Result<u32, Response> {
     let entries = cmd.sqsize as u32 + 1;
     // CAP.MQES bounds I/O queues only; admin queues get what discovery
     // advertises (ASQSZ) or the I/O depth, whichever is larger (Linux always
@@ -65,30 +57,47 @@ pub async fn connect(
     if cmd.sqsize == 0 || entries > max {
         return Err(invalid(false, connect_offset::SQSIZE));
     }
-    let subsys = if d.subnqn == DISCOVERY_NQN {
-        SubsysRef::Discovery
-    } else {
-        match shard.cfg().subsystem(&d.subnqn) {
-            Some((i, s)) => {
-                if !s.host_allowed(&d.hostnqn) {
-                    log::warn!(
-                        "connect refused: host {:?} is not allowed on {}",
-                        d.hostnqn,
-                        d.subnqn
-                    );
-                    return Err(Response {
-                        dw0: invalid_parameter_dw0(true, connect_offset::HOSTNQN),
-                        ..Response::status(Status::CONNECT_INVALID_HOST)
-                    });
-                }
-                SubsysRef::Nvm(i)
-            }
-            None => {
-                log::warn!("connect refused: unknown subsystem {}", d.subnqn);
-                return Err(invalid(true, connect_offset::SUBNQN));
-            }
-        }
+    Ok(entries)
+}
+
+/// The subsystem Connect names, if it exists and lets this host in.
+#[allow(clippy::result_large_err)]
+fn subsystem(shard: &Rc<impl Registry>, d: &ConnectData) -> Result<SubsysRef, Response> {
+    if d.subnqn == DISCOVERY_NQN {
+        return Ok(SubsysRef::Discovery);
+    }
+    let Some((i, s)) = shard.cfg().subsystem(&d.subnqn) else {
+        log::warn!("connect refused: unknown subsystem {}", d.subnqn);
+        return Err(invalid(true, connect_offset::SUBNQN));
     };
+    if !s.host_allowed(&d.hostnqn) {
+        log::warn!(
+            "connect refused: host {:?} is not allowed on {}",
+            d.hostnqn,
+            d.subnqn
+        );
+        return Err(Response {
+            dw0: invalid_parameter_dw0(true, connect_offset::HOSTNQN),
+            ..Response::status(Status::CONNECT_INVALID_HOST)
+        });
+    }
+    Ok(SubsysRef::Nvm(i))
+}
+
+/// Connect (§3.3). `kill` closes this queue when its controller goes away.
+pub async fn connect(
+    shard: &Rc<impl Registry>,
+    sqe: &Sqe,
+    data: &[u8],
+    kill: &Rc<Trigger>,
+) -> Result<Connected, Response> {
+    let cmd = ConnectCmd::decode(sqe);
+    if cmd.recfmt != 0 {
+        return Err(Response::status(Status::CONNECT_INCOMPATIBLE_FORMAT));
+    }
+    let d = ConnectData::decode(data).map_err(|b| invalid(true, b.0))?;
+    let entries = queue_entries(shard, &cmd)?;
+    let subsys = subsystem(shard, &d)?;
     let sq_flow_disabled = cmd.cattr & CATTR_DISABLE_SQ_FLOW != 0;
     if cmd.qid == 0 {
         if d.cntlid != CNTLID_DYNAMIC {
