@@ -108,7 +108,7 @@ impl<R: Registry> Queue<R> {
             return Admit::CidConflict;
         }
         self.set_cid(cid, true);
-        let entries = entries as u16;
+        let entries = u16::try_from(entries).expect("Connect bounds a queue's entries");
         self.sqhd.set(if entries <= 1 {
             0
         } else {
