@@ -347,7 +347,7 @@ impl Ring {
             }
         }
         if done > 0 {
-            crate::reply_hint::reply_woken();
+            crate::reply_hint::storage_completed();
             self.in_kernel.set(self.in_kernel.get() - done as u32);
             drop(ops);
             self.touch();

@@ -37,7 +37,6 @@ impl<T> Outbox<T> {
         }
         self.q.borrow_mut().push_back(item);
         if let Some(w) = self.waker.borrow_mut().take() {
-            crate::reply_hint::reply_woken();
             w.wake();
         }
     }

@@ -45,9 +45,9 @@ const CLOCK_EVERY: u32 = 8;
 /// Events taken from epoll per call.
 const EVENTS: usize = 64;
 /// Rounds in a row the poller leaves epoll alone while tasks woken with
-/// replies run first (`reply_hint`): a storage completion takes two hops
-/// to its socket (the ring wakes the command, the command its writer).
-const REPLY_ROUNDS: u32 = 2;
+/// replies run first (`reply_hint`): even while completions pour in every
+/// round, sockets are looked at every third.
+const REPLY_ROUNDS: u32 = reply_hint::HOPS;
 /// What a waiting reader is told.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Verdict {
@@ -440,7 +440,7 @@ async fn poll_loop(r: Rc<Readiness>) {
         }
         // Replies just woken go first; a few rounds at most, so that
         // sockets are still looked at while completions pour in.
-        if reply_hint::take() && deferred < REPLY_ROUNDS {
+        if deferred < REPLY_ROUNDS && reply_hint::take() {
             deferred += 1;
             futures_lite::future::yield_now().await;
             continue;
@@ -572,7 +572,7 @@ mod tests {
                     // The poller runs every round, ahead of a task woken now.
                     let before = r.epolls.get();
                     if hint {
-                        reply_hint::reply_woken();
+                        reply_hint::storage_completed();
                     }
                     waker.borrow_mut().take().unwrap().wake();
                     t.await;
