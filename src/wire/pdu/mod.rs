@@ -317,32 +317,56 @@ pub struct IcReq {
 
 impl IcReq {
     pub fn decode(h: &[u8]) -> IcReq {
+        let (pfv, hpda, digests, maxr2t) = ic_fields(h);
         IcReq {
-            pfv: LE::read_u16(&h[8..10]),
-            hpda: h[10],
-            digests: Digests {
-                header: h[11] & 1 != 0,
-                data: h[11] & 2 != 0,
-            },
-            maxr2t: LE::read_u32(&h[12..16]),
+            pfv,
+            hpda,
+            digests,
+            maxr2t,
         }
     }
     pub fn encode(&self) -> [u8; IC_HLEN] {
-        let mut b = [0u8; IC_HLEN];
-        CommonHeader {
-            pdu_type: pdu_type::IC_REQ,
-            flags: 0,
-            hlen: IC_HLEN as u8,
-            pdo: 0,
-            plen: IC_HLEN as u32,
-        }
-        .encode(&mut b);
-        LE::write_u16(&mut b[8..10], self.pfv);
-        b[10] = self.hpda;
-        b[11] = digest_bits(self.digests);
-        LE::write_u32(&mut b[12..16], self.maxr2t);
-        b
+        ic_encode(
+            pdu_type::IC_REQ,
+            self.pfv,
+            self.hpda,
+            self.digests,
+            self.maxr2t,
+        )
     }
+}
+
+/// ICReq and ICResp share their layout (§3.6.2.2, §3.6.2.3): PFV at 8,
+/// the PDU data alignment at 10, the digest bits at 11, and a 32-bit field
+/// at 12 (MAXR2T, MAXH2CDATA).
+fn ic_fields(h: &[u8]) -> (u16, u8, Digests, u32) {
+    let digests = Digests {
+        header: h[11] & 1 != 0,
+        data: h[11] & 2 != 0,
+    };
+    (
+        LE::read_u16(&h[8..10]),
+        h[10],
+        digests,
+        LE::read_u32(&h[12..16]),
+    )
+}
+
+fn ic_encode(ty: u8, pfv: u16, pda: u8, d: Digests, word: u32) -> [u8; IC_HLEN] {
+    let mut b = [0u8; IC_HLEN];
+    CommonHeader {
+        pdu_type: ty,
+        flags: 0,
+        hlen: IC_HLEN as u8,
+        pdo: 0,
+        plen: IC_HLEN as u32,
+    }
+    .encode(&mut b);
+    LE::write_u16(&mut b[8..10], pfv);
+    b[10] = pda;
+    b[11] = digest_bits(d);
+    LE::write_u32(&mut b[12..16], word);
+    b
 }
 
 fn digest_bits(d: Digests) -> u8 {
@@ -361,31 +385,22 @@ pub struct IcResp {
 
 impl IcResp {
     pub fn decode(h: &[u8]) -> IcResp {
+        let (pfv, cpda, digests, maxh2cdata) = ic_fields(h);
         IcResp {
-            pfv: LE::read_u16(&h[8..10]),
-            cpda: h[10],
-            digests: Digests {
-                header: h[11] & 1 != 0,
-                data: h[11] & 2 != 0,
-            },
-            maxh2cdata: LE::read_u32(&h[12..16]),
+            pfv,
+            cpda,
+            digests,
+            maxh2cdata,
         }
     }
     pub fn encode(&self) -> [u8; IC_HLEN] {
-        let mut b = [0u8; IC_HLEN];
-        CommonHeader {
-            pdu_type: pdu_type::IC_RESP,
-            flags: 0,
-            hlen: IC_HLEN as u8,
-            pdo: 0,
-            plen: IC_HLEN as u32,
-        }
-        .encode(&mut b);
-        LE::write_u16(&mut b[8..10], self.pfv);
-        b[10] = self.cpda;
-        b[11] = digest_bits(self.digests);
-        LE::write_u32(&mut b[12..16], self.maxh2cdata);
-        b
+        ic_encode(
+            pdu_type::IC_RESP,
+            self.pfv,
+            self.cpda,
+            self.digests,
+            self.maxh2cdata,
+        )
     }
 }
 
