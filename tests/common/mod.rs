@@ -4,6 +4,7 @@
 
 pub mod devices;
 pub mod logwrites;
+pub mod raw;
 pub mod spdk;
 pub mod trace;
 
