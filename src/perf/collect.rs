@@ -2,8 +2,9 @@
 //! line printed per interval every live core has reported, and CPU times
 //! sampled at the start and the end of the measurement.
 
-use super::stats::{grouped, Interval, Json};
+use super::stats::{grouped, num, Interval};
 use super::{sys, Msg, PerfArgs, Plan, Shared, Timeline};
+use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::{self, RecvTimeoutError};
@@ -47,7 +48,7 @@ pub(super) struct Collect<'a> {
     /// Intervals printed (and merged into `total` past the warm-up).
     pub(super) printed: usize,
     pub(super) total: Interval,
-    pub(super) per_second: Vec<Json>,
+    pub(super) per_second: Vec<Value>,
     pub(super) samples: [Option<(Instant, CpuSample)>; 2],
     pub(super) errors: BTreeMap<String, u64>,
     pub(super) failures: Vec<String>,
@@ -186,7 +187,7 @@ impl<'a> Collect<'a> {
 
 /// One interval every live core has reported: its line (unless --quiet)
 /// and its JSON record.
-fn interval_line(args: &PerfArgs, iv: &Interval, t_s: f64, dur: f64, warm: bool) -> Json {
+fn interval_line(args: &PerfArgs, iv: &Interval, t_s: f64, dur: f64, warm: bool) -> Value {
     let iops = iv.ios() as f64 / dur;
     let mibs = iv.bytes as f64 / dur / (1 << 20) as f64;
     let p99 = iv.p99_us();
@@ -205,15 +206,15 @@ fn interval_line(args: &PerfArgs, iv: &Interval, t_s: f64, dur: f64, warm: bool)
             if warm { "   (warm-up)" } else { "" }
         );
     }
-    Json::obj([
-        ("t_s", Json::Num(t_s)),
-        ("seconds", Json::Num(dur)),
-        ("warmup", Json::Bool(warm)),
-        ("iops", Json::Num(iops)),
-        ("mib_s", Json::Num(mibs)),
-        ("p99_us", Json::Num(p99)),
-        ("errors", Json::int(iv.errors)),
-    ])
+    json!({
+        "t_s": num(t_s),
+        "seconds": num(dur),
+        "warmup": warm,
+        "iops": num(iops),
+        "mib_s": num(mibs),
+        "p99_us": num(p99),
+        "errors": iv.errors,
+    })
 }
 
 /// Seconds the merged intervals cover: the whole measurement, or for a run

@@ -55,8 +55,9 @@ pub(super) fn print_header(args: &PerfArgs, plan: &Plan, geo: &Geometry, shape: 
     }
 }
 
-pub(super) fn write_json(path: &std::path::Path, j: &Json) -> bool {
-    match std::fs::write(path, j.to_text()) {
+pub(super) fn write_json(path: &std::path::Path, j: &Value) -> bool {
+    let text = serde_json::to_string_pretty(j).expect("a JSON value always serializes") + "\n";
+    match std::fs::write(path, text) {
         Ok(()) => true,
         Err(e) => {
             eprintln!("nvmf-tpc perf: --json {}: {e}", path.display());
@@ -65,28 +66,25 @@ pub(super) fn write_json(path: &std::path::Path, j: &Json) -> bool {
     }
 }
 
-pub(super) fn config_json(args: &PerfArgs, plan: &Plan) -> Json {
-    Json::obj([
-        ("target", Json::str(plan.host.addr.to_string())),
-        ("nqn", Json::str(plan.host.subnqn.clone())),
-        ("hostnqn", Json::str(plan.host.hostnqn.clone())),
-        ("rw", Json::str(plan.rw.name())),
-        ("mix", Json::int(plan.mix)),
-        ("bs", Json::int(plan.bs as u64)),
-        ("qd", Json::int(plan.qd)),
-        ("queues", Json::int(plan.queues)),
-        ("cores", Json::int(plan.cpus.len() as u64)),
-        (
-            "cpus",
-            Json::Arr(plan.cpus.iter().map(|&c| Json::int(c as u64)).collect()),
-        ),
-        ("time_s", Json::Num(plan.time.as_secs_f64())),
-        ("warmup_s", Json::Num(plan.warmup.as_secs_f64())),
-        ("nsid", Json::int(plan.nsid)),
-        ("digest", Json::Bool(args.digest)),
-        ("idle_poll_us", Json::int(plan.idle_poll.as_micros() as u64)),
-        ("target_pid", args.target_pid.map_or(Json::Null, Json::int)),
-    ])
+pub(super) fn config_json(args: &PerfArgs, plan: &Plan) -> Value {
+    json!({
+        "target": plan.host.addr.to_string(),
+        "nqn": plan.host.subnqn,
+        "hostnqn": plan.host.hostnqn,
+        "rw": plan.rw.name(),
+        "mix": plan.mix,
+        "bs": plan.bs,
+        "qd": plan.qd,
+        "queues": plan.queues,
+        "cores": plan.cpus.len(),
+        "cpus": plan.cpus,
+        "time_s": num(plan.time.as_secs_f64()),
+        "warmup_s": num(plan.warmup.as_secs_f64()),
+        "nsid": plan.nsid,
+        "digest": args.digest,
+        "idle_poll_us": plan.idle_poll.as_micros() as u64,
+        "target_pid": args.target_pid,
+    })
 }
 
 pub(super) fn report_idle(
@@ -116,34 +114,22 @@ pub(super) fn report_idle(
     let ok = failures.is_empty();
     let mut ok_json = ok;
     if let Some(path) = &args.json {
-        let j = Json::obj([
-            ("tool", Json::str("nvmf-tpc perf")),
-            ("version", Json::str(env!("CARGO_PKG_VERSION"))),
-            ("mode", Json::str("idle")),
-            ("config", config_json(args, plan)),
-            (
-                "result",
-                Json::obj([
-                    ("seconds", Json::Num(seconds)),
-                    ("controllers", Json::int(plan.cpus.len() as u64)),
-                    ("io_queues_per_controller", Json::int(plan.queues)),
-                    (
-                        "target_cpu_s",
-                        target_cpu.map_or(Json::Null, |t| Json::Num(t.as_secs_f64())),
-                    ),
-                    (
-                        "target_cpu_pct",
-                        target_cpu.map_or(Json::Null, |t| Json::Num(pct(t))),
-                    ),
-                    ("client_cpu_pct", Json::Num(pct(client_cpu))),
-                    (
-                        "failures",
-                        Json::Arr(failures.iter().map(|f| Json::str(f.clone())).collect()),
-                    ),
-                ]),
-            ),
-            ("ok", Json::Bool(ok)),
-        ]);
+        let j = json!({
+            "tool": "nvmf-tpc perf",
+            "version": env!("CARGO_PKG_VERSION"),
+            "mode": "idle",
+            "config": config_json(args, plan),
+            "result": {
+                "seconds": num(seconds),
+                "controllers": plan.cpus.len(),
+                "io_queues_per_controller": plan.queues,
+                "target_cpu_s": target_cpu.map(|t| num(t.as_secs_f64())),
+                "target_cpu_pct": target_cpu.map(|t| num(pct(t))),
+                "client_cpu_pct": num(pct(client_cpu)),
+                "failures": failures,
+            },
+            "ok": ok,
+        });
         ok_json = write_json(path, &j) && ok;
     }
     if ok_json {
@@ -165,27 +151,45 @@ pub(super) struct Report<'a> {
     pub(super) target_cpu: Option<Duration>,
     pub(super) errors: &'a BTreeMap<String, u64>,
     pub(super) failures: &'a [String],
-    pub(super) per_second: Vec<Json>,
+    pub(super) per_second: Vec<Value>,
 }
 
 impl Report<'_> {
     pub(super) fn finish(self) -> i32 {
+        let error_total: u64 = self.errors.values().sum();
+        let ok = self.failures.is_empty() && error_total == 0 && self.total.ios() > 0;
+        self.print_summary(error_total);
+        let ok_json = match &self.args.json {
+            Some(path) => write_json(path, &self.result_json(error_total, ok)),
+            None => true,
+        };
+        if ok && ok_json {
+            0
+        } else {
+            1
+        }
+    }
+
+    fn iops(&self) -> f64 {
+        self.total.ios() as f64 / self.seconds.max(1e-9)
+    }
+
+    fn mib_s(&self) -> f64 {
+        self.total.bytes as f64 / self.seconds.max(1e-9) / (1 << 20) as f64
+    }
+
+    /// CPU time per I/O in µs.
+    fn per_io(&self, d: Duration) -> f64 {
+        match self.total.ios() {
+            0 => 0.0,
+            ios => d.as_secs_f64() * 1e6 / ios as f64,
+        }
+    }
+
+    fn print_summary(&self, error_total: u64) {
         let t = self.total;
         let secs = self.seconds.max(1e-9);
-        let ios = t.ios();
-        let iops = ios as f64 / secs;
-        let mibs = t.bytes as f64 / secs / (1 << 20) as f64;
         let lat = Latency::of(t);
-        let per_io = |d: Duration| {
-            if ios == 0 {
-                0.0
-            } else {
-                d.as_secs_f64() * 1e6 / ios as f64
-            }
-        };
-        let error_total: u64 = self.errors.values().sum();
-        let ok = self.failures.is_empty() && error_total == 0 && ios > 0;
-
         println!();
         println!(
             "{} {} in {:.2} s{}",
@@ -207,28 +211,41 @@ impl Report<'_> {
         } else {
             String::new()
         };
-        println!("  IOPS        {}{split}", grouped(iops.round() as u64));
-        println!("  MiB/s       {mibs:.1}");
-        println!("  I/Os        {}", grouped(ios));
+        println!(
+            "  IOPS        {}{split}",
+            grouped(self.iops().round() as u64)
+        );
+        println!("  MiB/s       {:.1}", self.mib_s());
+        println!("  I/Os        {}", grouped(t.ios()));
         println!(
             "  latency µs  mean {:.1}  p50 {:.1}  p90 {:.1}  p99 {:.1}  p99.9 {:.1}  p99.99 {:.1}  max {:.1}  (min {:.1})",
             lat.mean, lat.p50, lat.p90, lat.p99, lat.p999, lat.p9999, lat.max, lat.min
         );
+        self.print_cpu(secs);
+        self.print_errors(error_total);
+        println!("  latency histogram (share of I/Os per power-of-two range):");
+        print!("{}", text_histogram(&t.hist));
+    }
+
+    fn print_cpu(&self, secs: f64) {
         println!(
             "  client CPU  {:.2} µs per I/O  ({:.2} s user+sys = {:.0}% of one core)",
-            per_io(self.client_cpu),
+            self.per_io(self.client_cpu),
             self.client_cpu.as_secs_f64(),
             self.client_cpu.as_secs_f64() * 100.0 / secs
         );
         if let Some(tc) = self.target_cpu {
             println!(
                 "  target CPU  {:.2} µs per I/O  ({:.2} s user+sys = {:.0}% of one core; pid {})",
-                per_io(tc),
+                self.per_io(tc),
                 tc.as_secs_f64(),
                 tc.as_secs_f64() * 100.0 / secs,
                 self.args.target_pid.unwrap_or(0)
             );
         }
+    }
+
+    fn print_errors(&self, error_total: u64) {
         if error_total == 0 {
             println!("  errors      0");
         } else {
@@ -240,84 +257,49 @@ impl Report<'_> {
         for f in self.failures {
             println!("  failure     {f}");
         }
-        if ios == 0 && self.failures.is_empty() {
+        if self.total.ios() == 0 && self.failures.is_empty() {
             println!("  no I/O completed in the measured window: the run FAILS");
         }
-        println!("  latency histogram (share of I/Os per power-of-two range):");
-        print!("{}", text_histogram(&t.hist));
+    }
 
-        let mut ok_json = true;
-        if let Some(path) = &self.args.json {
-            let rows = log_rows(&t.hist, 1);
-            let fine = log_rows(&t.hist, 8);
-            let j = Json::obj([
-                ("tool", Json::str("nvmf-tpc perf")),
-                ("version", Json::str(env!("CARGO_PKG_VERSION"))),
-                ("mode", Json::str("load")),
-                ("config", config_json(self.args, self.plan)),
-                (
-                    "namespace",
-                    Json::obj([
-                        ("blocks", Json::int(self.geo.nsze)),
-                        ("block_size", Json::int(self.geo.block_size)),
-                        (
-                            "range_bytes",
-                            Json::int(self.shape.places * self.plan.bs as u64),
-                        ),
-                        ("qd_effective", Json::int(self.shape.depth)),
-                    ]),
-                ),
-                (
-                    "result",
-                    Json::obj([
-                        ("seconds", Json::Num(self.seconds)),
-                        ("ios", Json::int(ios)),
-                        ("reads", Json::int(t.reads)),
-                        ("writes", Json::int(t.writes)),
-                        ("bytes", Json::int(t.bytes)),
-                        ("iops", Json::Num(iops)),
-                        ("read_iops", Json::Num(t.reads as f64 / secs)),
-                        ("write_iops", Json::Num(t.writes as f64 / secs)),
-                        ("mib_s", Json::Num(mibs)),
-                        ("latency_us", latency_json(&lat)),
-                        ("client_cpu_s", Json::Num(self.client_cpu.as_secs_f64())),
-                        ("client_cpu_us_per_io", Json::Num(per_io(self.client_cpu))),
-                        (
-                            "target_cpu_s",
-                            self.target_cpu
-                                .map_or(Json::Null, |d| Json::Num(d.as_secs_f64())),
-                        ),
-                        (
-                            "target_cpu_us_per_io",
-                            self.target_cpu.map_or(Json::Null, |d| Json::Num(per_io(d))),
-                        ),
-                        ("errors", Json::int(error_total)),
-                        (
-                            "error_kinds",
-                            Json::Obj(
-                                self.errors
-                                    .iter()
-                                    .map(|(k, v)| (k.clone(), Json::int(*v)))
-                                    .collect(),
-                            ),
-                        ),
-                        (
-                            "failures",
-                            Json::Arr(self.failures.iter().map(|f| Json::str(f.clone())).collect()),
-                        ),
-                        ("histogram", rows_json(&rows, ios)),
-                        ("histogram_fine", rows_json(&fine, ios)),
-                        ("per_second", Json::Arr(self.per_second)),
-                    ]),
-                ),
-                ("ok", Json::Bool(ok)),
-            ]);
-            ok_json = write_json(path, &j);
-        }
-        if ok && ok_json {
-            0
-        } else {
-            1
-        }
+    fn result_json(&self, error_total: u64, ok: bool) -> Value {
+        let t = self.total;
+        let secs = self.seconds.max(1e-9);
+        let ios = t.ios();
+        json!({
+            "tool": "nvmf-tpc perf",
+            "version": env!("CARGO_PKG_VERSION"),
+            "mode": "load",
+            "config": config_json(self.args, self.plan),
+            "namespace": {
+                "blocks": self.geo.nsze,
+                "block_size": self.geo.block_size,
+                "range_bytes": self.shape.places * self.plan.bs as u64,
+                "qd_effective": self.shape.depth,
+            },
+            "result": {
+                "seconds": num(self.seconds),
+                "ios": ios,
+                "reads": t.reads,
+                "writes": t.writes,
+                "bytes": t.bytes,
+                "iops": num(self.iops()),
+                "read_iops": num(t.reads as f64 / secs),
+                "write_iops": num(t.writes as f64 / secs),
+                "mib_s": num(self.mib_s()),
+                "latency_us": latency_json(&Latency::of(t)),
+                "client_cpu_s": num(self.client_cpu.as_secs_f64()),
+                "client_cpu_us_per_io": num(self.per_io(self.client_cpu)),
+                "target_cpu_s": self.target_cpu.map(|d| num(d.as_secs_f64())),
+                "target_cpu_us_per_io": self.target_cpu.map(|d| num(self.per_io(d))),
+                "errors": error_total,
+                "error_kinds": self.errors,
+                "failures": self.failures,
+                "histogram": rows_json(&log_rows(&t.hist, 1), ios),
+                "histogram_fine": rows_json(&log_rows(&t.hist, 8), ios),
+                "per_second": self.per_second,
+            },
+            "ok": ok,
+        })
     }
 }

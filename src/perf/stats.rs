@@ -2,6 +2,7 @@
 //! latency percentiles, the text histogram and the JSON report.
 
 use histogram::Histogram;
+use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
@@ -238,170 +239,42 @@ pub fn grouped(n: u64) -> String {
     out
 }
 
-/// A JSON value, written by hand (no serde in this crate).
-#[derive(Clone, Debug)]
-pub enum Json {
-    Null,
-    Bool(bool),
-    Num(f64),
-    Int(i128),
-    Str(String),
-    Arr(Vec<Json>),
-    Obj(Vec<(String, Json)>),
-}
-
-impl Json {
-    /// An object from `(key, value)` pairs, in order.
-    pub fn obj<K: Into<String>>(pairs: impl IntoIterator<Item = (K, Json)>) -> Json {
-        Json::Obj(pairs.into_iter().map(|(k, v)| (k.into(), v)).collect())
-    }
-
-    pub fn str(s: impl Into<String>) -> Json {
-        Json::Str(s.into())
-    }
-
-    pub fn int(v: impl Into<i128>) -> Json {
-        Json::Int(v.into())
-    }
-
-    /// A scalar, or an array of scalars.
-    fn is_flat(&self) -> bool {
-        match self {
-            Json::Obj(_) => false,
-            Json::Arr(a) => a.iter().all(|v| !matches!(v, Json::Arr(_) | Json::Obj(_))),
-            _ => true,
-        }
-    }
-
-    fn write_str(out: &mut String, s: &str) {
-        out.push('"');
-        for c in s.chars() {
-            match c {
-                '"' => out.push_str("\\\""),
-                '\\' => out.push_str("\\\\"),
-                '\n' => out.push_str("\\n"),
-                '\r' => out.push_str("\\r"),
-                '\t' => out.push_str("\\t"),
-                c if (c as u32) < 0x20 => {
-                    let _ = write!(out, "\\u{:04x}", c as u32);
-                }
-                c => out.push(c),
-            }
-        }
-        out.push('"');
-    }
-
-    fn write(&self, out: &mut String, indent: usize) {
-        let nl = |out: &mut String, n: usize| {
-            out.push('\n');
-            out.push_str(&"  ".repeat(n));
-        };
-        match self {
-            Json::Null => out.push_str("null"),
-            Json::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
-            Json::Num(v) if v.is_finite() => {
-                // Three decimals are plenty for µs, MiB/s and IOPS.
-                let r = (v * 1000.0).round() / 1000.0;
-                let _ = write!(out, "{r}");
-            }
-            Json::Num(_) => out.push_str("null"),
-            Json::Int(v) => {
-                let _ = write!(out, "{v}");
-            }
-            Json::Str(s) => Json::write_str(out, s),
-            Json::Arr(a) => {
-                // Arrays of scalars stay on one line.
-                let flat = self.is_flat();
-                out.push('[');
-                for (i, v) in a.iter().enumerate() {
-                    if i > 0 {
-                        out.push(',');
-                        if flat {
-                            out.push(' ');
-                        }
-                    }
-                    if !flat {
-                        nl(out, indent + 1);
-                    }
-                    v.write(out, indent + 1);
-                }
-                if !flat && !a.is_empty() {
-                    nl(out, indent);
-                }
-                out.push(']');
-            }
-            Json::Obj(o) if o.len() <= 6 && o.iter().all(|(_, v)| v.is_flat()) => {
-                // Small records (histogram rows, per-second lines): one line.
-                out.push('{');
-                for (i, (k, v)) in o.iter().enumerate() {
-                    if i > 0 {
-                        out.push_str(", ");
-                    }
-                    Json::write_str(out, k);
-                    out.push_str(": ");
-                    v.write(out, indent + 1);
-                }
-                out.push('}');
-            }
-            Json::Obj(o) => {
-                out.push('{');
-                for (i, (k, v)) in o.iter().enumerate() {
-                    if i > 0 {
-                        out.push(',');
-                    }
-                    nl(out, indent + 1);
-                    Json::write_str(out, k);
-                    out.push_str(": ");
-                    v.write(out, indent + 1);
-                }
-                if !o.is_empty() {
-                    nl(out, indent);
-                }
-                out.push('}');
-            }
-        }
-    }
-
-    /// Pretty-printed text, ending in a newline.
-    pub fn to_text(&self) -> String {
-        let mut s = String::new();
-        self.write(&mut s, 0);
-        s.push('\n');
-        s
+/// A figure for the JSON report: three decimals are plenty for µs, MiB/s
+/// and IOPS; NaN and infinities (nothing measured) become null.
+pub fn num(v: f64) -> Value {
+    if v.is_finite() {
+        json!((v * 1000.0).round() / 1000.0)
+    } else {
+        Value::Null
     }
 }
 
 /// Histogram rows as JSON.
-pub fn rows_json(rows: &[Row], total: u64) -> Json {
-    Json::Arr(
-        rows.iter()
-            .map(|r| {
-                Json::obj([
-                    ("from_us", Json::Num(r.from_us)),
-                    ("to_us", Json::Num(r.to_us)),
-                    ("count", Json::int(r.count)),
-                    (
-                        "percent",
-                        Json::Num(r.count as f64 * 100.0 / total.max(1) as f64),
-                    ),
-                ])
+pub fn rows_json(rows: &[Row], total: u64) -> Value {
+    rows.iter()
+        .map(|r| {
+            json!({
+                "from_us": num(r.from_us),
+                "to_us": num(r.to_us),
+                "count": r.count,
+                "percent": num(r.count as f64 * 100.0 / total.max(1) as f64),
             })
-            .collect(),
-    )
+        })
+        .collect()
 }
 
 /// Latency figures as JSON.
-pub fn latency_json(l: &Latency) -> Json {
-    Json::obj([
-        ("mean", Json::Num(l.mean)),
-        ("min", Json::Num(l.min)),
-        ("p50", Json::Num(l.p50)),
-        ("p90", Json::Num(l.p90)),
-        ("p99", Json::Num(l.p99)),
-        ("p99_9", Json::Num(l.p999)),
-        ("p99_99", Json::Num(l.p9999)),
-        ("max", Json::Num(l.max)),
-    ])
+pub fn latency_json(l: &Latency) -> Value {
+    json!({
+        "mean": num(l.mean),
+        "min": num(l.min),
+        "p50": num(l.p50),
+        "p90": num(l.p90),
+        "p99": num(l.p99),
+        "p99_9": num(l.p999),
+        "p99_99": num(l.p9999),
+        "max": num(l.max),
+    })
 }
 
 #[cfg(test)]
@@ -448,21 +321,10 @@ mod tests {
     }
 
     #[test]
-    fn json_text() {
-        let j = Json::obj([
-            ("a", Json::str("x\"y")),
-            ("b", Json::Arr(vec![Json::int(1), Json::Num(2.5)])),
-            ("c", Json::Num(f64::NAN)),
-        ]);
-        assert_eq!(
-            j.to_text(),
-            "{\"a\": \"x\\\"y\", \"b\": [1, 2.5], \"c\": null}\n"
-        );
-        let nested = Json::obj([("o", j)]);
-        assert_eq!(
-            nested.to_text(),
-            "{\n  \"o\": {\"a\": \"x\\\"y\", \"b\": [1, 2.5], \"c\": null}\n}\n"
-        );
+    fn json_figures_and_grouping() {
+        assert_eq!(num(2.12345), json!(2.123));
+        assert_eq!(num(f64::NAN), Value::Null);
+        assert_eq!(num(f64::INFINITY), Value::Null);
         assert_eq!(grouped(1234567), "1,234,567");
         assert_eq!(grouped(12), "12");
     }
