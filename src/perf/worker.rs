@@ -170,6 +170,42 @@ async fn session(
     queues: &mut Vec<IoQueue>,
     errors: &RefCell<BTreeMap<String, u64>>,
 ) -> Result<(), String> {
+    let (geo, shape) = setup(core, plan, ctrl, queues).await?;
+    let _ = tx.send(Msg::Ready { core, geo });
+    let Some(tl) = wait_timeline(shared).await else {
+        return Ok(());
+    };
+    if plan.idle.is_some() {
+        idle_ticks(core, tl, shared, tx).await;
+        return Ok(());
+    }
+    let st = Rc::new(Core {
+        stop: Cell::new(false),
+        iv: RefCell::new(Interval::default()),
+        cursor: Cell::new(core as u64 * (shape.places / plan.cpus.len() as u64)),
+        errors: RefCell::new(BTreeMap::new()),
+        fatal: RefCell::new(None),
+    });
+    let tasks = spawn_load(core, plan, shape, &st, queues);
+    ticker(core, tl, shared, &st, tx).await;
+    st.stop.set(true);
+    drain(core, tasks).await;
+    *errors.borrow_mut() = std::mem::take(&mut *st.errors.borrow_mut());
+    let fatal = st.fatal.borrow_mut().take();
+    match fatal {
+        Some(f) => Err(format!("core {core}: {f}")),
+        None => Ok(()),
+    }
+}
+
+/// The controller's queues and the namespace's geometry, checked against
+/// what the run asks.
+async fn setup(
+    core: usize,
+    plan: &Plan,
+    ctrl: &Controller,
+    queues: &mut Vec<IoQueue>,
+) -> Result<(Geometry, Shape), String> {
     let ctx = |what: &str, e: HostError| format!("core {core}: {what}: {e}");
     let granted = ctrl
         .set_number_of_queues(plan.queues)
@@ -206,41 +242,45 @@ async fn session(
         io_queue_size: ctrl.io_queue_size,
     };
     let shape = Shape::new(plan, &geo).map_err(|e| format!("core {core}: {e}"))?;
-    let _ = tx.send(Msg::Ready { core, geo });
+    Ok((geo, shape))
+}
 
-    // Every core waits for the main thread's timeline, so they all start
-    // and tick at the same instants.
-    let tl = loop {
+/// Every core waits for the main thread's timeline, so they all start and
+/// tick at the same instants. None if the run was aborted first.
+async fn wait_timeline(shared: &Shared) -> Option<&Timeline> {
+    loop {
         if let Some(tl) = shared.timeline.get() {
-            break tl;
+            return Some(tl);
         }
         if shared.abort.load(Ordering::Relaxed) {
-            return Ok(());
+            return None;
         }
         sleep(Duration::from_millis(1)).await;
-    };
-    if plan.idle.is_some() {
-        // Connected and idle: only keep alive runs until the end.
-        for (idx, &at) in tl.events.iter().enumerate() {
-            if !sleep_until(at, shared, None).await {
-                break;
-            }
-            let _ = tx.send(Msg::Tick {
-                core,
-                idx,
-                iv: Box::default(),
-            });
-        }
-        return Ok(());
     }
+}
 
-    let st = Rc::new(Core {
-        stop: Cell::new(false),
-        iv: RefCell::new(Interval::default()),
-        cursor: Cell::new(core as u64 * (shape.places / plan.cpus.len() as u64)),
-        errors: RefCell::new(BTreeMap::new()),
-        fatal: RefCell::new(None),
-    });
+/// Connected and idle: only keep alive runs until the end.
+async fn idle_ticks(core: usize, tl: &Timeline, shared: &Shared, tx: &Sender<Msg>) {
+    for (idx, &at) in tl.events.iter().enumerate() {
+        if !sleep_until(at, shared, None).await {
+            break;
+        }
+        let _ = tx.send(Msg::Tick {
+            core,
+            idx,
+            iv: Box::default(),
+        });
+    }
+}
+
+/// One I/O loop per slot of every queue's depth.
+fn spawn_load(
+    core: usize,
+    plan: &Plan,
+    shape: Shape,
+    st: &Rc<Core>,
+    queues: &[IoQueue],
+) -> Vec<glommio::Task<()>> {
     let pattern: Rc<[u8]> = (0..plan.bs)
         .map(|i| (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15).to_le_bytes()[7])
         .collect();
@@ -260,9 +300,11 @@ async fn session(
             )));
         }
     }
+    tasks
+}
 
-    ticker(core, tl, shared, &st, tx).await;
-    st.stop.set(true);
+/// Waits for the I/O loops to see the stop, up to `DRAIN_TIMEOUT`.
+async fn drain(core: usize, tasks: Vec<glommio::Task<()>>) {
     let drained = futures_lite::future::or(
         async {
             for t in tasks {
@@ -281,12 +323,6 @@ async fn session(
             "core {core}: commands still in flight {} s after the end; closing",
             DRAIN_TIMEOUT.as_secs()
         );
-    }
-    *errors.borrow_mut() = std::mem::take(&mut *st.errors.borrow_mut());
-    let fatal = st.fatal.borrow_mut().take();
-    match fatal {
-        Some(f) => Err(format!("core {core}: {f}")),
-        None => Ok(()),
     }
 }
 

@@ -254,37 +254,8 @@ fn check_limits(args: &ServeArgs) -> Result<Limits, String> {
     if dma_memory < (1 << 20) {
         return Err("--dma-memory: at least 1M".into());
     }
-    let maxh2cdata = match &args.max_h2c_data {
-        None => (max_io_size as u32).min(MAX_H2C_DATA),
-        Some(v) => {
-            let n = parse_size(v).map_err(|e| format!("--max-h2c-data: {e}"))?;
-            // NVMe/TCP 1.0 §3.6.2.3: MAXH2CDATA is at least 4 KiB, in 4-byte units.
-            if n < 4096 || n % 4 != 0 || n > max_io_size {
-                return Err(format!(
-                    "--max-h2c-data {v}: a multiple of 4 from 4K to --max-io-size"
-                ));
-            }
-            n as u32
-        }
-    };
-    if !(1..=MAX_IO_QUEUES).contains(&args.max_io_queues) {
-        return Err(format!("--max-io-queues: 1 to {MAX_IO_QUEUES}"));
-    }
-    if !(1..=MAX_CONNECTIONS_PER_CORE).contains(&args.max_connections) {
-        return Err(format!(
-            "--max-connections: 1 to {MAX_CONNECTIONS_PER_CORE}"
-        ));
-    }
-    if !(1..=MAX_CONTROLLERS_PER_CORE).contains(&args.max_controllers) {
-        return Err(format!(
-            "--max-controllers: 1 to {MAX_CONTROLLERS_PER_CORE}"
-        ));
-    }
-    if !(1..=MAX_CONTROLLERS_PER_CORE).contains(&args.max_controllers_per_host) {
-        return Err(format!(
-            "--max-controllers-per-host: 1 to {MAX_CONTROLLERS_PER_CORE}"
-        ));
-    }
+    let maxh2cdata = max_h2c_data(args.max_h2c_data.as_deref(), max_io_size)?;
+    check_counts(args)?;
     let timeout = |flag: &str, v: &str| -> Result<std::time::Duration, String> {
         let d = parse_duration(v).map_err(|e| format!("{flag}: {e}"))?;
         if d < MIN_SETUP_TIMEOUT || d > MAX_SETUP_TIMEOUT {
@@ -310,6 +281,44 @@ fn check_limits(args: &ServeArgs) -> Result<Limits, String> {
         pdu_timeout,
         socket_buffer,
     })
+}
+
+/// `--max-h2c-data`, or the largest H2CData PDU the I/O size allows.
+fn max_h2c_data(arg: Option<&str>, max_io_size: u64) -> Result<u32, String> {
+    let Some(v) = arg else {
+        return Ok((max_io_size as u32).min(MAX_H2C_DATA));
+    };
+    let n = parse_size(v).map_err(|e| format!("--max-h2c-data: {e}"))?;
+    // NVMe/TCP 1.0 §3.6.2.3: MAXH2CDATA is at least 4 KiB, in 4-byte units.
+    if n < 4096 || n % 4 != 0 || n > max_io_size {
+        return Err(format!(
+            "--max-h2c-data {v}: a multiple of 4 from 4K to --max-io-size"
+        ));
+    }
+    Ok(n as u32)
+}
+
+/// The per-core and per-controller counts.
+fn check_counts(args: &ServeArgs) -> Result<(), String> {
+    if !(1..=MAX_IO_QUEUES).contains(&args.max_io_queues) {
+        return Err(format!("--max-io-queues: 1 to {MAX_IO_QUEUES}"));
+    }
+    if !(1..=MAX_CONNECTIONS_PER_CORE).contains(&args.max_connections) {
+        return Err(format!(
+            "--max-connections: 1 to {MAX_CONNECTIONS_PER_CORE}"
+        ));
+    }
+    if !(1..=MAX_CONTROLLERS_PER_CORE).contains(&args.max_controllers) {
+        return Err(format!(
+            "--max-controllers: 1 to {MAX_CONTROLLERS_PER_CORE}"
+        ));
+    }
+    if !(1..=MAX_CONTROLLERS_PER_CORE).contains(&args.max_controllers_per_host) {
+        return Err(format!(
+            "--max-controllers-per-host: 1 to {MAX_CONTROLLERS_PER_CORE}"
+        ));
+    }
+    Ok(())
 }
 
 /// `--socket-buffer`: a size the kernel grants in full, or 0. Without the
@@ -358,38 +367,11 @@ fn subsystem_drafts(
     host_idx: &[usize],
     any_idx: &[usize],
 ) -> Result<Vec<Draft>, String> {
-    enum Item<'a> {
-        Sub(&'a str),
-        Ns(&'a str),
-        Host(&'a str),
-        Any,
-    }
-    let mut items: Vec<(usize, Item)> = Vec::new();
-    items.extend(
-        sub_idx
-            .iter()
-            .zip(&args.subsystem)
-            .map(|(&i, s)| (i, Item::Sub(s))),
-    );
-    items.extend(
-        ns_idx
-            .iter()
-            .zip(&args.namespace)
-            .map(|(&i, s)| (i, Item::Ns(s))),
-    );
-    items.extend(
-        host_idx
-            .iter()
-            .zip(&args.allow_host)
-            .map(|(&i, s)| (i, Item::Host(s))),
-    );
-    items.extend(any_idx.iter().map(|&i| (i, Item::Any)));
-    items.sort_by_key(|(i, _)| *i);
-
+    let items = flag_items(args, sub_idx, ns_idx, host_idx, any_idx);
     let mut global_hosts = Vec::new();
     let mut global_any = false;
     let mut drafts: Vec<Draft> = Vec::new();
-    for (_, it) in items {
+    for it in items {
         match it {
             Item::Sub(nqn) => {
                 check_nqn(nqn).map_err(|e| format!("--subsystem: {e}"))?;
@@ -431,18 +413,7 @@ fn subsystem_drafts(
     }
     // No subsystem named: the embedded default, under the global host rule.
     if drafts.is_empty() {
-        let path = PathBuf::from(DEFAULT_DATA_DIR).join(DEFAULT_DATA_FILE);
-        file::create_sparse(&path, DEFAULT_DATA_FILE_SIZE)?;
-        drafts.push(Draft {
-            nqn: DEFAULT_SUBSYSTEM_NQN.to_string(),
-            specs: vec![NamespaceSpec {
-                backing: Backing::File(path),
-                block_size: None,
-                bad_blocks: Vec::new(),
-            }],
-            hosts: vec![],
-            any: false,
-        });
+        drafts.push(embedded_default()?);
     }
     for d in &mut drafts {
         let mut hosts = global_hosts.clone();
@@ -451,6 +422,63 @@ fn subsystem_drafts(
         d.any |= global_any;
     }
     Ok(drafts)
+}
+
+/// A subsystem flag, a namespace, a host or `--allow-any-host`.
+enum Item<'a> {
+    Sub(&'a str),
+    Ns(&'a str),
+    Host(&'a str),
+    Any,
+}
+
+/// The subsystem-shaping flags in command-line order (clap gives each
+/// flag's values with their argv indices).
+fn flag_items<'a>(
+    args: &'a ServeArgs,
+    sub_idx: &[usize],
+    ns_idx: &[usize],
+    host_idx: &[usize],
+    any_idx: &[usize],
+) -> Vec<Item<'a>> {
+    let mut items: Vec<(usize, Item)> = Vec::new();
+    items.extend(
+        sub_idx
+            .iter()
+            .zip(&args.subsystem)
+            .map(|(&i, s)| (i, Item::Sub(s))),
+    );
+    items.extend(
+        ns_idx
+            .iter()
+            .zip(&args.namespace)
+            .map(|(&i, s)| (i, Item::Ns(s))),
+    );
+    items.extend(
+        host_idx
+            .iter()
+            .zip(&args.allow_host)
+            .map(|(&i, s)| (i, Item::Host(s))),
+    );
+    items.extend(any_idx.iter().map(|&i| (i, Item::Any)));
+    items.sort_by_key(|(i, _)| *i);
+    items.into_iter().map(|(_, it)| it).collect()
+}
+
+/// The embedded default: one sparse file namespace, created if missing.
+fn embedded_default() -> Result<Draft, String> {
+    let path = PathBuf::from(DEFAULT_DATA_DIR).join(DEFAULT_DATA_FILE);
+    file::create_sparse(&path, DEFAULT_DATA_FILE_SIZE)?;
+    Ok(Draft {
+        nqn: DEFAULT_SUBSYSTEM_NQN.to_string(),
+        specs: vec![NamespaceSpec {
+            backing: Backing::File(path),
+            block_size: None,
+            bad_blocks: Vec::new(),
+        }],
+        hosts: vec![],
+        any: false,
+    })
 }
 
 /// The subsystems to serve: each one's host rule (loopback-only listeners admit any host; others need

@@ -465,29 +465,72 @@ impl Conn {
 
         let in_capsule =
             !out.is_empty() && (force_in_capsule || out.len() <= self.in_capsule_limit.get());
-        let cid = {
-            let mut slots = self.slots.borrow_mut();
-            let s = &mut slots[idx];
-            s.gen = s.gen.wrapping_add(1);
-            let gen_bits = 16 - self.idx_bits;
-            let gen = if gen_bits == 0 {
-                0
-            } else {
-                u32::from(s.gen) & ((1u32 << gen_bits) - 1)
-            };
-            s.cid = ((gen << self.idx_bits) | idx as u32) as u16;
-            s.active = true;
-            s.rx = match rx_buf {
-                Some(mut b) => {
-                    b.resize(data_in_len, 0);
-                    b
+        let tx_len = if in_capsule { 0 } else { out.len() };
+        let cid = self.arm_slot(idx, rx_buf, data_in_len, tx_len);
+        self.send_capsule(&mut sqe, cid, out, data_in_len, in_capsule);
+        guard.sent = true;
+
+        loop {
+            match poll_fn(|cx| self.poll_cmd(idx, cx)).await {
+                Event::R2t(dh) => {
+                    self.send_h2c(cid, dh, out)?;
                 }
-                None => vec![0u8; data_in_len],
-            };
-            s.rx_len = data_in_len;
-            s.tx_len = if in_capsule { 0 } else { out.len() };
-            s.cid
+                Event::Done(res) => {
+                    let data = std::mem::take(&mut self.slots.borrow_mut()[idx].rx);
+                    guard.finished = true;
+                    self.release(idx);
+                    let cqe = res?;
+                    if !cqe.status.is_success() {
+                        return Err(HostError::Status(cqe.status, cqe));
+                    }
+                    return Ok(Completion { cqe, data });
+                }
+            }
+        }
+    }
+
+    /// Makes slot `idx` active for a new command; returns its CID (the slot
+    /// index, with a generation in the bits above it so a late completion
+    /// of the slot's previous command is not taken for this one).
+    fn arm_slot(
+        &self,
+        idx: usize,
+        rx_buf: Option<Vec<u8>>,
+        data_in_len: usize,
+        tx_len: usize,
+    ) -> u16 {
+        let mut slots = self.slots.borrow_mut();
+        let s = &mut slots[idx];
+        s.gen = s.gen.wrapping_add(1);
+        let gen_bits = 16 - self.idx_bits;
+        let gen = if gen_bits == 0 {
+            0
+        } else {
+            u32::from(s.gen) & ((1u32 << gen_bits) - 1)
         };
+        s.cid = ((gen << self.idx_bits) | idx as u32) as u16;
+        s.active = true;
+        s.rx = match rx_buf {
+            Some(mut b) => {
+                b.resize(data_in_len, 0);
+                b
+            }
+            None => vec![0u8; data_in_len],
+        };
+        s.rx_len = data_in_len;
+        s.tx_len = tx_len;
+        s.cid
+    }
+
+    /// Queues the CapsuleCmd (with its in-capsule data) and wakes the writer.
+    fn send_capsule(
+        &self,
+        sqe: &mut Sqe,
+        cid: u16,
+        out: &[u8],
+        data_in_len: usize,
+        in_capsule: bool,
+    ) {
         sqe.set_cid(cid);
         sqe.set_flags((sqe.flags() & 0x3F) | PSDT_SGL);
         let (sgl_id, sgl_len) = if in_capsule {
@@ -511,25 +554,6 @@ impl Conn {
             }
         }
         self.kick_writer();
-        guard.sent = true;
-
-        loop {
-            match poll_fn(|cx| self.poll_cmd(idx, cx)).await {
-                Event::R2t(dh) => {
-                    self.send_h2c(cid, dh, out)?;
-                }
-                Event::Done(res) => {
-                    let data = std::mem::take(&mut self.slots.borrow_mut()[idx].rx);
-                    guard.finished = true;
-                    self.release(idx);
-                    let cqe = res?;
-                    if !cqe.status.is_success() {
-                        return Err(HostError::Status(cqe.status, cqe));
-                    }
-                    return Ok(Completion { cqe, data });
-                }
-            }
-        }
     }
 }
 
