@@ -468,9 +468,9 @@ fn one_block_is_read_and_written_whole() {
 
 #[test]
 fn file_reads_in_flight_together_arrive_whole_and_in_place() {
-    // Reads from a file complete in bursts, and the writer sends their
-    // replies a few at a time (`STORAGE_SLICE`), letting the reader run in
-    // between: each must still carry its own blocks, with digests too.
+    // Reads from a file complete in bursts (a virtio disk here completes a
+    // host's whole queue at once) and their replies leave together: each
+    // must still carry its own blocks, with digests too.
     let dir = scratch_dir("burst");
     let file = dir.join("ns.img");
     sparse_file(&file, 16 << 20);

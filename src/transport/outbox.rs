@@ -1,6 +1,6 @@
 //! The send queue of a connection: command tasks push what must be sent, and
-//! the connection's writer drains what is queued in batches, so that many
-//! completions share one socket write.
+//! the connection's writer drains everything queued in one batch, so that
+//! many completions share one socket write.
 
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
@@ -77,15 +77,13 @@ impl<T> Outbox<T> {
         self.writer_idle.get()
     }
 
-    /// Move what is queued into `into`, at most `most(first item)` items;
-    /// waits while empty. `false` once closed and drained.
-    pub async fn next_batch(&self, into: &mut Vec<T>, most: impl Fn(&T) -> usize) -> bool {
+    /// Move everything queued into `into`; waits while empty. `false` once
+    /// closed and drained.
+    pub async fn next_batch(&self, into: &mut Vec<T>) -> bool {
         poll_fn(|cx| {
             let mut q = self.q.borrow_mut();
-            if let Some(first) = q.front() {
-                let n = q.len().min(most(first));
-                assert!(n > 0, "a batch takes at least one item");
-                into.extend(q.drain(..n));
+            if !q.is_empty() {
+                into.extend(q.drain(..));
                 self.writer_idle.set(false);
                 return Poll::Ready(true);
             }

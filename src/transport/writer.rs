@@ -18,18 +18,6 @@ use std::rc::Rc;
 /// Send buffer capacity before it is flushed mid-batch.
 const SEND_BUF_LEN: usize = 256 * 1024;
 
-/// Replies carrying data read from a file or block device leave at most
-/// this many to a send, the writer yielding between sends. A virtio disk
-/// here completes a host's 32 reads at once; sent in one 128 KiB
-/// `sendmsg` (70-80 µs, SPDK's alike) the host got its first completion
-/// only at the end, while in sends of four (16 KiB, 7-8 µs each) it sends
-/// new commands back while the rest go out, and the reader takes them
-/// between sends: 4 KiB randread QD32 on a file 68.6k → 73.4k IOPS (6
-/// alternated rounds); slices of two were slower (64.3k: a send each),
-/// eight gained less (71.9k). RAM and null reads keep whole batches (their
-/// flow batching already splits bursts), as do replies without data.
-const STORAGE_SLICE: usize = 4;
-
 /// What the writer sends.
 pub(super) enum Out {
     Done {
@@ -45,21 +33,6 @@ pub(super) enum Out {
 }
 
 impl Out {
-    /// A completion with data read from a file or block device (into a DMA
-    /// buffer by the storage ring).
-    fn carries_storage_data(&self) -> bool {
-        matches!(
-            self,
-            Out::Done {
-                resp: Response {
-                    data: Some(DataBuf::Dma(_)),
-                    ..
-                },
-                ..
-            }
-        )
-    }
-
     /// A RAM range's data stops holding its blocks (`DataBuf::release_hold`).
     pub(super) fn release_hold(&self) {
         if let Out::Done {
@@ -116,15 +89,7 @@ pub(super) async fn writer(conn: Rc<Conn>, mut tx: Sender) {
     let mut buf: Vec<u8> = Vec::with_capacity(SEND_BUF_LEN);
     let mut segs: Vec<Seg> = Vec::new();
     let mut closing = false;
-    let most = |first: &Out| {
-        if first.carries_storage_data() {
-            STORAGE_SLICE
-        } else {
-            usize::MAX
-        }
-    };
-    while !closing && conn.out.next_batch(&mut batch, most).await {
-        let sliced = batch.len() == STORAGE_SLICE && batch[0].carries_storage_data();
+    while !closing && conn.out.next_batch(&mut batch).await {
         let mut mark = 0;
         if conn.digests.data {
             // A data digest is computed here over the bytes: RAM disk ranges
@@ -181,10 +146,6 @@ pub(super) async fn writer(conn: Rc<Conn>, mut tx: Sender) {
         segs.clear();
         if sent.is_err() {
             break;
-        }
-        if sliced && conn.out.queued() > 0 {
-            // The reader takes what the host sent back meanwhile.
-            futures_lite::future::yield_now().await;
         }
     }
     let _ = tx.w.flush().await;
