@@ -232,7 +232,7 @@ impl<R: Registry> Queue<R> {
             return;
         };
         if !r.status.is_success() {
-            self.log_failure(&sqe, r.status);
+            self.log_failure(&sqe, r.status).await;
         } else if sqe.opcode() == command::admin::FABRICS && self.is_admin() {
             t.admin_connected();
         }
@@ -361,18 +361,26 @@ impl<R: Registry> Queue<R> {
 
     /// Failed commands are logged (never successful ones: no line per I/O)
     /// and go to their controller's error log, which may live on another core.
-    pub fn log_failure(&self, sqe: &Sqe, s: Status) {
-        let st = self.state.borrow();
-        log::info!(
-            "{}: queue {} command {:?} failed: {s}",
-            self.peer,
-            st.qid,
-            sqe
-        );
-        match &st.binding {
-            Some(Binding::Admin(ctrl)) => ctrl.record_error(0, sqe.cid(), s, sqe.nsid(), 0),
-            Some(Binding::Io { cntlid, .. }) => self.registry.record_error(*cntlid, st.qid, sqe, s),
-            None => {}
-        }
+    /// Log a failed command, and add it to its controller's error log before
+    /// the command completes.
+    pub async fn log_failure(&self, sqe: &Sqe, s: Status) {
+        let (qid, io_cntlid) = {
+            let st = self.state.borrow();
+            log::info!(
+                "{}: queue {} command {:?} failed: {s}",
+                self.peer,
+                st.qid,
+                sqe
+            );
+            match &st.binding {
+                Some(Binding::Admin(ctrl)) => {
+                    ctrl.record_error(0, sqe.cid(), s, sqe.nsid(), 0);
+                    return;
+                }
+                Some(Binding::Io { cntlid, .. }) => (st.qid, *cntlid),
+                None => return,
+            }
+        };
+        self.registry.record_error(io_cntlid, qid, sqe, s).await;
     }
 }

@@ -56,8 +56,9 @@ pub trait Registry: 'static {
     /// This core's I/O statistics, per subsystem.
     fn stats(&self) -> &std::cell::RefCell<Vec<SmartCounters>>;
     /// Add a failed command to its controller's error log, on whichever core
-    /// owns it.
-    fn record_error(self: &Rc<Self>, cntlid: u16, sqid: u16, sqe: &Sqe, status: Status);
+    /// owns it; done once the entry is there, so that a host that reads the
+    /// log after the command's completion finds it (NVMe Base 2.0 §5.16.1.2).
+    async fn record_error(self: &Rc<Self>, cntlid: u16, sqid: u16, sqe: &Sqe, status: Status);
     /// Flush every namespace of a subsystem on this core.
     async fn flush_subsystem(&self, subsys: usize) -> std::io::Result<()>;
 }

@@ -52,7 +52,8 @@ pub enum CtlMsg {
     StateAck {
         req: u64,
     },
-    /// A command failed on an I/O queue: add it to the controller's error log.
+    /// A command failed on an I/O queue: add it to the controller's error
+    /// log, then answer `ErrorAck` to `ack` (request, core).
     Error {
         cntlid: u16,
         sqid: u16,
@@ -60,6 +61,10 @@ pub enum CtlMsg {
         status: Status,
         nsid: u32,
         lba: u64,
+        ack: (u64, usize),
+    },
+    ErrorAck {
+        req: u64,
     },
     /// Keep-alive and statistics query.
     Query {
@@ -176,7 +181,8 @@ impl Shard {
             }
             CtlMsg::AttachIoResp { req, .. }
             | CtlMsg::QueryResp { req, .. }
-            | CtlMsg::StateAck { req } => self.reply(req, msg),
+            | CtlMsg::StateAck { req }
+            | CtlMsg::ErrorAck { req } => self.reply(req, msg),
             CtlMsg::DetachIo { cntlid, qid, token } => self.detached(cntlid, qid, token),
             CtlMsg::Teardown { cntlid } => {
                 if let Some(l) = self.io_ctrls.borrow_mut().remove(&cntlid) {
@@ -192,10 +198,12 @@ impl Shard {
                 status,
                 nsid,
                 lba,
+                ack: (req, from),
             } => {
                 if let Some(o) = self.controllers.borrow().get(&cntlid) {
                     o.ctrl.record_error(sqid, cid, status, nsid, lba);
                 }
+                self.send(from, CtlMsg::ErrorAck { req }).await;
             }
             CtlMsg::State { cntlid, state, ack } => {
                 if let Some(l) = self.io_ctrls.borrow().get(&cntlid) {

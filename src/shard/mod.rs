@@ -638,25 +638,42 @@ impl Registry for Shard {
         &self.stats
     }
 
-    /// Log a failed I/O command in its controller's error log (owner core).
-    fn record_error(
+    /// Log a failed I/O command in its controller's error log: here if this
+    /// core owns the controller, else on its owner, waiting for the owner to
+    /// answer that it is logged.
+    async fn record_error(
         self: &Rc<Self>,
         cntlid: u16,
         sqid: u16,
         sqe: &crate::wire::command::Sqe,
         status: Status,
     ) {
-        if let Some(owner) = cntlid_owner(cntlid, self.peers) {
-            self.post(
-                owner,
-                CtlMsg::Error {
-                    cntlid,
-                    sqid,
-                    cid: sqe.cid(),
-                    status,
-                    nsid: sqe.nsid(),
-                    lba: sqe.slba(),
-                },
+        let Some(owner) = cntlid_owner(cntlid, self.peers) else {
+            return;
+        };
+        let (cid, nsid, lba) = (sqe.cid(), sqe.nsid(), sqe.slba());
+        if owner == self.id {
+            if let Some(o) = self.controllers.borrow().get(&cntlid) {
+                o.ctrl.record_error(sqid, cid, status, nsid, lba);
+            }
+            return;
+        }
+        let from = self.id;
+        let ack = self
+            .request(owner, |req| CtlMsg::Error {
+                cntlid,
+                sqid,
+                cid,
+                status,
+                nsid,
+                lba,
+                ack: (req, from),
+            })
+            .await;
+        if !matches!(ack, Some(CtlMsg::ErrorAck { .. })) {
+            log::warn!(
+                "shard {}: no answer from shard {owner} logging an error of controller {cntlid}",
+                self.id
             );
         }
     }

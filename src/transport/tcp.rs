@@ -452,8 +452,13 @@ impl Conn {
         }
         match self.plan(&sqe, icd.as_ref()) {
             Err(s) => {
-                self.q.log_failure(&sqe, s);
-                self.complete(cid, Response::status(s), 0, None);
+                // The error log has it before the host sees the completion.
+                let me = self.clone();
+                glommio::spawn_local(async move {
+                    me.q.log_failure(&sqe, s).await;
+                    me.complete(cid, Response::status(s), 0, None);
+                })
+                .detach();
             }
             Ok(plan) => self.dispatch(sqe, plan, icd, charge),
         }
