@@ -200,9 +200,7 @@ impl Shard {
                 lba,
                 ack: (req, from),
             } => {
-                if let Some(o) = self.controllers.borrow().get(&cntlid) {
-                    o.ctrl.record_error(sqid, cid, status, nsid, lba);
-                }
+                self.log_error_here(cntlid, sqid, cid, status, nsid, lba);
                 self.send(from, CtlMsg::ErrorAck { req }).await;
             }
             CtlMsg::State { cntlid, state, ack } => {

@@ -653,9 +653,7 @@ impl Registry for Shard {
         };
         let (cid, nsid, lba) = (sqe.cid(), sqe.nsid(), sqe.slba());
         if owner == self.id {
-            if let Some(o) = self.controllers.borrow().get(&cntlid) {
-                o.ctrl.record_error(sqid, cid, status, nsid, lba);
-            }
+            self.log_error_here(cntlid, sqid, cid, status, nsid, lba);
             return;
         }
         let from = self.id;
@@ -675,6 +673,24 @@ impl Registry for Shard {
                 "shard {}: no answer from shard {owner} logging an error of controller {cntlid}",
                 self.id
             );
+        }
+    }
+}
+
+impl Shard {
+    /// Add an entry to the error log of controller `cntlid`, owned by this
+    /// core (gone already: nothing to log).
+    pub(super) fn log_error_here(
+        &self,
+        cntlid: u16,
+        sqid: u16,
+        cid: u16,
+        status: Status,
+        nsid: u32,
+        lba: u64,
+    ) {
+        if let Some(o) = self.controllers.borrow().get(&cntlid) {
+            o.ctrl.record_error(sqid, cid, status, nsid, lba);
         }
     }
 }
