@@ -23,6 +23,22 @@ pub(super) struct DepthEstimate {
 
 const DEPTH_WINDOW: u32 = 4096;
 
+/// Replies to let queue for a host whose queue depth is `depth`: half of it,
+/// at least 2 and at most `FLOW_BATCH`; but a host that waits for each reply
+/// before it sends again (depth 1) gets it before the reader looks at its
+/// socket again. With 2 that look was an empty `recv` and a poller round
+/// ahead of every reply, ~2.5 µs of a 13 µs RAM read at QD1 (traced with
+/// perf/segments.py: 4.3 µs from `recv` to `sendmsg`, now 1.8; SPDK 2.3):
+/// RAM 4 KiB randread QD1 58.5k -> 75.7k IOPS, 8 of 8 alternated pairs.
+/// At depth 2, 1 cost 16% (7 of 8 pairs): the host's pair leaves in one send.
+pub(super) fn batch_for_depth(depth: usize) -> usize {
+    if depth <= 1 {
+        1
+    } else {
+        (depth / 2).clamp(2, FLOW_BATCH)
+    }
+}
+
 impl DepthEstimate {
     pub(super) fn observe(&self, now: usize) -> usize {
         self.current.set(self.current.get().max(now));
@@ -39,7 +55,18 @@ impl DepthEstimate {
 
 #[cfg(test)]
 mod tests {
-    use super::{DepthEstimate, DEPTH_WINDOW};
+    use super::{batch_for_depth, DepthEstimate, DEPTH_WINDOW, FLOW_BATCH};
+
+    #[test]
+    fn a_lone_command_is_answered_at_once_deeper_hosts_get_half_their_depth() {
+        assert_eq!(batch_for_depth(0), 1);
+        assert_eq!(batch_for_depth(1), 1);
+        assert_eq!(batch_for_depth(2), 2);
+        assert_eq!(batch_for_depth(3), 2);
+        assert_eq!(batch_for_depth(8), 4);
+        assert_eq!(batch_for_depth(16), 8);
+        assert_eq!(batch_for_depth(64), FLOW_BATCH);
+    }
 
     #[test]
     fn depth_keeps_the_peak_for_a_window_then_follows_the_host_down() {

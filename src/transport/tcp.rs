@@ -8,7 +8,7 @@
 //! data read straight into a DMA buffer), H2CData answering our R2Ts (read
 //! straight into the command's DMA buffer), or H2CTermReq.
 
-use super::flow::{DepthEstimate, FLOW_BATCH};
+use super::flow::{batch_for_depth, DepthEstimate, FLOW_BATCH};
 use super::outbox::Outbox;
 use super::recv::RecvBuf;
 use super::rx::{data_path, DataPath, Fatal, Pdu, Rx};
@@ -309,8 +309,8 @@ impl Conn {
     }
 
     /// How many replies to let queue before the writer sends them. Alone on
-    /// its core, a queue splits the host's burst in two: half the host's
-    /// queue depth, up to `FLOW_BATCH` (null 4 KiB randread, our client:
+    /// its core, a queue splits the host's burst in two (`batch_for_depth`:
+    /// half the host's queue depth, up to `FLOW_BATCH`; null 4 KiB randread, our client:
     /// QD8 447k -> 553k, QD16 636k -> 855k, QD32 and QD64 within 3%, RAM
     /// 128 KiB QD8 41.8k -> 47.3k with BBR but 4% fewer with cubic, where
     /// one large send suits better). With other busy queues on the core the
@@ -335,7 +335,7 @@ impl Conn {
         let depth = self
             .depth
             .observe(outstanding + rb.buffered() / (CH_LEN + SQE_LEN));
-        (depth / 2).clamp(2, FLOW_BATCH)
+        batch_for_depth(depth)
     }
 
     async fn read_loop(self: &Rc<Self>, rb: &mut Reader) -> Stop {
