@@ -29,7 +29,9 @@ const DEPTH_WINDOW: u32 = 4096;
 /// socket again. With 2 that look was an empty `recv` and a poller round
 /// ahead of every reply, ~2.5 µs of a 13 µs RAM read at QD1 (traced with
 /// perf/segments.py: 4.3 µs from `recv` to `sendmsg`, now 1.8; SPDK 2.3):
-/// RAM 4 KiB randread QD1 58.5k -> 75.7k IOPS, 8 of 8 alternated pairs.
+/// RAM 4 KiB randread QD1 58.5k -> 75.7k IOPS in 8 of 8 alternated pairs,
+/// 8 of 10 higher in another set, within noise in a slow phase of the
+/// machine (perf/README.md).
 /// At depth 2, 1 cost 16% (7 of 8 pairs): the host's pair leaves in one send.
 pub(super) fn batch_for_depth(depth: usize) -> usize {
     if depth <= 1 {

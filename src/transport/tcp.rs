@@ -310,12 +310,13 @@ impl Conn {
 
     /// How many replies to let queue before the writer sends them. Alone on
     /// its core, a queue splits the host's burst in two (`batch_for_depth`:
-    /// half the host's queue depth, up to `FLOW_BATCH`; null 4 KiB randread, our client:
-    /// QD8 447k -> 553k, QD16 636k -> 855k, QD32 and QD64 within 3%, RAM
-    /// 128 KiB QD8 41.8k -> 47.3k with BBR but 4% fewer with cubic, where
-    /// one large send suits better). With other busy queues on the core the
-    /// core already works while each host does, and splitting only costs
-    /// sends (4 queues x QD8: 739k -> 580k), so `FLOW_BATCH` stays.
+    /// half the host's queue depth, up to `FLOW_BATCH`; null 4 KiB
+    /// randread, our client: QD8 447k -> 553k, QD16 636k -> 855k, QD32 and
+    /// QD64 within 3%, RAM 128 KiB QD8 41.8k -> 47.3k with BBR but 4% fewer
+    /// with cubic, where one large send suits better). With other busy
+    /// queues on the core the core already works while each host does, and
+    /// splitting only costs sends (4 queues x QD8: 739k -> 580k), so
+    /// `FLOW_BATCH` stays.
     fn flow_batch(&self, rb: &Reader) -> usize {
         let outstanding = self.q.outstanding() as usize;
         let io = matches!(self.q.state.borrow().binding, Some(Binding::Io { .. }));
