@@ -14,6 +14,7 @@ pub mod config;
 pub mod cpus;
 pub mod fault;
 pub mod host;
+pub mod huge_alloc;
 pub mod io_wait;
 pub mod nvme;
 pub mod perf;

@@ -1,6 +1,9 @@
 //! The `nvmf-tpc` command.
 
-use nvmf_tpc::{perf, serve};
+use nvmf_tpc::{huge_alloc::HugeAlloc, perf, serve};
+
+#[global_allocator]
+static ALLOC: HugeAlloc = HugeAlloc;
 
 fn init_logging(level: &str) {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(level))
