@@ -44,8 +44,15 @@ unsafe impl GlobalAlloc for HugeAlloc {
     }
 
     unsafe fn alloc_zeroed(&self, l: Layout) -> *mut u8 {
-        let p = System.alloc_zeroed(placed(l));
-        advise(p, l);
+        if l.size() < HUGE {
+            return System.alloc_zeroed(l);
+        }
+        // Advised before the zeroing touches the pages, so that they fault
+        // in huge (the system zeroes over-aligned blocks by writing anyway).
+        let p = self.alloc(l);
+        if !p.is_null() {
+            p.write_bytes(0, l.size());
+        }
         p
     }
 
@@ -89,11 +96,13 @@ mod tests {
             assert_eq!(r as usize % HUGE, 0);
             assert!((0..100).all(|i| *r.add(i) == 7));
             a.dealloc(r, Layout::from_size_align(3 << 20, 4096).unwrap());
-            // Small ones are the system's, zeroed when asked.
-            let s = Layout::from_size_align(64, 8).unwrap();
-            let z = a.alloc_zeroed(s);
-            assert!((0..64).all(|i| *z.add(i) == 0));
-            a.dealloc(z, s);
+            // Zeroed when asked, large or small.
+            for size in [64, 3 << 20] {
+                let s = Layout::from_size_align(size, 8).unwrap();
+                let z = a.alloc_zeroed(s);
+                assert!((0..size).step_by(4093).all(|i| *z.add(i) == 0));
+                a.dealloc(z, s);
+            }
         }
     }
 }
