@@ -7,7 +7,7 @@
 //! 128 KiB read's buffer is 32 pages for the kernel to pin and 32 segments
 //! for the device; SPDK's buffers come from hugepages. Traced on the file
 //! backing (128 KiB reads, QD8): from one submission to the next 13.2-13.5 µs
-//! on 4 KiB pages, 9.9-10.6 µs on huge pages, SPDK 8.9-9.3 µs. Where the
+//! on 4 KiB pages, 9.6-10.2 µs on huge pages, SPDK 8.9-9.3 µs. Where the
 //! system hands out no huge pages (transparent hugepages `never`) the advice
 //! does nothing and the memory works as before.
 
