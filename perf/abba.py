@@ -23,6 +23,10 @@ CLIENT_CPU = int(os.environ.get("CLIENT_CPU", "0"))
 # Most a CPU may be busy (share of a second) before a run starts.
 IDLE_BUSY = 0.10
 IDLE_WAIT = 60
+# As tests/common/spdk.rs: the libraries SPDK's binaries link.
+SPDK_RUNTIME = ["libnuma1", "libuuid1", "libssl3", "libaio1", "libfuse3-3"]
+# nvmf_tgt and spdk_nvme_perf at the same time.
+SPDK_HUGEPAGES_MIB = 2048
 
 
 def log(*a):
@@ -161,6 +165,23 @@ def build():
     if os.environ.get("PERF_NO_BUILD") != "1":
         subprocess.run(["cargo", "build", "--release", "--quiet", "--bin", "nvmf-tpc"], cwd=ROOT,
                        check=True)
+
+
+def apt_install(packages):
+    subprocess.run(["apt-get", "install", "-y", "-q", *packages], check=True,
+                   stdout=subprocess.DEVNULL, env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
+
+
+def prepare_spdk():
+    """What SPDK's binaries need on a fresh machine, as the tests do it
+    (tests/common/spdk.rs): their runtime packages, and hugepages for a
+    target and a client at once (the script only ever raises the count)."""
+    ldd = subprocess.run(["ldd", os.path.join(SPDK, "bin", "spdk_nvme_perf")],
+                         capture_output=True, text=True).stdout
+    if "not found" in ldd:
+        apt_install(SPDK_RUNTIME)
+    subprocess.run([os.path.join(SPDK, "hugepages"), str(SPDK_HUGEPAGES_MIB)], check=True,
+                   stdout=subprocess.DEVNULL)
 
 
 def header(title):

@@ -23,8 +23,9 @@ import os
 import time
 
 from abba import idle_cpu as abba_idle_cpu
-from abba import (CLIENT_CPU, TARGET_CPU, build, cpu_ticks, header, log, med, proc_ticks,
-                  spdk_perf, spread, start_nvmf_tpc, start_spdk, stop, wait_idle, write_result)
+from abba import (CLIENT_CPU, TARGET_CPU, build, cpu_ticks, header, log, med, prepare_spdk,
+                  proc_ticks, spdk_perf, spread, start_nvmf_tpc, start_spdk, stop, wait_idle,
+                  write_result)
 
 NQN = "nqn.2026-11.io.nvmf-tpc:peer"
 # name: (label, spdk_nvme_perf flags); the rows of issue #16's table.
@@ -155,6 +156,7 @@ def main():
         a.pairs, a.time = 2, 3
     a.rows = a.rows or (QUICK_ROWS if a.quick else ",".join(ROWS))
     build()
+    prepare_spdk()
     results, discarded = {}, {}
     for row in a.rows.split(","):
         if row not in ROWS:

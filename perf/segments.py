@@ -34,8 +34,8 @@ import sys
 import tempfile
 import time
 
-from abba import (CLIENT_CPU, TARGET_CPU, build, header, log, med, spdk_perf, start_nvmf_tpc,
-                  start_spdk, stop, wait_idle, write_result)
+from abba import (CLIENT_CPU, TARGET_CPU, build, header, log, med, prepare_spdk, spdk_perf,
+                  start_nvmf_tpc, start_spdk, stop, wait_idle, write_result)
 from storage import OURS_NQN, loop_device, make_file
 
 # x86-64 system call numbers: the target's and the host's socket traffic,
@@ -217,6 +217,7 @@ def main():
     if subprocess.run(["perf", "--version"], capture_output=True).returncode != 0:
         sys.exit("needs perf (Debian: apt-get install linux-perf)")
     build()
+    prepare_spdk()
     dev = None
     path = "ram"
     if a.backing != "ram":

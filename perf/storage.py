@@ -24,13 +24,15 @@ CLIENT_CPU (0), PERF_NO_BUILD=1.
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
 
 from abba import idle_cpu as abba_idle_cpu
-from abba import (CLIENT_CPU, TARGET_CPU, build, header, log, med, proc_ticks, spdk_perf,
-                  spread, start_nvmf_tpc, start_spdk, stop, wait_idle, write_result)
+from abba import (CLIENT_CPU, TARGET_CPU, apt_install, build, header, log, med, prepare_spdk,
+                  proc_ticks, spdk_perf, spread, start_nvmf_tpc, start_spdk, stop, wait_idle,
+                  write_result)
 
 
 OURS_NQN = "nqn.2026-11.io.nvmf-tpc:storage"
@@ -153,6 +155,9 @@ def main():
     if a.quick:
         a.pairs, a.time = 1, 3
     build()
+    prepare_spdk()
+    if shutil.which("fio") is None:
+        apt_install(["fio"])
     make_file(a.file)
     loops = []
     backings = {}
