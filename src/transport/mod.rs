@@ -1,5 +1,6 @@
 //! Transports. One connection is one NVMe queue.
 
+mod cpu_share;
 mod flow;
 pub mod listener;
 pub mod outbox;

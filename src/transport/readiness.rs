@@ -20,6 +20,7 @@
 //! io_uring completion could wait that long. When the poller is running it
 //! sees the parked socket's data first and wakes its reader.
 
+use super::cpu_share::{self, CpuShare};
 use crate::reply_hint;
 use crate::storage::uring;
 use std::cell::{Cell, RefCell};
@@ -38,7 +39,8 @@ const PARKED_CHECK: Duration = Duration::from_micros(50);
 /// Events taken from epoll per `check_parked`.
 const PARKED_EVENTS: usize = 16;
 /// Rounds without news after which the poller yields the CPU to other
-/// threads (`sched_yield`), and again every as many.
+/// threads that want it (`sched_yield`), and again every as many. Every 4th
+/// idle round measured as well as every 8th (every round: QD1 -4%).
 const YIELD_EVERY: u32 = 4;
 /// The poller reads the clock once in this many rounds.
 const CLOCK_EVERY: u32 = 8;
@@ -401,6 +403,7 @@ async fn poll_loop(r: Rc<Readiness>) {
     let mut rounds = 0u32;
     let (mut last_activity, mut idle_rounds) = (r.activity.get(), 0u32);
     let mut deferred = 0u32;
+    let (mut share, mut idle_total) = (CpuShare::new(), 0u32);
     loop {
         if r.waiting.get() == 0 {
             // Nobody waits: sleep until a reader does.
@@ -447,15 +450,19 @@ async fn poll_loop(r: Rc<Readiness>) {
         }
         deferred = 0;
         r.look(&mut events);
-        // Nothing for a few rounds: let another thread on this CPU run. A
-        // host on the same machine sharing the CPU, polling too, otherwise
-        // waits for the scheduler's time slice: ~300 µs a round trip, and
-        // perf/scaling.sh (client and target on both CPUs) did 206-450k
-        // IOPS instead of 870-980k. Every 4th idle round measured as well
-        // as every 8th on separate CPUs (every round: QD1 -4%).
+        // Nothing for a few rounds: let another thread on this CPU run, if
+        // one wants it (`cpu_share`). A host on the same machine sharing
+        // the CPU, polling too, otherwise waits for the scheduler's time
+        // slice: ~300 µs a round trip.
         if r.activity.get() == last_activity {
             idle_rounds = idle_rounds.wrapping_add(1);
-            if idle_rounds.is_multiple_of(YIELD_EVERY) {
+            // Counted apart from `idle_rounds`, which a busy queue resets
+            // before it reaches a check.
+            idle_total = idle_total.wrapping_add(1);
+            if idle_total.is_multiple_of(cpu_share::CHECK_EVERY) {
+                share.check();
+            }
+            if idle_rounds.is_multiple_of(YIELD_EVERY) && share.shared() {
                 // SAFETY: plain system call.
                 unsafe { libc::sched_yield() };
             }
