@@ -9,8 +9,10 @@ For each backing (a 1 GiB file of random data on this machine's disk, and a
 loop device with direct I/O over that file) and each row, it runs, in pairs
 whose order alternates (ABBA): nvmf-tpc and SPDK's nvmf_tgt (an AIO bdev,
 ../shared/spdk/nvmf-tgt), each alone on the target CPU, both driven by
-spdk_nvme_perf on the client CPU; and once per pair fio (io_uring, O_DIRECT)
-on the backing from the target CPU, the device's own rate. Before each run it
+spdk_nvme_perf on the client CPU; and twice per pair fio (io_uring, O_DIRECT)
+on the backing from the target CPU, the device's own rate: with the client
+CPU idle, and with it held busy as spdk_nvme_perf holds it (on this VM a busy
+second vCPU took 25-40% off the virtual disk's QD32 rate). Before each run it
 waits for an idle machine. It prints medians over the pairs, their spread,
 and the ratios to SPDK and to the bare rate, and writes the table to
 perf/results/storage-<date>.md. Then it measures nvmf-tpc's CPU with one
@@ -78,14 +80,24 @@ def run_target(start, backing, row, secs):
     return r
 
 
-def run_fio(backing, row, secs):
+def run_fio(backing, row, secs, busy_client=False):
+    """fio's bare io_uring rate from the target CPU; with `busy_client`, while
+    a spinning process holds the client CPU, as spdk_nvme_perf (which polls)
+    holds it during the targets' runs."""
     pattern, size, qd = ROWS[row]
     wait_idle()
-    out = subprocess.run(
-        ["fio", "--name=bare", f"--filename={backing}", "--ioengine=io_uring", "--direct=1",
-         f"--rw={pattern}", f"--bs={size}", f"--iodepth={qd}", f"--runtime={secs}",
-         "--time_based", f"--cpus_allowed={TARGET_CPU}", "--output-format=json"],
-        capture_output=True, text=True, timeout=secs + 60)
+    spin = None
+    if busy_client:
+        spin = subprocess.Popen(["taskset", "-c", str(CLIENT_CPU), "sh", "-c", "while :; do :; done"])
+    try:
+        out = subprocess.run(
+            ["fio", "--name=bare", f"--filename={backing}", "--ioengine=io_uring", "--direct=1",
+             f"--rw={pattern}", f"--bs={size}", f"--iodepth={qd}", f"--runtime={secs}",
+             "--time_based", f"--cpus_allowed={TARGET_CPU}", "--output-format=json"],
+            capture_output=True, text=True, timeout=secs + 60)
+    finally:
+        if spin:
+            stop(spin)
     if out.returncode != 0:
         raise RuntimeError("fio failed:\n" + out.stderr[-2000:])
     job = json.loads(out.stdout[out.stdout.index("{"):])["jobs"][0]
@@ -116,30 +128,35 @@ def idle_cpu(backing, secs=5):
 
 def table(results, pairs, secs):
     lines = [
-        "| backing | row | fio bare IOPS | SPDK IOPS | nvmf-tpc IOPS | **/ SPDK** (range) | / bare |"
-        " p50 µs SPDK / ours | p99 µs SPDK / ours | mean over bare µs SPDK / ours |"
-        " target CPU SPDK / ours |",
+        "| backing | row | fio bare IOPS, client CPU idle / busy | SPDK IOPS | nvmf-tpc IOPS |"
+        " **/ SPDK** (range) | / bare, idle / busy | p50 µs SPDK / ours | p99 µs SPDK / ours |"
+        " mean over busy bare µs SPDK / ours | target CPU SPDK / ours |",
         "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for (backing, row), r in results.items():
-        ours, spdk, fio = r["ours"], r["spdk"], r["fio"]
-        if not ours or not spdk:
+        ours, spdk, fio, busy = r["ours"], r["spdk"], r["fio"], r["fio_busy"]
+        if not ours or not spdk or not fio or not busy:
             continue
         ratios = [o["iops"] / s["iops"] for o, s in zip(ours, spdk)]
         mo = {k: med([x[k] for x in ours]) for k in ("iops", "p50", "p99", "mean", "cpu")}
         ms = {k: med([x[k] for x in spdk]) for k in ("iops", "p50", "p99", "mean", "cpu")}
         mf = {k: med([x[k] for x in fio]) for k in ("iops", "mean")}
-        bare = mo["iops"] / mf["iops"] if fio else float("nan")
+        mb = {k: med([x[k] for x in busy]) for k in ("iops", "mean")}
         lines.append(
-            f"| {backing} | {LABEL[row]} | {mf['iops']:,.0f} | {ms['iops']:,.0f} | {mo['iops']:,.0f} |"
-            f" **{med(ratios):.2f}** ({spread(ratios)}) | {bare:.2f} |"
+            f"| {backing} | {LABEL[row]} | {mf['iops']:,.0f} / {mb['iops']:,.0f} |"
+            f" {ms['iops']:,.0f} | {mo['iops']:,.0f} |"
+            f" **{med(ratios):.2f}** ({spread(ratios)}) |"
+            f" {mo['iops'] / mf['iops']:.2f} / {mo['iops'] / mb['iops']:.2f} |"
             f" {ms['p50']:.0f} / {mo['p50']:.0f} | {ms['p99']:.0f} / {mo['p99']:.0f} |"
-            f" {ms['mean'] - mf['mean']:.1f} / {mo['mean'] - mf['mean']:.1f} |"
+            f" {ms['mean'] - mb['mean']:.1f} / {mo['mean'] - mb['mean']:.1f} |"
             f" {ms['cpu']:.0%} / {mo['cpu']:.0%} |")
     lines.append("")
     lines.append(f"Medians of {pairs} alternated pairs of {secs} s (spdk_nvme_perf on CPU {CLIENT_CPU}, "
                  f"each target alone on CPU {TARGET_CPU}); the ratio column is the median of the "
-                 "per-pair ratios and their range. fio: io_uring, O_DIRECT, on the target CPU.")
+                 "per-pair ratios and their range. fio: io_uring, O_DIRECT, on the target CPU, "
+                 f"once with CPU {CLIENT_CPU} idle and once with it held by a spinning process, "
+                 "as spdk_nvme_perf (which polls) holds it while the targets run: on a VM the "
+                 "other vCPU's load can change the virtual disk's own rate.")
     return "\n".join(lines)
 
 
@@ -174,7 +191,7 @@ def main():
         results = {}
         for b, path in backings.items():
             for row in a.rows.split(","):
-                r = results[(b, row)] = {"ours": [], "spdk": [], "fio": []}
+                r = results[(b, row)] = {"ours": [], "spdk": [], "fio": [], "fio_busy": []}
                 for i in range(a.pairs):
                     order = [("ours", start_ours), ("spdk", start_aio)]
                     if i % 2:
@@ -184,9 +201,11 @@ def main():
                         r[name].append(x)
                         log(f"{b} {row} pair {i + 1} {name}: {x['iops']:,.0f} IOPS, "
                             f"p50 {x['p50']:.0f} µs, p99 {x['p99']:.0f} µs, CPU {x['cpu']:.0%}")
-                    x = run_fio(path, row, a.time)
-                    r["fio"].append(x)
-                    log(f"{b} {row} pair {i + 1} fio: {x['iops']:,.0f} IOPS, mean {x['mean']:.0f} µs")
+                    for key, busy in (("fio", False), ("fio_busy", True)):
+                        x = run_fio(path, row, a.time, busy)
+                        r[key].append(x)
+                        log(f"{b} {row} pair {i + 1} {key}: {x['iops']:,.0f} IOPS, "
+                            f"mean {x['mean']:.0f} µs")
         idle = idle_cpu(a.file) if "file" in backings else "not measured"
     finally:
         for dev in loops:
