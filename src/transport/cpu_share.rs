@@ -45,9 +45,10 @@ impl CpuShare {
         }
     }
 
-    /// Whether to yield the CPU when idle; looks at the switch count itself.
-    pub fn check(&mut self) -> bool {
-        self.observe(involuntary_switches())
+    /// Look at this thread's switch count; `shared` then says whether to
+    /// yield when idle.
+    pub fn check(&mut self) {
+        self.observe(involuntary_switches());
     }
 
     /// The decision for a given switch count (`None`: it could not be read,
@@ -69,12 +70,6 @@ impl CpuShare {
     /// Whether the CPU counted as shared at the last look.
     pub fn shared(&self) -> bool {
         self.shared_for > 0
-    }
-}
-
-impl Default for CpuShare {
-    fn default() -> Self {
-        Self::new()
     }
 }
 
@@ -121,6 +116,7 @@ mod tests {
         let pin = move || {
             // SAFETY: a zeroed cpu_set_t is valid; CPU_SET writes a bit of it.
             let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+            // SAFETY: `cpu` is below CPU_SETSIZE.
             unsafe { libc::CPU_SET(cpu, &mut set) };
             // SAFETY: plain system call on a valid set.
             let r = unsafe { libc::sched_setaffinity(0, std::mem::size_of_val(&set), &set) };
@@ -145,6 +141,7 @@ mod tests {
                 if involuntary_switches().expect("getrusage") > before {
                     return true;
                 }
+                // SAFETY: plain system call.
                 unsafe { libc::sched_yield() };
             }
             false
