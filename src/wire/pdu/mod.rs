@@ -298,11 +298,7 @@ pub fn layout(
 
 /// CRC32C as NVMe/TCP digests use it (seed !0, result inverted), bytes LE on the wire.
 pub fn digest(data: &[u8]) -> u32 {
-    crc32c::crc32c(data)
-}
-
-pub fn digest_append(crc: u32, data: &[u8]) -> u32 {
-    crc32c::crc32c_append(crc, data)
+    crc_fast::crc32_iscsi(data)
 }
 
 /// ICReq (§3.6.2.2).
