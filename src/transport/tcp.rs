@@ -2,16 +2,19 @@
 //! task. The reader reads each PDU header and has `rx` check it, moves data
 //! straight into DMA buffers, and starts one task per command; command tasks
 //! complete in any order and push their results to the outbox, which the
-//! writer (`writer.rs`) sends in batches.
+//! writer (`writer.rs`) sends in batches. How a checked command gets its
+//! memory and starts: `tcp/execute.rs`.
 //!
 //! Receive flow: ICReq → ICResp, then CapsuleCmd (SQE plus optional in-capsule
 //! data read straight into a DMA buffer), H2CData answering our R2Ts (read
 //! straight into the command's DMA buffer), or H2CTermReq.
 
+mod execute;
+
 use super::flow::{batch_for_depth, DepthEstimate, FLOW_BATCH};
 use super::outbox::Outbox;
 use super::recv::RecvBuf;
-use super::rx::{data_path, DataPath, Fatal, Pdu, Rx};
+use super::rx::{Fatal, Pdu, Rx};
 use super::socket::{self, PollingReader};
 use super::watchdog::watchdog;
 use super::writer::{writer, Out, Sender};
@@ -25,8 +28,7 @@ use crate::storage::{dma_buffer, Charge};
 use crate::trigger::Trigger;
 use crate::wire::command::{Sqe, SQE_LEN};
 use crate::wire::pdu::{
-    self, fes, field, pdu_type, DataHeader, Digests, FatalError, IcReq, IcResp, Layout, CH_LEN,
-    DIGEST_LEN,
+    self, fes, field, pdu_type, Digests, FatalError, IcReq, IcResp, Layout, CH_LEN, DIGEST_LEN,
 };
 use crate::wire::status::Status;
 use futures_lite::io::{ReadHalf, WriteHalf};
@@ -34,24 +36,14 @@ use futures_lite::AsyncWriteExt;
 use glommio::io::DmaBuffer;
 use glommio::net::TcpStream;
 use std::cell::{Cell, RefCell};
-use std::future::Future;
 use std::net::SocketAddr;
 use std::os::unix::io::AsRawFd;
 use std::rc::Rc;
-use std::task::{Context, Waker};
 use std::time::{Duration, Instant};
 
 /// How often a closing queue whose commands are still running at the
 /// backing says so.
 const DRAIN_REPORT_INTERVAL: Duration = Duration::from_secs(5);
-
-/// What a checked command does next.
-enum Plan {
-    /// Run it; `usize` is the data it may send to the host.
-    Execute(Option<Rc<Namespace>>, usize),
-    /// Ask for its data first (R2T) of this length.
-    R2T(Option<Rc<Namespace>>, usize),
-}
 
 /// Why the reader stopped.
 enum Stop {
@@ -466,105 +458,6 @@ impl Conn {
         Ok(())
     }
 
-    /// Start a checked command once the memory for its data (by R2T, or to
-    /// the host) is charged. When this core's DMA memory is spent the
-    /// command waits for it on its own: the host gets no R2T and sends no
-    /// data, and the reader goes on (H2CData of earlier R2Ts may be next).
-    fn dispatch(
-        self: &Rc<Self>,
-        sqe: Sqe,
-        plan: Plan,
-        icd: Option<DmaBuffer>,
-        charge: Option<Charge>,
-    ) {
-        // Writes take a buffer for their data; reads only where the backing
-        // reads into one (files); RAM ranges and null zeroes are sent as they
-        // are, and admin data is small heap memory.
-        let need = match &plan {
-            Plan::R2T(_, len) => *len,
-            Plan::Execute(Some(ns), len) if ns.backend.reads_into_buffer(*len) => *len,
-            Plan::Execute(..) => 0,
-        };
-        if need == 0 {
-            return self.run(sqe, plan, icd, charge);
-        }
-        drop(charge);
-        if let Some(c) = self.shard.dma.try_acquire(need) {
-            return self.run(sqe, plan, icd, Some(c));
-        }
-        self.waiting_mem.set(self.waiting_mem.get() + 1);
-        let me = self.clone();
-        glommio::spawn_local(async move {
-            let got =
-                futures_lite::future::or(async { Some(me.shard.dma.acquire(need).await) }, async {
-                    me.kill.wait().await;
-                    None
-                })
-                .await;
-            me.waiting_mem.set(me.waiting_mem.get() - 1);
-            match got {
-                Some(c) => me.run(sqe, plan, icd, Some(c)),
-                None => me.complete(sqe.cid(), Response::status(Status::SQ_DELETED), 0, None),
-            }
-        })
-        .detach();
-    }
-
-    fn run(self: &Rc<Self>, sqe: Sqe, plan: Plan, icd: Option<DmaBuffer>, charge: Option<Charge>) {
-        match plan {
-            Plan::R2T(ns, len) => self.start_r2t(sqe, ns, len, charge),
-            Plan::Execute(ns, max_len) => self.spawn_execute(sqe, ns, icd, max_len, charge),
-        }
-    }
-
-    /// Check a command and the data it carries or asks for.
-    fn plan(&self, sqe: &Sqe, icd: Option<&DmaBuffer>) -> Result<Plan, Status> {
-        let (xfer, ns) = self.q.prepare(sqe)?;
-        Ok(match data_path(xfer, sqe.sgl(), icd.map(|b| b.len()))? {
-            DataPath::Execute(len) => Plan::Execute(ns, len),
-            DataPath::R2T(len) => Plan::R2T(ns, len),
-        })
-    }
-
-    /// Charge in-capsule data to this core's DMA memory. When it is spent
-    /// the reader waits, and so stops reading the socket; but not while this
-    /// queue has R2Ts open or commands waiting for memory: their H2CData is
-    /// behind us in the stream, so waiting could deadlock. That memory is
-    /// charged over the limit instead (bounded by queue depth times the
-    /// in-capsule size). While the reader waits no new R2T can start here.
-    async fn charge_in_capsule(&self, len: usize) -> Charge {
-        let dma = &self.shard.dma;
-        if let Some(c) = dma.try_acquire(len) {
-            return c;
-        }
-        if self.waiting_mem.get() > 0 || self.rx.borrow().open_transfers() > 0 {
-            return dma.force(len);
-        }
-        // Waiting for memory is not the host's fault: the PDU timer stops.
-        let open = self.pdu_open.replace(false);
-        let c = dma.acquire(len).await;
-        self.pdu_open.set(open);
-        c
-    }
-
-    fn start_r2t(&self, sqe: Sqe, ns: Option<Rc<Namespace>>, len: usize, charge: Option<Charge>) {
-        let cid = sqe.cid();
-        let x = H2cXfer {
-            sqe,
-            ns,
-            buf: Some(dma_buffer(len)),
-            charge,
-        };
-        let ttag = self.rx.borrow_mut().open(cid, len, x);
-        // One R2T for the whole transfer; the host splits it at MAXH2CDATA.
-        self.out.push(Out::R2T(DataHeader {
-            cccid: cid,
-            ttag,
-            offset: 0,
-            length: len as u32,
-        }));
-    }
-
     /// H2CData that `rx` checked: read it into its transfer's buffer; once
     /// the transfer is whole, run its command.
     async fn on_h2c_data(
@@ -598,48 +491,6 @@ impl Conn {
             self.spawn_execute(x.sqe, x.ns, x.buf, 0, x.charge);
         }
         Ok(())
-    }
-
-    fn spawn_execute(
-        self: &Rc<Self>,
-        sqe: Sqe,
-        ns: Option<Rc<Namespace>>,
-        data: Option<DmaBuffer>,
-        max_len: usize,
-        charge: Option<Charge>,
-    ) {
-        // RAM and null namespaces never wait: run those commands right here
-        // instead of paying for a task. A lone read of a file or block
-        // device runs here up to its submission too, so that it reaches the
-        // device before this reader's next `recv` (an empty one at QD1,
-        // which stood between the command's arrival and its device issue);
-        // what waits goes on in a task. Not in a burst: reads submitted as
-        // they were parsed, each waking a loop device's worker before the
-        // next, cost a loop device 12% at QD32.
-        let lone_read = self.executing.get() == 0
-            && ns.is_some()
-            && sqe.opcode() == crate::wire::command::io::READ;
-        let inline = lone_read || ns.as_ref().is_some_and(|n| n.backend.is_synchronous());
-        let me = self.clone();
-        self.executing.set(self.executing.get() + 1);
-        let mut fut = Box::pin(async move {
-            let ctx = DoneCtx { max_len, charge };
-            me.q.run(&*me, sqe, ns, data, &me.kill, ctx).await;
-            me.executing.set(me.executing.get() - 1);
-        });
-        if inline {
-            let mut cx = Context::from_waker(Waker::noop());
-            if fut.as_mut().poll(&mut cx).is_ready() {
-                return;
-            }
-        }
-        glommio::spawn_local(fut).detach();
-    }
-
-    /// A command that ends without running (or with a transport error).
-    fn complete(&self, cid: u16, resp: Response, max_len: usize, charge: Option<Charge>) {
-        self.q
-            .complete(self, cid, resp, DoneCtx { max_len, charge });
     }
 
     /// Say why the reader stopped; a fatal transport error queues its
