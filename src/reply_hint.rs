@@ -1,7 +1,8 @@
 //! A hint between the tasks of one executor: the storage ring just
 //! completed operations, so tasks were woken with replies on their way to
-//! hosts. Such a reply takes two hops to its socket (the ring wakes the
-//! command's task, which wakes its connection's writer), and the socket
+//! hosts. Such a reply takes up to two hops to its socket (the ring wakes
+//! the command's task, which wakes its connection's writer unless it sends
+//! the reply itself: `writer::send_inline`), and the socket
 //! poller (transport/readiness.rs) lets both run before its next
 //! `epoll_wait`. glommio runs woken tasks in order, and the poller, which
 //! yields every round, was nearly always ahead of them: a file read at QD1

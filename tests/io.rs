@@ -518,3 +518,69 @@ fn file_reads_in_flight_together_arrive_whole_and_in_place() {
     drop(t);
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn file_reads_to_a_host_that_stops_reading_arrive_whole_and_in_order() {
+    // A lone read's reply leaves from its command's task when the writer
+    // has nothing to send; to a host that reads slowly (4 KiB receive
+    // buffer) through a small send buffer, the socket takes only part of
+    // 128 KiB, and the writer must send the rest before anything after it. Each read is sent once the one
+    // before has completed, so every one of them is a lone read.
+    use common::raw::{enabled_admin, read_cmd, slow_reader, Rx};
+    const READS: u64 = 6;
+    const BLOCKS: u32 = 32;
+    let len = BLOCKS as usize * 4096;
+    let dir = scratch_dir("slowhost");
+    let file = dir.join("ns.img");
+    std::fs::write(&file, pattern(READS as usize * len, 77)).unwrap();
+    let spec = format!("{},bs=4096", file.display());
+    let t = Target::start(&[
+        "--subsystem",
+        NQN,
+        "--namespace",
+        &spec,
+        "--cores",
+        "1",
+        "--socket-buffer",
+        "16K",
+    ]);
+    let want = pattern(READS as usize * len, 77);
+    for d in [
+        Digests::default(),
+        Digests {
+            header: true,
+            data: true,
+        },
+    ] {
+        let (_admin, cntlid) = enabled_admin(t.addr, d);
+        let mut p = slow_reader(t.addr, cntlid, d);
+        for i in 0..READS {
+            p.send(&read_cmd(10 + i as u16, i * BLOCKS as u64, BLOCKS, d));
+            // Long enough for the read to complete and its reply to begin.
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        for i in 0..READS {
+            let cid = 10 + i as u16;
+            let mut got = Vec::new();
+            loop {
+                match p.recv() {
+                    Some(Rx::Data(h, data, _)) => {
+                        assert_eq!(h.cccid, cid, "read {i}: data of another command");
+                        assert_eq!(h.offset as usize, got.len(), "read {i}: data out of order");
+                        got.extend_from_slice(&data);
+                    }
+                    Some(Rx::Resp(c)) => {
+                        assert_eq!(c.cid, cid, "read {i}: completion out of order");
+                        assert!(c.status.is_success(), "read {i}: {c:?}");
+                        break;
+                    }
+                    other => panic!("read {i}: {other:?}"),
+                }
+            }
+            let at = i as usize * len;
+            assert!(got == want[at..at + len], "read {i}: data differs");
+        }
+    }
+    drop(t);
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -256,30 +256,36 @@ impl<R: AsyncRead + Unpin> Recv for PollingReader<R> {
 /// Most pieces one sendmsg carries; longer lists take several calls.
 const MAX_IOV: usize = 64;
 
-/// Send every byte of `parts`, in order: vectored, non-blocking sendmsg
-/// calls while the socket buffer takes them; when it is full, the current
-/// piece goes through `w` (io_uring), then non-blocking sends resume.
-pub async fn send_all<'p, W: AsyncWrite + Unpin>(
+/// How far a send got: the piece, and the offset in it, to go on from.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SendPos {
+    pub piece: usize,
+    pub off: usize,
+}
+
+/// Send what is left of `parts` from `pos` with non-blocking vectored
+/// sendmsg calls while the socket takes them; `pos` moves past what was
+/// sent. `true` once every byte is sent, `false` when the socket is full.
+pub fn send_now<'p>(
     fd: RawFd,
-    w: &mut W,
-    reg: Option<&Registration>,
+    pos: &mut SendPos,
     count: usize,
     part: impl Fn(usize) -> SendPart<'p>,
-    release: impl Fn(),
-) -> io::Result<()> {
-    let (mut i, mut off) = (0usize, 0usize);
-    while i < count {
-        if off == part(i).len() {
-            i += 1;
-            off = 0;
-            continue;
+) -> io::Result<bool> {
+    loop {
+        while pos.piece < count && pos.off == part(pos.piece).len() {
+            pos.piece += 1;
+            pos.off = 0;
+        }
+        if pos.piece == count {
+            return Ok(true);
         }
         let mut iov = [libc::iovec {
             iov_base: std::ptr::null_mut(),
             iov_len: 0,
         }; MAX_IOV];
         let mut n = 0;
-        let (mut j, mut o) = (i, off);
+        let (mut j, mut o) = (pos.piece, pos.off);
         while j < count && n < MAX_IOV {
             let pj = part(j);
             if o < pj.len() {
@@ -306,45 +312,61 @@ pub async fn send_all<'p, W: AsyncWrite + Unpin>(
                 libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
             ))?
         };
-        match sent {
-            Try::Done(mut k) => {
-                while k > 0 {
-                    let rem = part(i).len() - off;
-                    if k >= rem {
-                        k -= rem;
-                        i += 1;
-                        off = 0;
-                    } else {
-                        off += k;
-                        k = 0;
-                    }
-                }
-            }
-            Try::WouldBlock => {
-                // The socket is full, for how long the host decides: what
-                // the batch still holds of RAM disks becomes copies first.
-                release();
-                // While the core polls, wait for room
-                // with the readers; once it parks, the rest of this piece
-                // waits in io_uring.
-                if let Some(reg) = reg {
-                    if reg.wait(Dir::Tx).await == Verdict::Ready {
-                        continue;
-                    }
-                }
-                let _io = IoWait::new();
-                match part(i) {
-                    SendPart::Bytes(b) => w.write_all(&b[off..]).await?,
-                    SendPart::Ram(disk, offset, len) => {
-                        let mut copy = vec![0u8; len];
-                        disk.read(offset, &mut copy);
-                        w.write_all(&copy[off..]).await?
-                    }
-                }
-                i += 1;
-                off = 0;
+        let Try::Done(mut k) = sent else {
+            return Ok(false);
+        };
+        while k > 0 {
+            let rem = part(pos.piece).len() - pos.off;
+            if k >= rem {
+                k -= rem;
+                pos.piece += 1;
+                pos.off = 0;
+            } else {
+                pos.off += k;
+                k = 0;
             }
         }
+    }
+}
+
+/// Send every byte of `parts` from `pos` on, in order: non-blocking sends
+/// (`send_now`) while the socket buffer takes them; when it is full, the
+/// current piece goes through `w` (io_uring), then non-blocking sends
+/// resume.
+pub async fn send_all<'p, W: AsyncWrite + Unpin>(
+    fd: RawFd,
+    w: &mut W,
+    reg: Option<&Registration>,
+    mut pos: SendPos,
+    count: usize,
+    part: impl Fn(usize) -> SendPart<'p>,
+    release: impl Fn(),
+) -> io::Result<()> {
+    while !send_now(fd, &mut pos, count, &part)? {
+        // The socket is full, for how long the host decides: what the batch
+        // still holds of RAM disks becomes copies first.
+        release();
+        // While the core polls, wait for room with the readers; once it
+        // parks, the rest of this piece waits in io_uring.
+        if let Some(reg) = reg {
+            if reg.wait(Dir::Tx).await == Verdict::Ready {
+                continue;
+            }
+        }
+        let _io = IoWait::new();
+        let off = pos.off;
+        match part(pos.piece) {
+            SendPart::Bytes(b) => w.write_all(&b[off..]).await?,
+            SendPart::Ram(disk, offset, len) => {
+                let mut copy = vec![0u8; len];
+                disk.read(offset, &mut copy);
+                w.write_all(&copy[off..]).await?
+            }
+        }
+        pos = SendPos {
+            piece: pos.piece + 1,
+            off: 0,
+        };
     }
     Ok(())
 }
@@ -366,5 +388,39 @@ mod tests {
         assert!(check_congestion("reno").is_ok());
         let e = check_congestion("no-such-algorithm").unwrap_err();
         assert!(e.contains("available"), "{e}");
+    }
+
+    #[test]
+    fn send_now_stops_when_the_socket_is_full_and_goes_on_where_it_stopped() {
+        use std::io::Read;
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut c = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let (a, _) = l.accept().unwrap();
+        a.set_nonblocking(true).unwrap();
+        set_buffers(a.as_raw_fd(), 8192).unwrap();
+        // Pieces of odd sizes, 3 MiB in all: more than the buffers hold.
+        let pieces: Vec<Vec<u8>> = (0..40u32)
+            .map(|k| {
+                (0..(k as usize * 3989 % 150_000 + 1))
+                    .map(|x| (x as u32 * 7 + k) as u8)
+                    .collect()
+            })
+            .collect();
+        let all: Vec<u8> = pieces.concat();
+        let part = |k: usize| SendPart::Bytes(&pieces[k]);
+        let mut pos = SendPos::default();
+        assert!(!send_now(a.as_raw_fd(), &mut pos, pieces.len(), part).unwrap());
+        assert!(pos.piece < pieces.len() && pos.off < pieces[pos.piece].len());
+        let got = std::thread::spawn(move || {
+            let mut got = Vec::new();
+            c.read_to_end(&mut got).unwrap();
+            got
+        });
+        while !send_now(a.as_raw_fd(), &mut pos, pieces.len(), part).unwrap() {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        assert_eq!(pos.piece, pieces.len());
+        drop(a);
+        assert!(got.join().unwrap() == all, "the bytes sent differ");
     }
 }

@@ -17,7 +17,7 @@ use super::recv::RecvBuf;
 use super::rx::{Fatal, Pdu, Rx};
 use super::socket::{self, PollingReader};
 use super::watchdog::watchdog;
-use super::writer::{writer, Out, Sender};
+use super::writer::{self, writer, Out, Sender};
 use crate::balance::Seat;
 use crate::config::ADMIN_IN_CAPSULE_DATA;
 use crate::nvme::fabrics::Binding;
@@ -37,7 +37,7 @@ use glommio::io::DmaBuffer;
 use glommio::net::TcpStream;
 use std::cell::{Cell, RefCell};
 use std::net::SocketAddr;
-use std::os::unix::io::AsRawFd;
+use std::os::unix::io::{AsRawFd, RawFd};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
@@ -100,7 +100,14 @@ impl Transport for Conn {
         if self.out.stalled() {
             done.release_hold();
         }
-        self.out.push(done);
+        if !self.may_send_inline(&done) {
+            self.out.push(done);
+            return;
+        }
+        let mut enc = self.inline_enc.borrow_mut();
+        if let Some(rest) = writer::send_inline(self, self.fd, done, &mut enc) {
+            self.out.push(rest);
+        }
     }
 
     /// No I/O will weigh on this core through an admin or discovery queue.
@@ -135,6 +142,12 @@ pub struct Conn {
     /// This connection's weight in where new connections go; given up
     /// once it is an admin queue (`balance`).
     seat: Seat,
+    /// The socket (open while the reader or the writer lives).
+    fd: RawFd,
+    /// The reader is running a command in its own task (`spawn_execute`).
+    reader_running: Cell<bool>,
+    /// Buffers of completions sent by their command's task.
+    inline_enc: RefCell<writer::Encoded>,
 }
 
 impl Drop for Conn {
@@ -181,6 +194,9 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream, kill: Rc<Trigger>, seat:
         pdu_open: Cell::new(false),
         pdus: Cell::new(0),
         seat,
+        fd,
+        reader_running: Cell::new(false),
+        inline_enc: RefCell::new(writer::Encoded::default()),
     });
     let writer = glommio::spawn_local(writer(conn.clone(), Sender { fd, w, reg }));
     // Awaited, never dropped: glommio 0.9 does not free a task cancelled
@@ -292,6 +308,27 @@ async fn read_header(
 }
 
 impl Conn {
+    /// Whether a completion may skip the writer (`writer::send_inline`):
+    /// it comes from a command's own task after waiting on storage (not
+    /// from the reader, whose burst of completions is better sent in one
+    /// batch), no other command of the queue runs or waits for memory (a
+    /// QD1 host), the writer waits with nothing queued, and the connection
+    /// is not closing (so the socket is open).
+    fn may_send_inline(&self, item: &Out) -> bool {
+        let Out::Done { resp, .. } = item else {
+            return false;
+        };
+        !resp.close_after
+            && !self.reader_running.get()
+            && self.executing.get() == 1
+            && self.waiting_mem.get() == 0
+            && self.out.queued() == 0
+            && self.out.writer_idle()
+            && !self.out.stalled()
+            && !self.out.is_closed()
+            && !self.kill.fired()
+    }
+
     fn max_in_capsule(&self) -> usize {
         let st = self.q.state.borrow();
         match st.binding {

@@ -151,7 +151,10 @@ impl Conn {
         });
         if inline {
             let mut cx = Context::from_waker(Waker::noop());
-            if fut.as_mut().poll(&mut cx).is_ready() {
+            self.reader_running.set(true);
+            let ready = fut.as_mut().poll(&mut cx).is_ready();
+            self.reader_running.set(false);
+            if ready {
                 return;
             }
         }
