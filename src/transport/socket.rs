@@ -398,7 +398,7 @@ mod tests {
         let (a, _) = l.accept().unwrap();
         a.set_nonblocking(true).unwrap();
         set_buffers(a.as_raw_fd(), 8192).unwrap();
-        // Pieces of odd sizes, 3 MiB in all: more than the buffers hold.
+        // Pieces of odd sizes, 2.7 MiB in all: more than the buffers hold.
         let pieces: Vec<Vec<u8>> = (0..40u32)
             .map(|k| {
                 (0..(k as usize * 3989 % 150_000 + 1))
