@@ -1,0 +1,161 @@
+//! The ring against real files and pipes on one executor.
+
+use super::*;
+use std::io::Write;
+
+fn run<F: Future<Output = ()> + 'static>(f: impl FnOnce() -> F + Send + 'static) {
+    glommio::LocalExecutorBuilder::default()
+        .spawn(f)
+        .unwrap()
+        .join()
+        .unwrap();
+}
+
+/// A new file of `len` bytes in the temporary directory, read-write.
+fn temp_file(name: &str, len: u64) -> (std::path::PathBuf, Rc<OwnedFd>) {
+    let path = std::env::temp_dir().join(format!("{name}-{}", std::process::id()));
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&path)
+        .unwrap();
+    f.set_len(len).unwrap();
+    (path, Rc::new(OwnedFd::from(f)))
+}
+
+fn buffer(fill: u8) -> DmaBuffer {
+    let mut b = glommio::allocate_dma_buffer(4096);
+    b.as_bytes_mut().fill(fill);
+    b
+}
+
+#[test]
+fn writes_reads_syncs_and_reports_the_errno() {
+    run(|| async {
+        let (path, file) = temp_file("uring", 8192);
+        let ring = Ring::current().unwrap();
+        let (n, _) = ring.write(&file, 4096, buffer(7)).await;
+        assert_eq!(n.unwrap(), 4096);
+        ring.fdatasync(&file).await.unwrap();
+        let (n, b) = ring.read(&file, 4096, buffer(0)).await;
+        assert_eq!(n.unwrap(), 4096);
+        assert!(b.as_bytes().iter().all(|&x| x == 7));
+        // Past the end: a short read, not an error.
+        let (n, _) = ring.read(&file, 8192, buffer(0)).await;
+        assert_eq!(n.unwrap(), 0);
+        let mode = libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE;
+        ring.fallocate(&file, mode, 4096, 4096).await.unwrap();
+        let (_, b) = ring.read(&file, 4096, buffer(1)).await;
+        assert!(b.as_bytes().iter().all(|&x| x == 0));
+        // A file opened read-only cannot be written: EBADF comes back.
+        let ro = Rc::new(OwnedFd::from(std::fs::File::open(&path).unwrap()));
+        let (n, _) = ring.write(&ro, 0, buffer(1)).await;
+        assert_eq!(n.unwrap_err().raw_os_error(), Some(libc::EBADF));
+        assert_eq!(in_flight(), 0);
+        std::fs::remove_file(&path).unwrap();
+    });
+}
+
+/// Alone, a write goes to the kernel at once; while others are in
+/// flight writes are gathered, and still all go within the round; a
+/// read goes at once.
+#[test]
+fn a_lone_operation_goes_at_once_and_a_burst_is_gathered() {
+    run(|| async {
+        let (path, file) = temp_file("uring-g", 64 * 4096);
+        let ring = Ring::current().unwrap();
+        let lone = ring.write(&file, 0, buffer(1));
+        // (glommio runs a spawned task's first poll at once: the reaper
+        // may already have reaped it.)
+        assert_eq!(ring.enters.get(), 1);
+        assert_eq!(ring.queued.get() + ring.backlog.borrow().len() as u32, 0);
+        lone.await.0.unwrap();
+        // A burst of 16 while one is in flight.
+        let before = ring.enters.get();
+        let mut ops: Vec<_> = (0..17u8)
+            .map(|i| ring.write(&file, (i as u64 + 1) * 4096, buffer(i)))
+            .collect();
+        assert_eq!(ring.enters.get() - before, 1 + 16 / GATHER as u64);
+        // A read (of the lone write's block) does not wait to be gathered.
+        let read = ring.read(&file, 0, buffer(0));
+        assert_eq!(ring.enters.get() - before, 2 + 16 / GATHER as u64);
+        assert_eq!(read.await.1.as_bytes()[0], 1);
+        for op in ops.drain(..) {
+            assert_eq!(op.await.0.unwrap(), 4096);
+        }
+        assert!(ring.enters.get() - before <= 3 + 16 / GATHER as u64);
+        for i in 0..17u8 {
+            let (n, b) = ring.read(&file, (i as u64 + 1) * 4096, buffer(0xff)).await;
+            assert_eq!(n.unwrap(), 4096);
+            assert!(b.as_bytes().iter().all(|&x| x == i));
+        }
+        std::fs::remove_file(&path).unwrap();
+    });
+}
+
+#[test]
+fn a_dropped_operation_keeps_its_buffer_until_the_kernel_is_done() {
+    run(|| async {
+        let (rx, mut tx) = std::io::pipe().unwrap();
+        let rx = Rc::new(OwnedFd::from(rx));
+        let ring = Ring::current().unwrap();
+        // A read of an empty pipe waits in the kernel; its command
+        // gives up on it.
+        let gave_up = futures_lite::future::or(
+            async {
+                let _ = ring.read(&rx, 0, buffer(0)).await;
+                false
+            },
+            async {
+                glommio::timer::sleep(Duration::from_millis(20)).await;
+                true
+            },
+        )
+        .await;
+        assert!(gave_up);
+        assert_eq!(in_flight(), 1, "the read is still the kernel's");
+        // Its data arrives later, into the buffer the ring kept.
+        tx.write_all(&[5u8; 100]).unwrap();
+        let t = Instant::now();
+        while in_flight() > 0 && t.elapsed() < Duration::from_secs(5) {
+            glommio::timer::sleep(Duration::from_millis(1)).await;
+        }
+        assert_eq!(in_flight(), 0);
+        assert!(ring.ops.borrow().is_empty());
+    });
+}
+
+/// I/O slower than the poll window: the core sleeps, and the completion
+/// wakes it (the timer alone would see it up to an eighth of its wait
+/// late, up to `MAX_BACKOFF`).
+#[test]
+fn a_completion_wakes_a_core_that_sleeps_on_slow_io() {
+    run(|| async {
+        let ring = Ring::current().unwrap();
+        assert!(
+            ring.signal.is_some(),
+            "the kernel takes a completion eventfd"
+        );
+        let (rx, mut tx) = std::io::pipe().unwrap();
+        let rx = Rc::new(OwnedFd::from(rx));
+        let before = ring.signalled.get();
+        for _ in 0..3 {
+            let read = ring.read(&rx, 0, buffer(0));
+            // The pipe gets its byte long after the poll window.
+            let mut w = tx.try_clone().unwrap();
+            let writer = std::thread::spawn(move || {
+                std::thread::sleep(IO_POLL * 30);
+                w.write_all(&[9]).unwrap();
+            });
+            let (n, b) = read.await;
+            assert_eq!(n.unwrap(), 1);
+            assert_eq!(b.as_bytes()[0], 9);
+            writer.join().unwrap();
+        }
+        // A timer could end a sleep just as the byte lands (rarely).
+        assert!(ring.signalled.get() - before >= 2, "woken by completions");
+        tx.flush().unwrap();
+    });
+}
