@@ -36,7 +36,7 @@ fn writes_reads_syncs_and_reports_the_errno() {
     run(|| async {
         let (path, file) = temp_file("uring", 8192);
         let ring = Ring::current().unwrap();
-        let (n, _) = ring.write(&file, 4096, buffer(7)).await;
+        let (n, _) = ring.write(&file, 4096, buffer(7), Submit::Gather).await;
         assert_eq!(n.unwrap(), 4096);
         ring.fdatasync(&file).await.unwrap();
         let (n, b) = ring.read(&file, 4096, buffer(0)).await;
@@ -51,7 +51,7 @@ fn writes_reads_syncs_and_reports_the_errno() {
         assert!(b.as_bytes().iter().all(|&x| x == 0));
         // A file opened read-only cannot be written: EBADF comes back.
         let ro = Rc::new(OwnedFd::from(std::fs::File::open(&path).unwrap()));
-        let (n, _) = ring.write(&ro, 0, buffer(1)).await;
+        let (n, _) = ring.write(&ro, 0, buffer(1), Submit::Now).await;
         assert_eq!(n.unwrap_err().raw_os_error(), Some(libc::EBADF));
         assert_eq!(in_flight(), 0);
         std::fs::remove_file(&path).unwrap();
@@ -60,13 +60,13 @@ fn writes_reads_syncs_and_reports_the_errno() {
 
 /// Alone, a write goes to the kernel at once; while others are in
 /// flight writes are gathered, and still all go within the round; a
-/// read goes at once.
+/// read, and a write asked to go now, go at once.
 #[test]
 fn a_lone_operation_goes_at_once_and_a_burst_is_gathered() {
     run(|| async {
         let (path, file) = temp_file("uring-g", 64 * 4096);
         let ring = Ring::current().unwrap();
-        let lone = ring.write(&file, 0, buffer(1));
+        let lone = ring.write(&file, 0, buffer(1), Submit::Gather);
         // (glommio runs a spawned task's first poll at once: the reaper
         // may already have reaped it.)
         assert_eq!(ring.enters.get(), 1);
@@ -75,7 +75,7 @@ fn a_lone_operation_goes_at_once_and_a_burst_is_gathered() {
         // A burst of 16 while one is in flight.
         let before = ring.enters.get();
         let mut ops: Vec<_> = (0..17u8)
-            .map(|i| ring.write(&file, (i as u64 + 1) * 4096, buffer(i)))
+            .map(|i| ring.write(&file, (i as u64 + 1) * 4096, buffer(i), Submit::Gather))
             .collect();
         assert_eq!(ring.enters.get() - before, 1 + 16 / GATHER as u64);
         // A read (of the lone write's block) does not wait to be gathered.
@@ -86,6 +86,15 @@ fn a_lone_operation_goes_at_once_and_a_burst_is_gathered() {
             assert_eq!(op.await.0.unwrap(), 4096);
         }
         assert!(ring.enters.get() - before <= 3 + 16 / GATHER as u64);
+        // Writes that go now, each while the others are in flight.
+        let before = ring.enters.get();
+        let now: Vec<_> = (0..8u8)
+            .map(|i| ring.write(&file, (i as u64 + 20) * 4096, buffer(i), Submit::Now))
+            .collect();
+        assert_eq!(ring.enters.get() - before, 8);
+        for op in now {
+            assert_eq!(op.await.0.unwrap(), 4096);
+        }
         for i in 0..17u8 {
             let (n, b) = ring.read(&file, (i as u64 + 1) * 4096, buffer(0xff)).await;
             assert_eq!(n.unwrap(), 4096);
