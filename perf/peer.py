@@ -24,8 +24,8 @@ import time
 
 from abba import idle_cpu as abba_idle_cpu
 from abba import (CLIENT_CPU, TARGET_CPU, build, cpu_ticks, header, log, med, prepare_spdk,
-                  proc_ticks, spdk_perf, spread, start_nvmf_tpc, start_spdk, stop, wait_idle,
-                  write_result)
+                  proc_ticks, spdk_perf, spread, start_nvmf_tpc, start_spdk, steal_ticks, stop,
+                  wait_idle, write_result)
 
 NQN = "nqn.2026-11.io.nvmf-tpc:peer"
 # name: (label, spdk_nvme_perf flags); the rows of issue #16's table.
@@ -59,9 +59,9 @@ def run_once(name, row, secs):
     hz = os.sysconf("SC_CLK_TCK")
     try:
         time.sleep(0.5)
-        t0, (b0, _) = proc_ticks(pid), cpu_ticks(TARGET_CPU)
+        t0, (b0, _), s0 = proc_ticks(pid), cpu_ticks(TARGET_CPU), steal_ticks()
         r = spdk_perf(port, nqn, ROWS[row][1].split(), secs)
-        t1, (b1, _) = proc_ticks(pid), cpu_ticks(TARGET_CPU)
+        t1, (b1, _), s1 = proc_ticks(pid), cpu_ticks(TARGET_CPU), steal_ticks()
     finally:
         stop(p)
     own, busy = (t1 - t0) / hz, (b1 - b0) / hz
@@ -71,6 +71,7 @@ def run_once(name, row, secs):
         return None
     r["cpu_us"] = own * 1e6 / max(1.0, r["iops"] * secs)
     r["cpu"] = own / secs
+    r["steal"] = (s1 - s0) / hz / secs
     return r
 
 
@@ -93,27 +94,31 @@ def table(results, discarded, pairs, secs):
     lines = [
         "| workload (spdk_nvme_perf) | SPDK IOPS | nvmf-tpc IOPS | **IOPS / SPDK** (range) |"
         " p50 µs SPDK / ours | p99 µs SPDK / ours | p99 / SPDK | target CPU µs per I/O SPDK / ours |"
-        " runs discarded |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        " host steal ms/s SPDK / ours | runs discarded |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     ratios = {}
     for row, r in results.items():
         ours, spdk = r["ours"], r["spdk"]
         ratios[row] = [o["iops"] / s["iops"] for o, s in zip(ours, spdk)]
-        mo = {k: med([x[k] for x in ours]) for k in ("iops", "p50", "p99", "cpu_us")}
-        ms = {k: med([x[k] for x in spdk]) for k in ("iops", "p50", "p99", "cpu_us")}
+        keys = ("iops", "p50", "p99", "cpu_us", "steal")
+        mo = {k: med([x[k] for x in ours]) for k in keys}
+        ms = {k: med([x[k] for x in spdk]) for k in keys}
         lines.append(
             f"| {ROWS[row][0]} | {ms['iops']:,.0f} | {mo['iops']:,.0f} |"
             f" **{med(ratios[row]):.2f}** ({spread(ratios[row])}) |"
             f" {ms['p50']:.0f} / {mo['p50']:.0f} | {ms['p99']:.0f} / {mo['p99']:.0f} |"
             f" {mo['p99'] / ms['p99']:.2f} | {ms['cpu_us']:.1f} / {mo['cpu_us']:.1f} |"
+            f" {ms['steal'] * 1000:.0f} / {mo['steal'] * 1000:.0f} |"
             f" {discarded.get(row, 0)} |")
     lines.append("")
     lines.append(
         f"Medians of {pairs} alternated pairs of {secs} s: spdk_nvme_perf on CPU {CLIENT_CPU}, each "
         f"target alone on CPU {TARGET_CPU} with a 1 GiB RAM namespace of 4 KiB blocks. The ratio "
         "column is the median of the per-pair ratios and their range. SPDK's target polls its CPU "
-        "at 100% whatever the load, so its CPU per I/O is its whole core divided by its rate.")
+        "at 100% whatever the load, so its CPU per I/O is its whole core divided by its rate. "
+        "Host steal: the time the host kept the VM's vCPUs from running during the run (both "
+        "CPUs, /proc/stat), per second.")
     return "\n".join(lines), ratios
 
 
@@ -168,7 +173,7 @@ def main():
                 x = run(name, row, a.time, discarded)
                 r[name].append(x)
                 log(f"{row} pair {i + 1} {name}: {x['iops']:,.0f} IOPS, p50 {x['p50']:.0f} µs, "
-                    f"p99 {x['p99']:.0f} µs, CPU {x['cpu']:.0%}")
+                    f"p99 {x['p99']:.0f} µs, CPU {x['cpu']:.0%}, steal {x['steal'] * 1000:.0f} ms/s")
     idle = {name: idle_cpu(name) for name in ("ours", "spdk")}
     text, ratios = table(results, discarded, a.pairs, a.time)
     text += (f"\n\nTarget CPU with one connected, idle controller (10 s): nvmf-tpc {idle['ours']}, "

@@ -33,8 +33,8 @@ import time
 
 from abba import idle_cpu as abba_idle_cpu
 from abba import (CLIENT_CPU, TARGET_CPU, apt_install, build, header, log, med, prepare_spdk,
-                  proc_ticks, spdk_perf, spread, start_nvmf_tpc, start_spdk, stop, wait_idle,
-                  write_result)
+                  proc_ticks, spdk_perf, spread, start_nvmf_tpc, start_spdk, steal_ticks, stop,
+                  wait_idle, write_result)
 
 
 OURS_NQN = "nqn.2026-11.io.nvmf-tpc:storage"
@@ -72,9 +72,11 @@ def run_target(start, backing, row, secs):
     p, pid, port, nqn = start(backing)
     try:
         time.sleep(0.5)
-        t0 = proc_ticks(pid)
+        t0, s0 = proc_ticks(pid), steal_ticks()
         r = spdk_perf(port, nqn, row_args(row), secs)
-        r["cpu"] = (proc_ticks(pid) - t0) / os.sysconf("SC_CLK_TCK") / secs
+        hz = os.sysconf("SC_CLK_TCK")
+        r["cpu"] = (proc_ticks(pid) - t0) / hz / secs
+        r["steal"] = (steal_ticks() - s0) / hz / secs
     finally:
         stop(p)
     return r
@@ -130,16 +132,18 @@ def table(results, pairs, secs):
     lines = [
         "| backing | row | fio bare IOPS, client CPU idle / busy | SPDK IOPS | nvmf-tpc IOPS |"
         " **/ SPDK** (range) | / bare, idle / busy | p50 µs SPDK / ours | p99 µs SPDK / ours |"
-        " mean over busy bare µs SPDK / ours | target CPU SPDK / ours |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        " mean over busy bare µs SPDK / ours | target CPU SPDK / ours |"
+        " host steal ms/s SPDK / ours |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for (backing, row), r in results.items():
         ours, spdk, fio, busy = r["ours"], r["spdk"], r["fio"], r["fio_busy"]
         if not ours or not spdk or not fio or not busy:
             continue
         ratios = [o["iops"] / s["iops"] for o, s in zip(ours, spdk)]
-        mo = {k: med([x[k] for x in ours]) for k in ("iops", "p50", "p99", "mean", "cpu")}
-        ms = {k: med([x[k] for x in spdk]) for k in ("iops", "p50", "p99", "mean", "cpu")}
+        keys = ("iops", "p50", "p99", "mean", "cpu", "steal")
+        mo = {k: med([x[k] for x in ours]) for k in keys}
+        ms = {k: med([x[k] for x in spdk]) for k in keys}
         mf = {k: med([x[k] for x in fio]) for k in ("iops", "mean")}
         mb = {k: med([x[k] for x in busy]) for k in ("iops", "mean")}
         lines.append(
@@ -149,14 +153,18 @@ def table(results, pairs, secs):
             f" {mo['iops'] / mf['iops']:.2f} / {mo['iops'] / mb['iops']:.2f} |"
             f" {ms['p50']:.0f} / {mo['p50']:.0f} | {ms['p99']:.0f} / {mo['p99']:.0f} |"
             f" {ms['mean'] - mb['mean']:.1f} / {mo['mean'] - mb['mean']:.1f} |"
-            f" {ms['cpu']:.0%} / {mo['cpu']:.0%} |")
+            f" {ms['cpu']:.0%} / {mo['cpu']:.0%} |"
+            f" {ms['steal'] * 1000:.0f} / {mo['steal'] * 1000:.0f} |")
     lines.append("")
     lines.append(f"Medians of {pairs} alternated pairs of {secs} s (spdk_nvme_perf on CPU {CLIENT_CPU}, "
                  f"each target alone on CPU {TARGET_CPU}); the ratio column is the median of the "
                  "per-pair ratios and their range. fio: io_uring, O_DIRECT, on the target CPU, "
                  f"once with CPU {CLIENT_CPU} idle and once with it held by a spinning process, "
                  "as spdk_nvme_perf (which polls) holds it while the targets run: on a VM the "
-                 "other vCPU's load can change the virtual disk's own rate.")
+                 "other vCPU's load can change the virtual disk's own rate. Host steal: "
+                 "the time the host kept the VM's vCPUs from running during the run (both "
+                 "CPUs, from /proc/stat), per second; it rises when the run uses more of "
+                 "the VM's CPU allowance, the virtual disk's work included.")
     return "\n".join(lines)
 
 
@@ -200,7 +208,8 @@ def main():
                         x = run_target(start, path, row, a.time)
                         r[name].append(x)
                         log(f"{b} {row} pair {i + 1} {name}: {x['iops']:,.0f} IOPS, "
-                            f"p50 {x['p50']:.0f} µs, p99 {x['p99']:.0f} µs, CPU {x['cpu']:.0%}")
+                            f"p50 {x['p50']:.0f} µs, p99 {x['p99']:.0f} µs, CPU {x['cpu']:.0%}, "
+                            f"steal {x['steal'] * 1000:.0f} ms/s")
                     for key, busy in (("fio", False), ("fio_busy", True)):
                         x = run_fio(path, row, a.time, busy)
                         r[key].append(x)
