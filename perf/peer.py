@@ -173,7 +173,8 @@ def main():
                 x = run(name, row, a.time, discarded)
                 r[name].append(x)
                 log(f"{row} pair {i + 1} {name}: {x['iops']:,.0f} IOPS, p50 {x['p50']:.0f} µs, "
-                    f"p99 {x['p99']:.0f} µs, CPU {x['cpu']:.0%}, steal {x['steal'] * 1000:.0f} ms/s")
+                    f"p99 {x['p99']:.0f} µs, CPU {x['cpu']:.0%}, "
+                    f"steal {x['steal'] * 1000:.0f} ms/s")
     idle = {name: idle_cpu(name) for name in ("ours", "spdk")}
     text, ratios = table(results, discarded, a.pairs, a.time)
     text += (f"\n\nTarget CPU with one connected, idle controller (10 s): nvmf-tpc {idle['ours']}, "
