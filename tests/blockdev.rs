@@ -4,7 +4,7 @@
 //! become an NVMe status while the target keeps serving.
 
 mod common;
-use common::devices::{sh, Loop, Mount};
+use common::devices::{sh, Loop, Mount, Throttle, Zram};
 use common::*;
 use nvmf_tpc::host::{Controller, HostConfig, HostError};
 use nvmf_tpc::wire::identify::cns;
@@ -69,6 +69,87 @@ fn block_device_namespace() {
 
 /// A block device served by one target is claimed (O_EXCL and a lock): a
 /// second target refuses it and names the holder; so is a mounted device.
+/// zram is bio-based and never declared that it takes I/O without
+/// blocking, so io_uring would hand each read and write to a worker thread:
+/// it is served through Linux AIO, and its data must come back the same,
+/// also when a write waits long in the device (throttled here).
+#[test]
+fn a_device_that_cannot_take_io_without_blocking_is_served_through_aio() {
+    use nvmf_tpc::storage::file::takes_nowait;
+    use std::os::unix::fs::OpenOptionsExt;
+    use std::os::unix::io::AsRawFd;
+    let Some(z) = Zram::add(64 << 20) else {
+        eprintln!("SKIPPED: this kernel has no zram");
+        return;
+    };
+    let open = |p: &str| {
+        std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_DIRECT)
+            .open(p)
+            .unwrap()
+    };
+    assert!(!takes_nowait(open(&z.0).as_raw_fd()));
+    let dir = scratch_dir("zram");
+    let img = dir.join("lo.img");
+    sparse_file(&img, 1 << 20);
+    let lo = Loop::attach(&img);
+    assert!(takes_nowait(open(&lo.0).as_raw_fd()), "a loop device does");
+    drop(lo);
+
+    let t = Target::start(&["--subsystem", NQN, "--namespace", &z.0]);
+    assert!(t.output().contains("through Linux AIO"), "{}", t.output());
+    let addr = t.addr;
+    let throttle = Throttle::new("zram", &z, 64 << 10, t.pid());
+    run(move || async move {
+        let c = Controller::connect(HostConfig::new(addr, NQN))
+            .await
+            .unwrap();
+        assert_eq!(
+            c.namespace_geometry(1).await.unwrap(),
+            ((64 << 20) / 4096, 4096)
+        );
+        let q = c.connect_io_queue(32).await.unwrap();
+        let pattern = |seed: u32| -> Vec<u8> {
+            (0..65536u32)
+                .map(|i| (i.wrapping_mul(seed) >> 3) as u8)
+                .collect()
+        };
+        // Writes throttled to 64 KiB/s: each 64 KiB write waits about a
+        // second in the device before it completes.
+        for (i, slba) in [100u64, 3000, 9000].iter().enumerate() {
+            q.write(1, *slba, &pattern(i as u32 + 7), 4096, i == 1)
+                .await
+                .unwrap();
+        }
+        q.flush(1).await.unwrap();
+        for (i, slba) in [100u64, 3000, 9000].iter().enumerate() {
+            assert_eq!(
+                q.read(1, *slba, 16, 4096).await.unwrap(),
+                pattern(i as u32 + 7)
+            );
+        }
+    });
+    drop(throttle);
+    // The I/O went through an AIO context (its ring is mapped from the
+    // kernel's aio file system).
+    let maps = std::fs::read_to_string(format!("/proc/{}/maps", t.pid())).unwrap();
+    assert!(maps.contains("[aio]"), "no AIO context in the target");
+    assert_eq!(t.stop().code(), Some(0));
+    // The data is on the device itself.
+    use std::io::{Read, Seek, SeekFrom};
+    let mut dev = std::fs::File::open(&z.0).unwrap();
+    let mut back = vec![0u8; 65536];
+    dev.seek(SeekFrom::Start(3000 * 4096)).unwrap();
+    dev.read_exact(&mut back).unwrap();
+    assert_eq!(
+        back,
+        (0..65536u32)
+            .map(|i| (i.wrapping_mul(8) >> 3) as u8)
+            .collect::<Vec<_>>()
+    );
+}
+
 #[test]
 fn a_claimed_or_mounted_block_device_is_refused() {
     let dir = scratch_dir("blkclaim");

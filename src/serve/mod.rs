@@ -121,6 +121,10 @@ pub fn banner(cfg: &TargetConfig) -> String {
         for ns in &sub.namespaces {
             let what = match &ns.backing {
                 Backing::File(p) => format!("file {}", p.display()),
+                Backing::Block(p) if crate::storage::file::served_via_aio(p) => format!(
+                    "block device {} (reads and writes through Linux AIO: it cannot take I/O without blocking)",
+                    p.display()
+                ),
                 Backing::Block(p) => format!("block device {}", p.display()),
                 Backing::Ram(_) => "ram (volatile)".into(),
                 Backing::Null(_) => "null (discards writes)".into(),

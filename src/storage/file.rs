@@ -120,6 +120,30 @@ impl Drop for AlignedBuf {
     }
 }
 
+/// Whether the kernel can start I/O on `fd` without blocking
+/// (`FMODE_NOWAIT`), which io_uring needs to issue it inline: a read with
+/// `RWF_NOWAIT` fails with EOPNOTSUPP before any I/O where it cannot.
+pub fn takes_nowait(fd: RawFd) -> bool {
+    let mut buf = AlignedBuf::new(4096);
+    let iov = libc::iovec {
+        iov_base: buf.ptr().cast(),
+        iov_len: 4096,
+    };
+    // SAFETY: one iovec over 4096 bytes we own.
+    let r = unsafe { libc::preadv2(fd, &iov, 1, 0, libc::RWF_NOWAIT) };
+    !(r < 0 && io::Error::last_os_error().raw_os_error() == Some(libc::EOPNOTSUPP))
+}
+
+/// Whether a block device at `path` is served through Linux AIO (it
+/// cannot take I/O without blocking; see `aio`).
+pub fn served_via_aio(path: &Path) -> bool {
+    std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECT | libc::O_CLOEXEC)
+        .open(path)
+        .is_ok_and(|f| !takes_nowait(f.as_raw_fd()))
+}
+
 /// Create the embedded default's sparse backing file if it is missing.
 pub fn create_sparse(path: &Path, size: u64) -> Result<(), String> {
     if let Some(dir) = path.parent() {
@@ -137,6 +161,8 @@ pub struct FileBackend {
     file: Rc<OwnedFd>,
     ring: Rc<Ring>,
     pub is_block: bool,
+    /// Reads and writes go through Linux AIO (`aio`'s module comment).
+    pub via_aio: bool,
     pub path: PathBuf,
     /// A flush of this handle failed once. The kernel reports a write-back
     /// error once per file handle and may drop the data it could not write,
@@ -153,10 +179,12 @@ impl FileBackend {
             .write(true)
             .custom_flags(libc::O_DIRECT | libc::O_CLOEXEC)
             .open(path)?;
+        let via_aio = is_block && !takes_nowait(file.as_raw_fd());
         Ok(FileBackend {
             file: Rc::new(file.into()),
             ring: Ring::current()?,
             is_block,
+            via_aio,
             path: path.to_owned(),
             flush_failed: Cell::new(false),
         })
@@ -164,7 +192,11 @@ impl FileBackend {
 
     pub async fn read(&self, offset: u64, len: usize) -> io::Result<DmaBuffer> {
         let buf = super::dma_buffer(len);
-        let (r, buf) = self.ring.read(&self.file, offset, buf).await;
+        let (r, buf) = if self.via_aio {
+            self.ring.aio_read(&self.file, offset, buf).await
+        } else {
+            self.ring.read(&self.file, offset, buf).await
+        };
         if r? < len {
             // Reading past the end of a file that shrank under us.
             return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "short read"));
@@ -183,7 +215,12 @@ impl FileBackend {
         } else {
             Submit::Now
         };
-        if self.ring.write(&self.file, offset, buf, how).await.0? < len {
+        let written = if self.via_aio {
+            self.ring.aio_write(&self.file, offset, buf).await.0
+        } else {
+            self.ring.write(&self.file, offset, buf, how).await.0
+        };
+        if written? < len {
             return Err(io::Error::new(io::ErrorKind::WriteZero, "short write"));
         }
         Ok(())

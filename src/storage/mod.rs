@@ -1,7 +1,9 @@
 //! Namespace backings. Each executor holds its own `Backend` per namespace:
-//! its own O_DIRECT file handle on its own io_uring, or a reference to the
+//! its own O_DIRECT file handle on its own io_uring (Linux AIO for block
+//! devices that cannot take I/O without blocking), or a reference to the
 //! RAM disk that all cores share.
 
+pub mod aio;
 pub mod block_lock;
 pub mod budget;
 pub mod claim;

@@ -51,6 +51,62 @@ impl Drop for Loop {
     }
 }
 
+/// A block device a test made: its "major:minor".
+pub trait Device {
+    fn dev_t(&self) -> String;
+}
+
+impl Device for Loop {
+    fn dev_t(&self) -> String {
+        Loop::dev_t(self)
+    }
+}
+
+impl<T: Device> Device for std::sync::Arc<T> {
+    fn dev_t(&self) -> String {
+        (**self).dev_t()
+    }
+}
+
+const ZRAM_CONTROL: &str = "/sys/class/zram-control";
+
+/// A zram device (compressed RAM, bio-based: its driver cannot take I/O
+/// without blocking), removed on drop.
+pub struct Zram(pub String, u32);
+
+impl Zram {
+    /// A new device of `bytes`; `None` where this kernel has no zram.
+    pub fn add(bytes: u64) -> Option<Zram> {
+        if !Path::new(ZRAM_CONTROL).exists() {
+            let _ = sh("modprobe", &["zram", "num_devices=0"]);
+        }
+        let id: u32 = std::fs::read_to_string(Path::new(ZRAM_CONTROL).join("hot_add"))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()?;
+        let z = Zram(format!("/dev/zram{id}"), id);
+        std::fs::write(format!("/sys/block/zram{id}/disksize"), bytes.to_string()).unwrap();
+        Some(z)
+    }
+}
+
+impl Device for Zram {
+    fn dev_t(&self) -> String {
+        let rdev = std::fs::metadata(&self.0).unwrap().rdev();
+        format!("{}:{}", libc::major(rdev), libc::minor(rdev))
+    }
+}
+
+impl Drop for Zram {
+    fn drop(&mut self) {
+        let _ = std::fs::write(
+            Path::new(ZRAM_CONTROL).join("hot_remove"),
+            self.1.to_string(),
+        );
+    }
+}
+
 /// A mount at a directory of the test's, unmounted on drop.
 pub struct Mount(pub PathBuf);
 
@@ -93,7 +149,7 @@ pub struct Throttle {
 }
 
 impl Throttle {
-    pub fn new(name: &str, dev: &Loop, write_bps: u64, pid: u32) -> Throttle {
+    pub fn new(name: &str, dev: &impl Device, write_bps: u64, pid: u32) -> Throttle {
         assert!(
             Path::new(BLKIO).join("cgroup.procs").exists(),
             "the blkio cgroup controller is needed at {BLKIO}"

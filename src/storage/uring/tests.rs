@@ -168,3 +168,43 @@ fn a_completion_wakes_a_core_that_sleeps_on_slow_io() {
         tx.flush().unwrap();
     });
 }
+
+/// Linux AIO through the same ring: results, a short read, an error the
+/// kernel gives at submission, and a dropped operation.
+#[test]
+fn aio_writes_reads_and_reports_the_errno() {
+    run(|| async {
+        let (path, file) = temp_file("uring-aio", 8192);
+        let ring = Ring::current().unwrap();
+        let (n, _) = ring.aio_write(&file, 4096, buffer(3)).await;
+        assert_eq!(n.unwrap(), 4096);
+        let (n, b) = ring.aio_read(&file, 4096, buffer(0)).await;
+        assert_eq!(n.unwrap(), 4096);
+        assert!(b.as_bytes().iter().all(|&x| x == 3));
+        // What one way wrote, the other reads.
+        let (n, b) = ring.read(&file, 4096, buffer(0)).await;
+        assert_eq!(n.unwrap(), 4096);
+        assert_eq!(b.as_bytes()[4095], 3);
+        let (n, _) = ring.aio_read(&file, 8192, buffer(0)).await;
+        assert_eq!(n.unwrap(), 0, "past the end: a short read");
+        let ro = Rc::new(OwnedFd::from(std::fs::File::open(&path).unwrap()));
+        let (n, _) = ring.aio_write(&ro, 0, buffer(1)).await;
+        assert_eq!(n.unwrap_err().raw_os_error(), Some(libc::EBADF));
+        // A burst, one dropped unawaited.
+        let ops: Vec<_> = (0..16u8)
+            .map(|i| ring.aio_write(&file, (i as u64 % 2) * 4096, buffer(i)))
+            .collect();
+        let mut ops = ops.into_iter();
+        drop(ops.next());
+        for op in ops {
+            assert_eq!(op.await.0.unwrap(), 4096);
+        }
+        let t = Instant::now();
+        while in_flight() > 0 && t.elapsed() < Duration::from_secs(5) {
+            glommio::timer::sleep(Duration::from_millis(1)).await;
+        }
+        assert_eq!(in_flight(), 0);
+        assert!(ring.ops.borrow().is_empty());
+        std::fs::remove_file(&path).unwrap();
+    });
+}

@@ -1,0 +1,113 @@
+//! The ring's reads and writes through Linux AIO (`storage::aio`), for
+//! block devices that io_uring cannot drive without a worker thread. They
+//! share the ring's operations, limits and reaper.
+
+use super::{complete, errno, Op, OpFuture, Ring, State, CQ_ENTRIES};
+use crate::storage::aio;
+use glommio::io::DmaBuffer;
+use std::future::Future;
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::rc::Rc;
+
+impl Ring {
+    /// Read into `buf` from `offset` through Linux AIO.
+    pub fn aio_read(
+        self: &Rc<Self>,
+        file: &Rc<OwnedFd>,
+        offset: u64,
+        buf: DmaBuffer,
+    ) -> impl Future<Output = (io::Result<usize>, DmaBuffer)> {
+        self.with_aio(aio::Kind::Read, file, offset, buf)
+    }
+
+    /// Write `buf` at `offset` through Linux AIO, at once.
+    pub fn aio_write(
+        self: &Rc<Self>,
+        file: &Rc<OwnedFd>,
+        offset: u64,
+        buf: DmaBuffer,
+    ) -> impl Future<Output = (io::Result<usize>, DmaBuffer)> {
+        self.with_aio(aio::Kind::Write, file, offset, buf)
+    }
+
+    fn with_aio(
+        self: &Rc<Self>,
+        kind: aio::Kind,
+        file: &Rc<OwnedFd>,
+        offset: u64,
+        buf: DmaBuffer,
+    ) -> impl Future<Output = (io::Result<usize>, DmaBuffer)> {
+        let (ptr, len) = (buf.as_ptr(), buf.len());
+        let id = self.ops.borrow_mut().insert(Op {
+            state: State::Waiting(None),
+            buf: Some(buf),
+            _file: file.clone(),
+        });
+        self.aio_backlog.borrow_mut().push_back(aio::Request {
+            kind,
+            fd: file.as_raw_fd(),
+            buf: ptr,
+            len,
+            offset,
+            data: id as u64,
+        });
+        self.touch();
+        self.submit_aio();
+        self.wake_reaper();
+        let f = OpFuture {
+            ring: self.clone(),
+            id,
+            done: false,
+        };
+        async move {
+            let (r, buf) = f.await;
+            (r, buf.expect("the buffer comes back with its operation"))
+        }
+    }
+
+    /// Give the kernel the AIO operations that wait, as room allows; one
+    /// it refuses completes with the error.
+    pub(super) fn submit_aio(&self) {
+        let mut backlog = self.aio_backlog.borrow_mut();
+        if backlog.is_empty() {
+            return;
+        }
+        let mut ctx = self.aio.borrow_mut();
+        if ctx.is_none() {
+            let resfd = self.signal.as_ref().map(|s| s.as_raw_fd());
+            match aio::Context::new(CQ_ENTRIES, resfd) {
+                Ok(c) => *ctx = Some(c),
+                Err(e) => {
+                    log::error!("io_setup: {e}");
+                    let mut ops = self.ops.borrow_mut();
+                    for req in backlog.drain(..) {
+                        complete(&mut ops, req.data as usize, -errno(&e));
+                    }
+                    return;
+                }
+            }
+        }
+        let ctx = ctx.as_ref().expect("made above");
+        while let Some(req) = backlog.front() {
+            if self.queued.get() + self.in_kernel.get() >= CQ_ENTRIES {
+                break;
+            }
+            // SAFETY: the request's buffer and file are owned by its `Op`
+            // until its completion is reaped.
+            match unsafe { ctx.submit(req) } {
+                Ok(()) => {
+                    backlog.pop_front();
+                    self.enters.set(self.enters.get() + 1);
+                    self.in_kernel.set(self.in_kernel.get() + 1);
+                    self.aio_in_kernel.set(self.aio_in_kernel.get() + 1);
+                }
+                Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => break,
+                Err(e) => {
+                    let req = backlog.pop_front().expect("looked at above");
+                    complete(&mut self.ops.borrow_mut(), req.data as usize, -errno(&e));
+                }
+            }
+        }
+    }
+}
