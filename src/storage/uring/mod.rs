@@ -373,24 +373,19 @@ impl Ring {
             done += 1;
             complete(&mut ops, cqe.user_data() as usize, cqe.result());
         }
-        if self.aio_in_kernel.get() > 0 {
-            if let Some(ctx) = self.aio.borrow().as_ref() {
-                let n = ctx.reap(|data, res| {
-                    // Operations are bounded far below 2 GiB (MDTS).
-                    let res = i32::try_from(res).expect("an operation's result fits an i32");
-                    complete(&mut ops, data as usize, res);
-                });
-                self.aio_in_kernel.set(self.aio_in_kernel.get() - n as u32);
-                done += n;
-            }
-        }
+        done += self.reap_aio(&mut ops);
+        drop(ops);
+        self.completed(done);
+        done
+    }
+
+    /// Account for `done` operations just completed.
+    fn completed(&self, done: usize) {
         if done > 0 {
             crate::reply_hint::storage_completed();
             self.in_kernel.set(self.in_kernel.get() - done as u32);
-            drop(ops);
             self.touch();
         }
-        done
     }
 
     /// Operations not yet complete (queued, in the kernel, or backlogged).
