@@ -144,7 +144,8 @@ pub struct Conn {
     seat: Seat,
     /// The socket (open while the reader or the writer lives).
     fd: RawFd,
-    /// The reader is running a command in its own task (`spawn_execute`).
+    /// The reader is running a command: in its own task, or a spawned
+    /// task's first poll (`spawn_execute`).
     reader_running: Cell<bool>,
     /// Buffers of completions sent by their command's task.
     inline_enc: RefCell<writer::Encoded>,

@@ -149,16 +149,19 @@ impl Conn {
             me.q.run(&*me, sqe, ns, data, &me.kill, ctx).await;
             me.executing.set(me.executing.get() - 1);
         });
+        // A spawned task's first poll runs here too (glommio runs it at
+        // once): what completes in it (a device that completes in the
+        // submitting call) is part of the reader's burst as well.
+        self.reader_running.set(true);
         if inline {
             let mut cx = Context::from_waker(Waker::noop());
-            self.reader_running.set(true);
-            let ready = fut.as_mut().poll(&mut cx).is_ready();
-            self.reader_running.set(false);
-            if ready {
+            if fut.as_mut().poll(&mut cx).is_ready() {
+                self.reader_running.set(false);
                 return;
             }
         }
         glommio::spawn_local(fut).detach();
+        self.reader_running.set(false);
     }
 
     /// A command that ends without running (or with a transport error).
