@@ -90,7 +90,11 @@ def fio_engine(backing):
     that cannot take I/O without blocking to a worker thread (fio measured
     148k against libaio's 339k 4 KiB reads at QD1), and both targets use AIO
     there."""
-    return "libaio" if os.path.basename(backing).startswith("zram") else "io_uring"
+    return "libaio" if is_zram(backing) else "io_uring"
+
+
+def is_zram(backing):
+    return os.path.basename(backing).startswith("zram")
 
 
 def run_fio(backing, row, secs, busy_client=False):
@@ -106,6 +110,10 @@ def run_fio(backing, row, secs, busy_client=False):
         out = subprocess.run(
             ["fio", "--name=bare", f"--filename={backing}", f"--ioengine={fio_engine(backing)}",
              "--direct=1",
+             # spdk_nvme_perf writes pages zram keeps as one repeated word
+             # (after a write row its `mm_stat` counted every page so),
+             # fio random data zram must compress: the same kind here.
+             *(["--zero_buffers"] if is_zram(backing) else []),
              f"--rw={pattern}", f"--bs={size}", f"--iodepth={qd}", f"--runtime={secs}",
              "--time_based", f"--cpus_allowed={TARGET_CPU}", "--output-format=json"],
             capture_output=True, text=True, timeout=secs + 60)
@@ -139,20 +147,27 @@ def loop_device(path):
 ZRAM_CONTROL = "/sys/class/zram-control"
 
 
-def zram_device(size=1 << 30):
-    """A new zram device of `size` bytes of random data (incompressible, so
-    reads copy as much as from a disk's cache)."""
+ZRAM_SIZE = 1 << 30
+
+
+def zram_device():
+    """A new zram device of `ZRAM_SIZE` bytes."""
     if not os.path.exists(ZRAM_CONTROL):
         subprocess.run(["modprobe", "zram", "num_devices=0"], check=False)
     with open(os.path.join(ZRAM_CONTROL, "hot_add")) as f:
         n = int(f.read())
     with open(f"/sys/block/zram{n}/disksize", "w") as f:
-        f.write(str(size))
-    dev = f"/dev/zram{n}"
-    log(f"writing {size >> 20} MiB of random data to {dev}")
-    subprocess.run(["dd", "if=/dev/urandom", f"of={dev}", "bs=1M", f"count={size >> 20}",
+        f.write(str(ZRAM_SIZE))
+    return f"/dev/zram{n}"
+
+
+def fill_random(dev):
+    """Random data all over `dev` (incompressible, so a read copies a whole
+    page, as from a disk's cache): before each row, since a write row leaves
+    pages zram stores as one word, which read back as a fill."""
+    log(f"writing {ZRAM_SIZE >> 20} MiB of random data to {dev}")
+    subprocess.run(["dd", "if=/dev/urandom", f"of={dev}", "bs=1M", f"count={ZRAM_SIZE >> 20}",
                     "oflag=direct", "status=none"], check=True)
-    return dev
 
 
 def remove_zram(dev):
@@ -242,6 +257,8 @@ def main():
         for b, path in backings.items():
             for row in a.rows.split(","):
                 r = results[(b, row)] = {"ours": [], "spdk": [], "fio": [], "fio_busy": []}
+                if b == "zram":
+                    fill_random(path)
                 for i in range(a.pairs):
                     order = [("ours", start_ours), ("spdk", start_aio)]
                     if i % 2:
