@@ -37,9 +37,10 @@ impl Ring {
         kind: aio::Kind,
         file: &Rc<OwnedFd>,
         offset: u64,
-        buf: DmaBuffer,
+        mut buf: DmaBuffer,
     ) -> impl Future<Output = (io::Result<usize>, DmaBuffer)> {
-        let (ptr, len) = (buf.as_ptr(), buf.len());
+        // The kernel writes a read's data through this pointer.
+        let (ptr, len) = (buf.as_mut_ptr().cast_const(), buf.len());
         let id = self.ops.borrow_mut().insert(Op {
             state: State::Waiting(None),
             buf: Some(buf),
