@@ -125,6 +125,8 @@ pub struct Ring {
     aio_backlog: RefCell<VecDeque<aio::Request>>,
     /// AIO operations in the kernel (part of `in_kernel`).
     aio_in_kernel: Cell<u32>,
+    /// The kernel refused an AIO context: AIO operations use the ring.
+    aio_unavailable: Cell<bool>,
     /// Submissions plus completions: a change means the ring is busy.
     events: Cell<u64>,
     /// The reaper's waker while it sleeps (nothing in flight).
@@ -191,6 +193,7 @@ impl Ring {
                 aio: RefCell::new(None),
                 aio_backlog: RefCell::new(VecDeque::new()),
                 aio_in_kernel: Cell::new(0),
+                aio_unavailable: Cell::new(false),
                 events: Cell::new(0),
                 reaper: RefCell::new(None),
                 reaper_running: Cell::new(false),

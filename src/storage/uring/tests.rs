@@ -208,3 +208,23 @@ fn aio_writes_reads_and_reports_the_errno() {
         std::fs::remove_file(&path).unwrap();
     });
 }
+
+/// Where the kernel refuses an AIO context (the system's `fs.aio-max-nr`
+/// is used up), AIO operations go through the ring: slower, never an error.
+#[test]
+fn aio_operations_use_the_ring_where_the_kernel_has_no_context_left() {
+    run(|| async {
+        let (path, file) = temp_file("uring-noaio", 8192);
+        let ring = Ring::current().unwrap();
+        ring.aio_unavailable.set(true);
+        let before = ring.enters.get();
+        let (n, _) = ring.aio_write(&file, 4096, buffer(5)).await;
+        assert_eq!(n.unwrap(), 4096);
+        let (n, b) = ring.aio_read(&file, 4096, buffer(0)).await;
+        assert_eq!(n.unwrap(), 4096);
+        assert!(b.as_bytes().iter().all(|&x| x == 5));
+        assert_eq!(ring.enters.get() - before, 2, "both went through the ring");
+        assert!(ring.aio.borrow().is_none());
+        std::fs::remove_file(&path).unwrap();
+    });
+}

@@ -2,9 +2,10 @@
 //! block devices that io_uring cannot drive without a worker thread. They
 //! share the ring's operations, limits and reaper.
 
-use super::{complete, errno, Op, OpFuture, Ring, State, CQ_ENTRIES};
+use super::{complete, errno, Op, OpFuture, Ring, State, Submit, CQ_ENTRIES};
 use crate::storage::aio;
 use glommio::io::DmaBuffer;
+use io_uring::{opcode, types};
 use slab::Slab;
 use std::future::Future;
 use std::io;
@@ -41,6 +42,19 @@ impl Ring {
     ) -> impl Future<Output = (io::Result<usize>, DmaBuffer)> {
         // The kernel writes a read's data through this pointer.
         let (ptr, len) = (buf.as_mut_ptr().cast_const(), buf.len());
+        if !self.aio_ready() {
+            // Slower (a worker thread per operation), never an I/O error.
+            let fd = types::Fd(file.as_raw_fd());
+            let sqe = match kind {
+                aio::Kind::Read => opcode::Read::new(fd, ptr.cast_mut(), len as u32)
+                    .offset(offset)
+                    .build(),
+                aio::Kind::Write => opcode::Write::new(fd, ptr, len as u32)
+                    .offset(offset)
+                    .build(),
+            };
+            return owned(self.submit(sqe, file, Some(buf), Submit::Now));
+        }
         let id = self.ops.borrow_mut().insert(Op {
             state: State::Waiting(None),
             buf: Some(buf),
@@ -67,10 +81,29 @@ impl Ring {
             id,
             done: false,
         };
-        async move {
-            let (r, buf) = f.await;
-            (r, buf.expect("the buffer comes back with its operation"))
+        owned(f)
+    }
+
+    /// Whether this executor has an AIO context, made on first use. Where
+    /// the kernel refuses one (`fs.aio-max-nr` counts every context of the
+    /// system), the operations go through the ring instead.
+    fn aio_ready(&self) -> bool {
+        if self.aio_unavailable.get() {
+            return false;
         }
+        let mut ctx = self.aio.borrow_mut();
+        if ctx.is_none() {
+            let resfd = self.signal.as_ref().map(|s| s.as_raw_fd());
+            match aio::Context::new(CQ_ENTRIES, resfd) {
+                Ok(c) => *ctx = Some(c),
+                Err(e) => {
+                    log::warn!("io_setup: {e}; reads and writes go through io_uring's workers");
+                    self.aio_unavailable.set(true);
+                    return false;
+                }
+            }
+        }
+        true
     }
 
     /// Give the kernel the AIO operations that wait, as room allows; one
@@ -80,22 +113,8 @@ impl Ring {
         if backlog.is_empty() {
             return;
         }
-        let mut ctx = self.aio.borrow_mut();
-        if ctx.is_none() {
-            let resfd = self.signal.as_ref().map(|s| s.as_raw_fd());
-            match aio::Context::new(CQ_ENTRIES, resfd) {
-                Ok(c) => *ctx = Some(c),
-                Err(e) => {
-                    log::error!("io_setup: {e}");
-                    let mut ops = self.ops.borrow_mut();
-                    for req in backlog.drain(..) {
-                        complete(&mut ops, req.data as usize, -errno(&e));
-                    }
-                    return;
-                }
-            }
-        }
-        let ctx = ctx.as_ref().expect("made above");
+        let ctx = self.aio.borrow();
+        let ctx = ctx.as_ref().expect("made before its first operation");
         while let Some(req) = backlog.front() {
             if self.queued.get() + self.in_kernel.get() >= CQ_ENTRIES {
                 break;
@@ -105,7 +124,6 @@ impl Ring {
             match unsafe { ctx.submit(req) } {
                 Ok(()) => {
                     backlog.pop_front();
-                    self.enters.set(self.enters.get() + 1);
                     self.in_kernel.set(self.in_kernel.get() + 1);
                     self.aio_in_kernel.set(self.aio_in_kernel.get() + 1);
                 }
@@ -135,4 +153,10 @@ impl Ring {
         self.aio_in_kernel.set(self.aio_in_kernel.get() - n as u32);
         n
     }
+}
+
+/// An operation's result with the buffer it owned.
+async fn owned(f: OpFuture) -> (io::Result<usize>, DmaBuffer) {
+    let (r, buf) = f.await;
+    (r, buf.expect("the buffer comes back with its operation"))
 }
