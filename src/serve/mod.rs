@@ -82,6 +82,18 @@ fn parse_proc_addr(s: &str, v6: bool) -> Option<SocketAddr> {
     Some(SocketAddr::new(ip, port))
 }
 
+/// What the banner says of a backing's route to the kernel.
+fn route_note(path: &std::path::Path, is_block: bool) -> &'static str {
+    use crate::storage::{file::route_of, route::Route};
+    match route_of(path, is_block) {
+        Route::Ring => "",
+        Route::Aio => " (reads and writes through Linux AIO: it cannot take I/O without blocking)",
+        Route::AioFirst => {
+            " (reads and writes through Linux AIO, through io_uring where they would block)"
+        }
+    }
+}
+
 fn human(n: u64) -> String {
     for (u, s) in [
         (1u64 << 40, "T"),
@@ -120,12 +132,10 @@ pub fn banner(cfg: &TargetConfig) -> String {
         );
         for ns in &sub.namespaces {
             let what = match &ns.backing {
-                Backing::File(p) => format!("file {}", p.display()),
-                Backing::Block(p) if crate::storage::file::served_via_aio(p) => format!(
-                    "block device {} (reads and writes through Linux AIO: it cannot take I/O without blocking)",
-                    p.display()
-                ),
-                Backing::Block(p) => format!("block device {}", p.display()),
+                Backing::File(p) => format!("file {}{}", p.display(), route_note(p, false)),
+                Backing::Block(p) => {
+                    format!("block device {}{}", p.display(), route_note(p, true))
+                }
                 Backing::Ram(_) => "ram (volatile)".into(),
                 Backing::Null(_) => "null (discards writes)".into(),
             };

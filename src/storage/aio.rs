@@ -1,5 +1,6 @@
 //! Linux AIO (`io_submit`) for block devices that io_uring cannot drive
-//! without a worker thread.
+//! without a worker thread, and first for files (`route` says which, and
+//! why files).
 //!
 //! io_uring first issues a read or write without blocking, and a file that
 //! cannot promise that (no `FMODE_NOWAIT`: bio-based devices such as zram,
@@ -81,6 +82,9 @@ pub struct Request {
     pub buf: *const u8,
     pub len: usize,
     pub offset: u64,
+    /// Fail with EAGAIN (or stop short) where the operation would block
+    /// (`RWF_NOWAIT`: a file system's allocation, a full device queue).
+    pub nowait: bool,
     /// Comes back with the completion.
     pub data: u64,
 }
@@ -127,6 +131,7 @@ impl Context {
             aio_buf: req.buf as u64,
             aio_nbytes: req.len as u64,
             aio_offset: req.offset as i64,
+            aio_rw_flags: if req.nowait { libc::RWF_NOWAIT } else { 0 },
             ..Default::default()
         };
         if let Some(fd) = self.resfd {

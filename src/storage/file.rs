@@ -1,6 +1,7 @@
 //! Files and block devices, opened O_DIRECT, read and written through the
 //! executor's own storage ring (`uring`).
 
+use super::route::{would_block, Backoff, Route};
 use super::uring::{Ring, Submit};
 use glommio::io::DmaBuffer;
 use std::cell::Cell;
@@ -134,14 +135,16 @@ pub fn takes_nowait(fd: RawFd) -> bool {
     !(r < 0 && io::Error::last_os_error().raw_os_error() == Some(libc::EOPNOTSUPP))
 }
 
-/// Whether a block device at `path` is served through Linux AIO (it
-/// cannot take I/O without blocking; see `aio`).
-pub fn served_via_aio(path: &Path) -> bool {
+/// The route a backing at `path` would take (`Ring` if it cannot be
+/// opened now; `open` then reports why).
+pub fn route_of(path: &Path, is_block: bool) -> Route {
     std::fs::OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_DIRECT | libc::O_CLOEXEC)
         .open(path)
-        .is_ok_and(|f| !takes_nowait(f.as_raw_fd()))
+        .map_or(Route::Ring, |f| {
+            Route::of(is_block, takes_nowait(f.as_raw_fd()))
+        })
 }
 
 /// Create the embedded default's sparse backing file if it is missing.
@@ -161,8 +164,11 @@ pub struct FileBackend {
     file: Rc<OwnedFd>,
     ring: Rc<Ring>,
     pub is_block: bool,
-    /// Reads and writes go through Linux AIO (`aio`'s module comment).
-    pub via_aio: bool,
+    /// How reads and writes reach the kernel.
+    pub route: Route,
+    /// When reads and writes on `Route::AioFirst` try AIO.
+    pub reads: Backoff,
+    pub writes: Backoff,
     pub path: PathBuf,
     /// A flush of this handle failed once. The kernel reports a write-back
     /// error once per file handle and may drop the data it could not write,
@@ -179,23 +185,37 @@ impl FileBackend {
             .write(true)
             .custom_flags(libc::O_DIRECT | libc::O_CLOEXEC)
             .open(path)?;
-        let via_aio = is_block && !takes_nowait(file.as_raw_fd());
+        let route = Route::of(is_block, takes_nowait(file.as_raw_fd()));
         Ok(FileBackend {
             file: Rc::new(file.into()),
             ring: Ring::current()?,
             is_block,
-            via_aio,
+            route,
             path: path.to_owned(),
+            reads: Backoff::default(),
+            writes: Backoff::default(),
             flush_failed: Cell::new(false),
         })
     }
 
     pub async fn read(&self, offset: u64, len: usize) -> io::Result<DmaBuffer> {
         let buf = super::dma_buffer(len);
-        let (r, buf) = if self.via_aio {
-            self.ring.aio_read(&self.file, offset, buf).await
-        } else {
-            self.ring.read(&self.file, offset, buf).await
+        let ring = &self.ring;
+        let (r, buf) = match self.route {
+            Route::Aio => ring.aio_read(&self.file, offset, buf, false).await,
+            Route::AioFirst if self.reads.try_aio() => {
+                match ring.aio_read(&self.file, offset, buf, true).await {
+                    (r, buf) if would_block(&r, len) => {
+                        self.reads.refused();
+                        ring.read(&self.file, offset, buf).await
+                    }
+                    done => {
+                        self.reads.went_through();
+                        done
+                    }
+                }
+            }
+            Route::Ring | Route::AioFirst => ring.read(&self.file, offset, buf).await,
         };
         if r? < len {
             // Reading past the end of a file that shrank under us.
@@ -215,10 +235,25 @@ impl FileBackend {
         } else {
             Submit::Now
         };
-        let written = if self.via_aio {
-            self.ring.aio_write(&self.file, offset, buf).await.0
-        } else {
-            self.ring.write(&self.file, offset, buf, how).await.0
+        let ring = &self.ring;
+        let (written, _) = match self.route {
+            Route::Aio => ring.aio_write(&self.file, offset, buf, false).await,
+            Route::AioFirst if self.writes.try_aio() => {
+                match ring.aio_write(&self.file, offset, buf, true).await {
+                    // The whole write again: a block is written whole
+                    // either way, and its lock is held throughout
+                    // (`block_lock`).
+                    (r, buf) if would_block(&r, len) => {
+                        self.writes.refused();
+                        ring.write(&self.file, offset, buf, how).await
+                    }
+                    done => {
+                        self.writes.went_through();
+                        done
+                    }
+                }
+            }
+            Route::Ring | Route::AioFirst => ring.write(&self.file, offset, buf, how).await,
         };
         if written? < len {
             return Err(io::Error::new(io::ErrorKind::WriteZero, "short write"));
@@ -336,4 +371,48 @@ fn ioctl_range(fd: RawFd, req: libc::c_ulong, offset: u64, len: u64) -> io::Resu
         return Err(io::Error::last_os_error());
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A sparse file goes through AIO without blocking: a write into a hole
+    /// (the file system would allocate, and `io_submit` block) is refused
+    /// there and goes through the ring; an overwrite and a read go through
+    /// AIO. Without the second way, the first write fails with EAGAIN.
+    #[test]
+    fn a_write_that_would_block_goes_through_the_ring() {
+        glommio::LocalExecutorBuilder::default()
+            .spawn(|| async {
+                let path = std::env::temp_dir().join(format!("file-route-{}", std::process::id()));
+                create_sparse(&path, 1 << 20).unwrap();
+                let f = FileBackend::open(&path, false).unwrap();
+                assert_eq!(f.route, Route::AioFirst, "ext4 takes RWF_NOWAIT");
+                let mut buf = super::super::dma_buffer(4096);
+                buf.as_bytes_mut().fill(7);
+                f.write(65536, buf).await.unwrap();
+                assert_eq!(
+                    f.writes.refusals(),
+                    1,
+                    "the hole's write was refused by AIO"
+                );
+                // The next write skips AIO (`Backoff`), the one after tries it.
+                for fill in [8, 9] {
+                    let mut buf = super::super::dma_buffer(4096);
+                    buf.as_bytes_mut().fill(fill);
+                    f.write(65536, buf).await.unwrap();
+                }
+                let got = f.read(65536, 4096).await.unwrap();
+                assert!(got.as_bytes().iter().all(|&b| b == 9));
+                assert_eq!(f.writes.refusals(), 1, "an overwrite goes through AIO");
+                assert_eq!(f.reads.refusals(), 0, "a read goes through AIO");
+                let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
+                assert!(maps.contains("[aio]"), "an AIO context serves the file");
+                std::fs::remove_file(&path).unwrap();
+            })
+            .unwrap()
+            .join()
+            .unwrap();
+    }
 }

@@ -9,6 +9,7 @@ pub mod budget;
 pub mod claim;
 pub mod file;
 pub mod ram;
+pub mod route;
 pub mod uring;
 
 use glommio::io::DmaBuffer;

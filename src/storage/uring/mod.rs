@@ -40,9 +40,9 @@
 //! queues the request, and each call wakes the device's worker: one at a
 //! time measured 0.79 of gathering at QD32 and 0.87 at QD8 (4 of 4 lower).
 //!
-//! Block devices whose driver cannot take I/O without blocking get their
-//! reads and writes through Linux AIO instead (`aio`), reaped in the same
-//! rounds; everything else of theirs still goes through the ring.
+//! Some backings' reads and writes go through Linux AIO instead (`aio`,
+//! `route` says which), reaped in the same rounds; everything else of
+//! theirs still goes through the ring.
 //!
 //! An operation's buffer and file belong to the ring until the kernel is
 //! done with them, even if the command that asked is dropped first.

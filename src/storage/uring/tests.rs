@@ -176,23 +176,23 @@ fn aio_writes_reads_and_reports_the_errno() {
     run(|| async {
         let (path, file) = temp_file("uring-aio", 8192);
         let ring = Ring::current().unwrap();
-        let (n, _) = ring.aio_write(&file, 4096, buffer(3)).await;
+        let (n, _) = ring.aio_write(&file, 4096, buffer(3), false).await;
         assert_eq!(n.unwrap(), 4096);
-        let (n, b) = ring.aio_read(&file, 4096, buffer(0)).await;
+        let (n, b) = ring.aio_read(&file, 4096, buffer(0), false).await;
         assert_eq!(n.unwrap(), 4096);
         assert!(b.as_bytes().iter().all(|&x| x == 3));
         // What one way wrote, the other reads.
         let (n, b) = ring.read(&file, 4096, buffer(0)).await;
         assert_eq!(n.unwrap(), 4096);
         assert_eq!(b.as_bytes()[4095], 3);
-        let (n, _) = ring.aio_read(&file, 8192, buffer(0)).await;
+        let (n, _) = ring.aio_read(&file, 8192, buffer(0), false).await;
         assert_eq!(n.unwrap(), 0, "past the end: a short read");
         let ro = Rc::new(OwnedFd::from(std::fs::File::open(&path).unwrap()));
-        let (n, _) = ring.aio_write(&ro, 0, buffer(1)).await;
+        let (n, _) = ring.aio_write(&ro, 0, buffer(1), false).await;
         assert_eq!(n.unwrap_err().raw_os_error(), Some(libc::EBADF));
         // A burst, one dropped unawaited.
         let ops: Vec<_> = (0..16u8)
-            .map(|i| ring.aio_write(&file, (i as u64 % 2) * 4096, buffer(i)))
+            .map(|i| ring.aio_write(&file, (i as u64 % 2) * 4096, buffer(i), false))
             .collect();
         let mut ops = ops.into_iter();
         drop(ops.next());
@@ -218,9 +218,9 @@ fn aio_operations_use_the_ring_where_the_kernel_has_no_context_left() {
         let ring = Ring::current().unwrap();
         ring.aio_unavailable.set(true);
         let before = ring.enters.get();
-        let (n, _) = ring.aio_write(&file, 4096, buffer(5)).await;
+        let (n, _) = ring.aio_write(&file, 4096, buffer(5), false).await;
         assert_eq!(n.unwrap(), 4096);
-        let (n, b) = ring.aio_read(&file, 4096, buffer(0)).await;
+        let (n, b) = ring.aio_read(&file, 4096, buffer(0), false).await;
         assert_eq!(n.unwrap(), 4096);
         assert!(b.as_bytes().iter().all(|&x| x == 5));
         assert_eq!(ring.enters.get() - before, 2, "both went through the ring");

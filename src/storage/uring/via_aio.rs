@@ -1,6 +1,6 @@
-//! The ring's reads and writes through Linux AIO (`storage::aio`), for
-//! block devices that io_uring cannot drive without a worker thread. They
-//! share the ring's operations, limits and reaper.
+//! The ring's reads and writes through Linux AIO (`storage::aio`; which
+//! backings: `storage::route`). They share the ring's operations, limits
+//! and reaper.
 
 use super::{complete, errno, Op, OpFuture, Ring, State, Submit, CQ_ENTRIES};
 use crate::storage::aio;
@@ -13,24 +13,28 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use std::rc::Rc;
 
 impl Ring {
-    /// Read into `buf` from `offset` through Linux AIO.
+    /// Read into `buf` from `offset` through Linux AIO; `nowait`: fail
+    /// with EAGAIN or stop short where it would block (`aio::Request`).
     pub fn aio_read(
         self: &Rc<Self>,
         file: &Rc<OwnedFd>,
         offset: u64,
         buf: DmaBuffer,
+        nowait: bool,
     ) -> impl Future<Output = (io::Result<usize>, DmaBuffer)> {
-        self.with_aio(aio::Kind::Read, file, offset, buf)
+        self.with_aio(aio::Kind::Read, file, offset, buf, nowait)
     }
 
-    /// Write `buf` at `offset` through Linux AIO, at once.
+    /// Write `buf` at `offset` through Linux AIO, at once; `nowait` as for
+    /// `aio_read`.
     pub fn aio_write(
         self: &Rc<Self>,
         file: &Rc<OwnedFd>,
         offset: u64,
         buf: DmaBuffer,
+        nowait: bool,
     ) -> impl Future<Output = (io::Result<usize>, DmaBuffer)> {
-        self.with_aio(aio::Kind::Write, file, offset, buf)
+        self.with_aio(aio::Kind::Write, file, offset, buf, nowait)
     }
 
     fn with_aio(
@@ -39,6 +43,7 @@ impl Ring {
         file: &Rc<OwnedFd>,
         offset: u64,
         mut buf: DmaBuffer,
+        nowait: bool,
     ) -> impl Future<Output = (io::Result<usize>, DmaBuffer)> {
         // The kernel writes a read's data through this pointer.
         let (ptr, len) = (buf.as_mut_ptr().cast_const(), buf.len());
@@ -66,6 +71,7 @@ impl Ring {
             buf: ptr,
             len,
             offset,
+            nowait,
             data: id as u64,
         });
         self.touch();
