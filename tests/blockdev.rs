@@ -98,7 +98,12 @@ fn a_device_that_cannot_take_io_without_blocking_is_served_through_aio() {
     drop(lo);
 
     let t = Target::start(&["--subsystem", NQN, "--namespace", &z.0]);
-    assert!(t.output().contains("through Linux AIO"), "{}", t.output());
+    assert!(
+        t.output()
+            .contains("through Linux AIO: it cannot take I/O without blocking"),
+        "{}",
+        t.output()
+    );
     let addr = t.addr;
     let throttle = Throttle::new("zram", &z, 64 << 10, t.pid());
     run(move || async move {

@@ -16,6 +16,7 @@
 //! call (fs/aio.c keeps `head` in that ring for user space to advance).
 
 use std::io;
+use std::mem::MaybeUninit;
 use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicU32, Ordering};
 
@@ -24,6 +25,8 @@ const IOCB_CMD_PREAD: u16 = 0;
 const IOCB_CMD_PWRITE: u16 = 1;
 const IOCB_FLAG_RESFD: u32 = 1 << 0;
 const AIO_RING_MAGIC: u32 = 0xa10a_10a1;
+/// The most operations given to the kernel in one `io_submit`.
+pub const SUBMIT_BATCH: usize = 32;
 
 // The layout below is the little-endian one (`aio_key` before `aio_rw_flags`).
 const _: () = assert!(cfg!(target_endian = "little"));
@@ -115,12 +118,39 @@ impl Context {
         Ok(Context { ctx, mapped, resfd })
     }
 
-    /// Give one operation to the kernel. `EAGAIN`: no room now, try later.
+    /// Give the kernel the first `SUBMIT_BATCH` of `reqs` at most, in one
+    /// call (one block plug: a device woken once for all). Returns how many
+    /// it took; an error only if it took none (`EAGAIN`: no room now, try
+    /// later; any other: the first request's own).
     ///
     /// # Safety
-    /// `req.buf` must stay valid for `req.len` bytes (and writable for a
-    /// read), and `req.fd` open, until its completion is reaped.
-    pub unsafe fn submit(&self, req: &Request) -> io::Result<()> {
+    /// Each request's `buf` must stay valid for `len` bytes (and writable
+    /// for a read), and its `fd` open, until its completion is reaped.
+    pub unsafe fn submit(&self, reqs: &[Request]) -> io::Result<usize> {
+        let n = reqs.len().min(SUBMIT_BATCH);
+        // Only the first `n` are filled and given (no 2 KiB of zeroes per call).
+        let mut iocbs = [const { MaybeUninit::<Iocb>::uninit() }; SUBMIT_BATCH];
+        let mut list = [std::ptr::null_mut::<Iocb>(); SUBMIT_BATCH];
+        for (i, req) in reqs[..n].iter().enumerate() {
+            list[i] = iocbs[i].write(self.iocb(req));
+        }
+        // SAFETY: `n` valid iocbs; the kernel copies them during the call.
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_io_submit,
+                self.ctx,
+                n as libc::c_long,
+                list.as_mut_ptr(),
+            )
+        };
+        match r {
+            0 => Err(io::Error::from_raw_os_error(libc::EAGAIN)),
+            r if r > 0 => Ok(r as usize),
+            _ => Err(io::Error::last_os_error()),
+        }
+    }
+
+    fn iocb(&self, req: &Request) -> Iocb {
         let mut iocb = Iocb {
             aio_data: req.data,
             aio_lio_opcode: match req.kind {
@@ -138,21 +168,7 @@ impl Context {
             iocb.aio_flags = IOCB_FLAG_RESFD;
             iocb.aio_resfd = fd as u32;
         }
-        let mut list = [&mut iocb as *mut Iocb];
-        // SAFETY: one valid iocb; the kernel copies it during the call.
-        let n = unsafe {
-            libc::syscall(
-                libc::SYS_io_submit,
-                self.ctx,
-                1 as libc::c_long,
-                list.as_mut_ptr(),
-            )
-        };
-        match n {
-            1 => Ok(()),
-            0 => Err(io::Error::from_raw_os_error(libc::EAGAIN)),
-            _ => Err(io::Error::last_os_error()),
-        }
+        iocb
     }
 
     /// Hand every completion the kernel has posted to `f` (its `data` and

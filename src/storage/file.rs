@@ -237,9 +237,9 @@ impl FileBackend {
         };
         let ring = &self.ring;
         let (written, _) = match self.route {
-            Route::Aio => ring.aio_write(&self.file, offset, buf, false).await,
+            Route::Aio => ring.aio_write(&self.file, offset, buf, false, how).await,
             Route::AioFirst if self.writes.try_aio() => {
-                match ring.aio_write(&self.file, offset, buf, true).await {
+                match ring.aio_write(&self.file, offset, buf, true, how).await {
                     // The whole write again: a block is written whole
                     // either way, and its lock is held throughout
                     // (`block_lock`).

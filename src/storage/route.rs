@@ -3,21 +3,25 @@
 //! - A block device whose driver cannot take I/O without blocking (zram)
 //!   goes through Linux AIO: io_uring would hand each operation to a
 //!   worker thread (`aio`'s module comment has the figures).
-//! - A file on a file system that can (ext4, XFS, btrfs) tries Linux AIO
-//!   with `RWF_NOWAIT` first, and an operation the file system refuses
-//!   that way (a write that would allocate, or convert an unwritten
-//!   extent; a full device queue) goes again through the ring, whose
-//!   worker may block. On a written file io_uring needs no worker either,
-//!   but it finishes each completion in this thread (task work), where
-//!   AIO's is written into the mapped ring from the device's interrupt:
-//!   from a QD1 read's block completion to its reply took 6.5-7.5 µs
-//!   through the ring, 4.6-4.9 through AIO, 3.5 in SPDK (2 traced runs
-//!   each). On ext4 over the virtio disk, against the ring alone (4
-//!   alternated pairs of 3 s): 4 KiB randread QD1 1.02, QD32 1.01,
-//!   randwrite QD32 1.06, QD8 1.02, 128 KiB reads QD8 1.03.
+//! - A file on a file system that can (ext4, XFS, btrfs), and a block
+//!   device that can, try Linux AIO with `RWF_NOWAIT` first, and an
+//!   operation the kernel refuses that way (a write that would allocate,
+//!   or convert an unwritten extent; a full device queue) goes again
+//!   through the ring, whose worker may block. io_uring needs no worker
+//!   for these either, but it finishes each completion in this thread
+//!   (task work), where AIO's is written into the mapped ring from the
+//!   device's interrupt: from a QD1 read's block completion to its reply
+//!   took 6.5-7.5 µs through the ring, 4.6-4.9 through AIO, 3.5 in SPDK
+//!   (2 traced runs each). On ext4 over the virtio disk, against the ring
+//!   alone (4 alternated pairs of 3 s): 4 KiB randread QD1 1.02, QD32
+//!   1.01, randwrite QD32 1.06, QD8 1.02, 128 KiB reads QD8 1.03. On a
+//!   loop device over that file (3 pairs), with a block device's writes
+//!   gathered into one `io_submit` as into one `io_uring_enter`: randread
+//!   QD32 1.05, QD1 1.03, randwrite QD32 1.10, QD8 1.01 (one `io_submit`
+//!   per write: 0.75).
 //! - Without `RWF_NOWAIT` AIO would block this core in `io_submit` for an
 //!   allocating write, so a file on a file system that cannot promise
-//!   not to block, and every other block device, stay on the ring.
+//!   not to block stays on the ring.
 
 use std::cell::Cell;
 use std::io;
@@ -40,8 +44,8 @@ impl Route {
     pub fn of(is_block: bool, takes_nowait: bool) -> Route {
         match (is_block, takes_nowait) {
             (true, false) => Route::Aio,
-            (false, true) => Route::AioFirst,
-            _ => Route::Ring,
+            (_, true) => Route::AioFirst,
+            (false, false) => Route::Ring,
         }
     }
 }
@@ -143,7 +147,7 @@ mod tests {
     fn routes() {
         assert_eq!(Route::of(true, false), Route::Aio);
         assert_eq!(Route::of(false, true), Route::AioFirst);
-        assert_eq!(Route::of(true, true), Route::Ring);
+        assert_eq!(Route::of(true, true), Route::AioFirst);
         assert_eq!(Route::of(false, false), Route::Ring);
         let short: io::Result<usize> = Ok(512);
         assert!(would_block(&short, 4096));

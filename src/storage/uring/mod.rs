@@ -125,6 +125,8 @@ pub struct Ring {
     aio_backlog: RefCell<VecDeque<aio::Request>>,
     /// AIO operations in the kernel (part of `in_kernel`).
     aio_in_kernel: Cell<u32>,
+    /// `io_submit`s that submitted something.
+    aio_submits: Cell<u64>,
     /// The kernel refused an AIO context: AIO operations use the ring.
     aio_unavailable: Cell<bool>,
     /// Submissions plus completions: a change means the ring is busy.
@@ -193,6 +195,7 @@ impl Ring {
                 aio: RefCell::new(None),
                 aio_backlog: RefCell::new(VecDeque::new()),
                 aio_in_kernel: Cell::new(0),
+                aio_submits: Cell::new(0),
                 aio_unavailable: Cell::new(false),
                 events: Cell::new(0),
                 reaper: RefCell::new(None),

@@ -2,7 +2,7 @@
 //! backings: `storage::route`). They share the ring's operations, limits
 //! and reaper.
 
-use super::{complete, errno, Op, OpFuture, Ring, State, Submit, CQ_ENTRIES};
+use super::{complete, errno, Op, OpFuture, Ring, State, Submit, CQ_ENTRIES, GATHER};
 use crate::storage::aio;
 use glommio::io::DmaBuffer;
 use io_uring::{opcode, types};
@@ -22,19 +22,20 @@ impl Ring {
         buf: DmaBuffer,
         nowait: bool,
     ) -> impl Future<Output = (io::Result<usize>, DmaBuffer)> {
-        self.with_aio(aio::Kind::Read, file, offset, buf, nowait)
+        self.with_aio(aio::Kind::Read, file, offset, buf, nowait, Submit::Now)
     }
 
-    /// Write `buf` at `offset` through Linux AIO, at once; `nowait` as for
-    /// `aio_read`.
+    /// Write `buf` at `offset` through Linux AIO, going to the kernel as
+    /// `how` says; `nowait` as for `aio_read`.
     pub fn aio_write(
         self: &Rc<Self>,
         file: &Rc<OwnedFd>,
         offset: u64,
         buf: DmaBuffer,
         nowait: bool,
+        how: Submit,
     ) -> impl Future<Output = (io::Result<usize>, DmaBuffer)> {
-        self.with_aio(aio::Kind::Write, file, offset, buf, nowait)
+        self.with_aio(aio::Kind::Write, file, offset, buf, nowait, how)
     }
 
     fn with_aio(
@@ -44,6 +45,7 @@ impl Ring {
         offset: u64,
         mut buf: DmaBuffer,
         nowait: bool,
+        how: Submit,
     ) -> impl Future<Output = (io::Result<usize>, DmaBuffer)> {
         // The kernel writes a read's data through this pointer.
         let (ptr, len) = (buf.as_mut_ptr().cast_const(), buf.len());
@@ -58,7 +60,7 @@ impl Ring {
                     .offset(offset)
                     .build(),
             };
-            return owned(self.submit(sqe, file, Some(buf), Submit::Now));
+            return owned(self.submit(sqe, file, Some(buf), how));
         }
         let id = self.ops.borrow_mut().insert(Op {
             state: State::Waiting(None),
@@ -75,12 +77,21 @@ impl Ring {
             data: id as u64,
         });
         self.touch();
-        self.submit_aio();
-        // A device that completes in the submitting call (zram: a copy)
-        // has its result in the ring already: taken now, the command goes
-        // on at its first poll, without a round of the executor.
-        let done = self.reap_aio(&mut self.ops.borrow_mut());
-        self.completed(done);
+        // As the ring's own operations (`Ring::submit`).
+        let waiting = self.aio_backlog.borrow().len() as u32;
+        if how == Submit::Now
+            || self.in_kernel.get() == 0
+            || waiting >= GATHER
+            || self.napping.get()
+        {
+            self.submit_aio();
+            // A device that completes in the submitting call (zram: a
+            // copy) has its result in the ring already: taken now, the
+            // command goes on at its first poll, without a round of the
+            // executor.
+            let done = self.reap_aio(&mut self.ops.borrow_mut());
+            self.completed(done);
+        }
         self.wake_reaper();
         let f = OpFuture {
             ring: self.clone(),
@@ -121,21 +132,25 @@ impl Ring {
         }
         let ctx = self.aio.borrow();
         let ctx = ctx.as_ref().expect("made before its first operation");
-        while let Some(req) = backlog.front() {
-            if self.queued.get() + self.in_kernel.get() >= CQ_ENTRIES {
+        while !backlog.is_empty() {
+            let room = CQ_ENTRIES.saturating_sub(self.queued.get() + self.in_kernel.get());
+            if room == 0 {
                 break;
             }
-            // SAFETY: the request's buffer and file are owned by its `Op`
+            let reqs = backlog.make_contiguous();
+            let reqs = &reqs[..reqs.len().min(room as usize)];
+            // SAFETY: each request's buffer and file are owned by its `Op`
             // until its completion is reaped.
-            match unsafe { ctx.submit(req) } {
-                Ok(()) => {
-                    backlog.pop_front();
-                    self.in_kernel.set(self.in_kernel.get() + 1);
-                    self.aio_in_kernel.set(self.aio_in_kernel.get() + 1);
+            match unsafe { ctx.submit(reqs) } {
+                Ok(n) => {
+                    backlog.drain(..n);
+                    self.in_kernel.set(self.in_kernel.get() + n as u32);
+                    self.aio_in_kernel.set(self.aio_in_kernel.get() + n as u32);
+                    self.aio_submits.set(self.aio_submits.get() + 1);
                 }
                 Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => break,
                 Err(e) => {
-                    let req = backlog.pop_front().expect("looked at above");
+                    let req = backlog.pop_front().expect("not empty");
                     complete(&mut self.ops.borrow_mut(), req.data as usize, -errno(&e));
                 }
             }
