@@ -1,5 +1,6 @@
 //! Files and block devices, opened O_DIRECT, read and written through the
-//! executor's own storage ring (`uring`).
+//! executor's own storage ring (`uring`), Linux AIO first where `route`
+//! says so.
 
 use super::route::{would_block, Backoff, Route};
 use super::uring::{Ring, Submit};
