@@ -295,14 +295,8 @@ impl Ring {
             .borrow_mut()
             .push_back(sqe.user_data(id as u64));
         self.touch();
-        // Alone in flight, or enough gathered, or nobody looks this round:
-        // now. Otherwise the reaper submits the gathered ones when it looks.
         let waiting = self.backlog.borrow().len() as u32 + self.queued.get();
-        if how == Submit::Now
-            || self.in_kernel.get() == 0
-            || waiting >= GATHER
-            || self.napping.get()
-        {
+        if self.goes_now(how, waiting) {
             self.submit_queued();
         }
         self.wake_reaper();
@@ -311,6 +305,14 @@ impl Ring {
             id,
             done: false,
         }
+    }
+
+    /// Whether an operation asked to go as `how`, with `waiting` queued
+    /// for the same call (itself included), goes to the kernel now: alone
+    /// in flight, or enough gathered, or nobody looks this round.
+    /// Otherwise the reaper submits the gathered ones when it looks.
+    fn goes_now(&self, how: Submit, waiting: u32) -> bool {
+        how == Submit::Now || self.in_kernel.get() == 0 || waiting >= GATHER || self.napping.get()
     }
 
     fn touch(&self) {

@@ -2,7 +2,7 @@
 //! backings: `storage::route`). They share the ring's operations, limits
 //! and reaper.
 
-use super::{complete, errno, Op, OpFuture, Ring, State, Submit, CQ_ENTRIES, GATHER};
+use super::{complete, errno, Op, OpFuture, Ring, State, Submit, CQ_ENTRIES};
 use crate::storage::aio;
 use glommio::io::DmaBuffer;
 use io_uring::{opcode, types};
@@ -79,11 +79,7 @@ impl Ring {
         self.touch();
         // As the ring's own operations (`Ring::submit`).
         let waiting = self.aio_backlog.borrow().len() as u32;
-        if how == Submit::Now
-            || self.in_kernel.get() == 0
-            || waiting >= GATHER
-            || self.napping.get()
-        {
+        if self.goes_now(how, waiting) {
             self.submit_aio();
             // A device that completes in the submitting call (zram: a
             // copy) has its result in the ring already: taken now, the
