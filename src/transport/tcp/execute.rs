@@ -144,23 +144,28 @@ impl Conn {
         let inline = lone_read || ns.as_ref().is_some_and(|n| n.backend.is_synchronous());
         let me = self.clone();
         self.executing.set(self.executing.get() + 1);
-        let mut fut = Box::pin(async move {
+        let fut = async move {
             let ctx = DoneCtx { max_len, charge };
             me.q.run(&*me, sqe, ns, data, &me.kill, ctx).await;
             me.executing.set(me.executing.get() - 1);
-        });
+        };
         // A spawned task's first poll runs here too (glommio runs it at
         // once): what completes in it (a device that completes in the
         // submitting call) is part of the reader's burst as well.
         self.reader_running.set(true);
         if inline {
+            // Pinned in a box of its own only here: a spawned task holds
+            // its future in its own allocation already.
+            let mut fut = Box::pin(fut);
             let mut cx = Context::from_waker(Waker::noop());
             if fut.as_mut().poll(&mut cx).is_ready() {
                 self.reader_running.set(false);
                 return;
             }
+            glommio::spawn_local(fut).detach();
+        } else {
+            glommio::spawn_local(fut).detach();
         }
-        glommio::spawn_local(fut).detach();
         self.reader_running.set(false);
     }
 
