@@ -463,8 +463,12 @@ async fn poll_loop(r: Rc<Readiness>) {
                 share.check();
             }
             if idle_rounds.is_multiple_of(YIELD_EVERY) && share.shared() {
-                // SAFETY: plain system call.
-                unsafe { libc::sched_yield() };
+                let at = Instant::now();
+                if share.may_yield(at) {
+                    // SAFETY: plain system call.
+                    unsafe { libc::sched_yield() };
+                    share.yielded(at, at.elapsed());
+                }
             }
         } else {
             (last_activity, idle_rounds) = (r.activity.get(), 0);
