@@ -48,13 +48,13 @@ const HOLD_CHECKS: u32 = 4;
 /// A yield that kept the poller off its CPU this long handed it over to a
 /// thread that wanted it: far above a kworker's run and a futile yield's
 /// return (microseconds), far below a time slice (0.75 ms and up).
-pub const HANDED_OVER: Duration = Duration::from_micros(50);
+const HANDED_OVER: Duration = Duration::from_micros(50);
 /// How long the first yield that handed nothing over defers the next.
-pub const MIN_DEFER: Duration = Duration::from_millis(1);
+const MIN_DEFER: Duration = Duration::from_millis(1);
 /// The longest deferral: a polling host that starts sharing the CPU waits
 /// for the scheduler's time slices at most this long before the yields
 /// serve it again.
-pub const MAX_DEFER: Duration = Duration::from_secs(1);
+const MAX_DEFER: Duration = Duration::from_secs(1);
 
 /// What the poller knows about its CPU's other takers.
 #[derive(Debug)]
