@@ -232,7 +232,8 @@ impl<R: Registry> Queue<R> {
             return;
         };
         if !r.status.is_success() {
-            self.log_failure(&sqe, r.status).await;
+            // Boxed: a failure is rare and its future large (see `execute`).
+            Box::pin(self.log_failure(&sqe, r.status)).await;
         } else if sqe.opcode() == command::admin::FABRICS && self.is_admin() {
             t.admin_connected();
         }
@@ -259,8 +260,10 @@ impl<R: Registry> Queue<R> {
         data: Option<DmaBuffer>,
         kill: &Rc<Trigger>,
     ) -> Outcome {
+        // Fabrics and admin commands are boxed so that an I/O command's
+        // future is not as large as theirs (`io::execute`).
         if sqe.opcode() == command::admin::FABRICS {
-            return self.execute_fabrics(sqe, data, kill).await.into();
+            return Box::pin(self.execute_fabrics(sqe, data, kill)).await.into();
         }
         let binding = {
             let st = self.state.borrow();
@@ -271,7 +274,9 @@ impl<R: Registry> Queue<R> {
             }
         };
         match binding {
-            Ok(ctrl) => admin::execute(&self.registry, &ctrl, sqe, data, self.local).await,
+            Ok(ctrl) => {
+                Box::pin(admin::execute(&self.registry, &ctrl, sqe, data, self.local)).await
+            }
             Err((subsys, write_through)) => {
                 let Some(ns) = ns else {
                     return Status::INVALID_NAMESPACE.into();
