@@ -15,6 +15,8 @@ pub struct RecvBuf<R> {
     buf: Box<[u8]>,
     pos: usize,
     end: usize,
+    /// Bytes taken from the socket so far (`flow::writer_due`).
+    received: u64,
 }
 
 enum Fill {
@@ -34,7 +36,13 @@ impl<R: Recv> RecvBuf<R> {
             buf: vec![0u8; RECV_BUF_LEN].into_boxed_slice(),
             pos: 0,
             end: 0,
+            received: 0,
         }
+    }
+
+    /// Bytes received from the socket since the connection began.
+    pub fn received(&self) -> u64 {
+        self.received
     }
 
     pub fn buffered(&self) -> usize {
@@ -77,6 +85,7 @@ impl<R: Recv> RecvBuf<R> {
                 };
             }
             self.end += k;
+            self.received += k as u64;
         }
         Ok(Fill::Ready)
     }
@@ -103,6 +112,7 @@ impl<R: Recv> RecvBuf<R> {
                     return Err(eof());
                 }
                 off += k;
+                self.received += k as u64;
             } else {
                 self.fill(rem).await?;
                 dst[off..].copy_from_slice(self.take(rem));

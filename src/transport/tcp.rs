@@ -11,7 +11,7 @@
 
 mod execute;
 
-use super::flow::{batch_for_depth, DepthEstimate, FLOW_BATCH};
+use super::flow::{batch_for_depth, writer_due, DepthEstimate, FLOW_BATCH};
 use super::outbox::Outbox;
 use super::recv::RecvBuf;
 use super::rx::{Fatal, Pdu, Rx};
@@ -370,13 +370,21 @@ impl Conn {
     }
 
     async fn read_loop(self: &Rc<Self>, rb: &mut Reader) -> Stop {
+        // What the socket had given when the writer last had its turn.
+        let mut mark = rb.received();
         loop {
             // A host pipelining many commands sends them in one burst; when
             // the replies to part of it are ready, let the writer send them
             // before reading on, so that the host works on those while this
             // core works on the rest, instead of each side waiting for the
-            // other's whole batch.
-            if self.out.queued() >= self.flow_batch(rb) && self.out.writer_idle() {
+            // other's whole batch (`flow::writer_due`).
+            let queued = self.out.queued();
+            if queued == 0 {
+                mark = rb.received();
+            }
+            let batch = self.flow_batch(rb);
+            if writer_due(queued, batch, rb.received() - mark) && self.out.writer_idle() {
+                mark = rb.received();
                 futures_lite::future::yield_now().await;
             }
             match self.read_pdu(rb).await {
