@@ -28,9 +28,10 @@ const DEPTH_WINDOW: u32 = 4096;
 /// A host's large writes arrive back to back (128 KiB of H2CData is ~13 µs
 /// of copying here), so a count alone held each reply, and the R2T that
 /// lets the host send its next write, behind up to `batch` others' data:
-/// RAM 128 KiB writes QD8 went out four replies to a send, 1.16 and 1.25
-/// of that with this (sequential and random, p99 0.88 and 0.73); 64 KiB
-/// measured 1.12. Small commands reach the count first (perf/README.md).
+/// RAM 128 KiB writes QD8 went out four replies to a send; with this,
+/// sequential 1.16 and 1.08 of that, random 1.25 and 1.08 (two sets of
+/// alternated pairs, p99 0.73-0.96); 64 KiB measured 1.12. Small commands
+/// reach the count first (perf/README.md).
 pub(super) const FLOW_BYTES: u64 = 128 * 1024;
 
 /// Whether the reader lets the writer send what is `queued` before it reads
