@@ -296,23 +296,33 @@ cpus_online() {
 
 # Keep Alive commands, from the nvme driver's tracepoints: the ones the host
 # really sent and the target answered, instead of a guess from elapsed time.
-# ka_trace_start clears the trace and records admin commands from then on.
-ka_trace_start() {
-  [ -e "$TRACE/trace" ] || mount -t tracefs tracefs "$TRACE" || fail "cannot mount tracefs"
-  [ -d "$TRACE/events/nvme/nvme_setup_cmd" ] || fail "no nvme trace events in $TRACE"
+# The events are enabled once, before the first cell, and stay enabled:
+# switching a tracepoint patches kernel text and waits for every CPU to
+# acknowledge an IPI, and under TCG one such wait, at a cell's end, never
+# returned (CPU 0 in a soft lockup, CPU 1's timers stopped; CI, 2026-12-07).
+# Cells only clear the buffer and switch recording (a flag) on and off.
+ka_trace_setup() {
+  [ -e "$TRACE/trace" ] || mount -t tracefs tracefs "$TRACE" || return 1
+  [ -d "$TRACE/events/nvme/nvme_setup_cmd" ] || return 1
   echo 0 > "$TRACE/tracing_on"
-  echo 'qid == 0 && opcode == 0x18' > "$TRACE/events/nvme/nvme_setup_cmd/filter" || fail "trace filter"
-  echo 'qid == 0' > "$TRACE/events/nvme/nvme_complete_rq/filter" || fail "trace filter"
+  echo 'qid == 0 && opcode == 0x18' > "$TRACE/events/nvme/nvme_setup_cmd/filter" || return 1
+  echo 'qid == 0' > "$TRACE/events/nvme/nvme_complete_rq/filter" || return 1
   echo 1 > "$TRACE/events/nvme/nvme_setup_cmd/enable"
   echo 1 > "$TRACE/events/nvme/nvme_complete_rq/enable"
+}
+
+# ka_trace_start clears the trace and records admin commands from then on.
+ka_trace_start() {
+  [ "$(cat "$TRACE/events/nvme/nvme_setup_cmd/enable" 2>/dev/null)" = 1 ] \
+    || fail "the nvme trace events are not enabled (ka_trace_setup failed at the start)"
+  echo 0 > "$TRACE/tracing_on"
   : > "$TRACE/trace"
   echo 1 > "$TRACE/tracing_on"
 }
 
 ka_trace_stop() {
-  [ -e "$TRACE/events/nvme/enable" ] || return 0
-  echo 0 > "$TRACE/events/nvme/enable"
-  : > "$TRACE/trace"
+  [ -e "$TRACE/tracing_on" ] || return 0
+  echo 0 > "$TRACE/tracing_on"
 }
 
 # Keep Alives sent on controller $1 (nvmeX) since ka_trace_start that completed
@@ -1109,6 +1119,7 @@ if [ "${1:-}" = __run ]; then
 fi
 
 echo "GUEST: matrix: $(echo "$CELLS" | wc -w) cells; target $TARGET; $(nproc) CPUs online"
+ka_trace_setup || echo "GUEST: no nvme trace events; the Keep Alive cells will fail"
 cleanup > /dev/null 2>&1
 for spec in $CELLS; do
   run_cell "${spec%%:*}" "${spec##*:}"

@@ -113,6 +113,8 @@ CELLS = [
 HOST_CELLS = [("targets", ["main", "qd64", "qd16", "pcap", "restart", "big"],
                "targets alive at the end, no panic in their logs")]
 MAX_BOOTS = 5
+# The guest kernel's own reports of a stalled CPU.
+STALL_RE = re.compile(r"soft lockup - CPU#|rcu: INFO: rcu_\w+ (self-detected )?stall|detected stalls on CPUs")
 QUIET = os.environ.get("INTEROP_QUIET") == "1"
 
 _print_lock = threading.Lock()
@@ -330,6 +332,7 @@ class CellResult:
         self.log_to = {}
         self.notes = []          # host-side findings (e.g. the capture's)
         self.marked = False      # log offsets came from the control channel
+        self.stalled = None      # the guest kernel's stall report that ended a first try
 
     def verdict(self, status, secs):
         """A CELL-END line. The first one that is not PASS sticks: the guest's
@@ -922,6 +925,8 @@ class Matrix:
                     r.notes.append(f"boot {n} ran no cell; console tail:\n" + "\n".join(lines[-40:]))
                 pending = []
                 break
+            for c in started:
+                self.retry_after_stall(self.results[c], n)
             pending = [c for c in pending if self.results[c].status == "NOT RUN"]
             if pending:
                 log(f"boot {n} ended early; {len(pending)} cells left: {' '.join(pending)}")
@@ -946,6 +951,25 @@ class Matrix:
         self.host_cells()
         self.report(time.time() - t0)
         return all(r.status == "PASS" for r in self.results.values())
+
+    def retry_after_stall(self, r, n):
+        """A cell the VM died in because the guest kernel stalled (a soft
+        lockup or an RCU stall on the console: under TCG a vCPU can stop
+        answering IPIs and timers) runs once more in a fresh boot. Only once,
+        and only when the kernel itself reported the stall: a second stall, or
+        a cell that failed any other way, stays a failure. The report keeps
+        the first try's console."""
+        if r.status == "PASS" or r.stalled is not None:
+            return
+        stall = next((l for l in r.lines if STALL_RE.search(l)), None)
+        if stall is None:
+            return
+        r.stalled = (f"boot {n}: the guest kernel stalled in this cell ({stall.strip()}); "
+                     f"it ran again in a fresh boot. First try's console, last 40 lines:\n"
+                     + "\n".join(r.lines[-40:]))
+        log(f"{r.name}: the guest kernel stalled in boot {n}; the cell runs again in a fresh boot")
+        r.status, r.secs, r.lines, r.notes, r.vm = "NOT RUN", None, [], [], None
+        r.log_from, r.log_to, r.marked = {}, {}, False
 
     def host_cells(self):
         for name, tg, what in HOST_CELLS:
@@ -1001,10 +1025,13 @@ class Matrix:
             if r is None:
                 continue
             secs = f"{r.secs:.1f}" if r.secs is not None else "-"
-            print(f"{r.name:<24}{r.status:<9}{secs:>8}  {r.what}")
+            status = r.status + ("*" if r.stalled else "")
+            print(f"{r.name:<24}{status:<9}{secs:>8}  {r.what}")
         print("-" * 100)
         boots = ", ".join(f"boot {n}: {c} cells in {s:.0f}s" for n, c, s, _, _ in self.boots)
         npass = sum(r.status == "PASS" for r in self.results.values())
+        for r in (r for r in self.results.values() if r.stalled):
+            print(f"* {r.name}, {r.stalled}")
         print(f"{npass}/{len(self.results)} cells passed in {total:.0f}s ({boots}); logs in {self.work}")
 
     def cleanup(self):
