@@ -970,6 +970,12 @@ class Matrix:
         log(f"{r.name}: the guest kernel stalled in boot {n}; the cell runs again in a fresh boot")
         r.status, r.secs, r.lines, r.notes, r.vm = "NOT RUN", None, [], [], None
         r.log_from, r.log_to, r.marked = {}, {}, False
+        if r.name in self.captures:
+            # The capture is judged whole: it starts again with the cell.
+            port, _, _, proc = self.captures.pop(r.name)
+            proc.terminate()
+            proc.wait(timeout=10)
+            self.start_capture(r.name, port)
 
     def host_cells(self):
         for name, tg, what in HOST_CELLS:
