@@ -298,8 +298,9 @@ cpus_online() {
 # really sent and the target answered, instead of a guess from elapsed time.
 # The events are enabled once, before the first cell, and stay enabled:
 # switching a tracepoint patches kernel text and waits for every CPU to
-# acknowledge an IPI, and under TCG one such wait, at a cell's end, never
-# returned (CPU 0 in a soft lockup, CPU 1's timers stopped; CI, 2026-12-07).
+# acknowledge an IPI, and under TCG such a wait, at a cell's end, twice never
+# returned (one CPU in a soft lockup in sh, the other's timers stopped; the
+# pcap and the keepalive cell, 2026-12-07).
 # Cells only clear the buffer and switch recording (a flag) on and off.
 ka_trace_setup() {
   [ -e "$TRACE/trace" ] || mount -t tracefs tracefs "$TRACE" || return 1
