@@ -72,7 +72,8 @@ fn block_device_namespace() {
 /// zram is bio-based and never declared that it takes I/O without
 /// blocking, so io_uring would hand each read and write to a worker thread:
 /// it is served through Linux AIO, and its data must come back the same,
-/// also when a write waits long in the device (throttled here).
+/// also when a write waits long in the device (throttled here), and once
+/// its reads go by plain calls.
 #[test]
 fn a_device_that_cannot_take_io_without_blocking_is_served_through_aio() {
     use nvmf_tpc::storage::file::takes_nowait;
@@ -134,7 +135,20 @@ fn a_device_that_cannot_take_io_without_blocking_is_served_through_aio() {
                 pattern(i as u32 + 7)
             );
         }
+        // After 1,024 reads completed inside `io_submit`, zram is read by
+        // plain calls (`storage::in_call`): the same data either way.
+        let want = pattern(8);
+        for i in 0..1200u64 {
+            let k = (i % 16) as usize;
+            let got = q.read(1, 3000 + k as u64, 1, 4096).await.unwrap();
+            assert_eq!(got, want[k * 4096..][..4096], "read {i}");
+        }
     });
+    assert!(
+        t.log().contains("plain calls from now"),
+        "zram's reads did not go to plain calls:\n{}",
+        t.log()
+    );
     drop(throttle);
     // The I/O went through an AIO context (its ring is mapped from the
     // kernel's aio file system).

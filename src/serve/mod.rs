@@ -87,7 +87,9 @@ fn route_note(path: &std::path::Path, is_block: bool) -> &'static str {
     use crate::storage::{file::route_of, route::Route};
     match route_of(path, is_block) {
         Route::Ring => "",
-        Route::Aio => " (reads and writes through Linux AIO: it cannot take I/O without blocking)",
+        Route::Aio => {
+            " (reads and writes through Linux AIO: it cannot take I/O without blocking; reads by plain calls while it completes them in the call)"
+        }
         Route::AioFirst => {
             " (reads and writes through Linux AIO, through io_uring where they would block)"
         }

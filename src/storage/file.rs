@@ -2,6 +2,7 @@
 //! executor's own storage ring (`uring`), Linux AIO first where `route`
 //! says so.
 
+use super::in_call::{self, InCall, ReadWay};
 use super::route::{would_block, Backoff, Route};
 use super::uring::{Ring, Submit};
 use glommio::io::DmaBuffer;
@@ -170,6 +171,9 @@ pub struct FileBackend {
     /// When reads and writes on `Route::AioFirst` try AIO.
     pub reads: Backoff,
     pub writes: Backoff,
+    /// On `Route::Aio`: whether the device completes in the submitting
+    /// call, so that plain calls serve it (`in_call`).
+    pub in_call: InCall,
     pub path: PathBuf,
     /// A flush of this handle failed once. The kernel reports a write-back
     /// error once per file handle and may drop the data it could not write,
@@ -195,15 +199,40 @@ impl FileBackend {
             path: path.to_owned(),
             reads: Backoff::default(),
             writes: Backoff::default(),
+            in_call: InCall::default(),
             flush_failed: Cell::new(false),
         })
     }
 
+    /// The device completes reads and writes in the submitting call
+    /// (`in_call`): run them where the command is parsed.
+    pub fn completes_in_call(&self) -> bool {
+        self.route == Route::Aio && self.in_call.on()
+    }
+
     pub async fn read(&self, offset: u64, len: usize) -> io::Result<DmaBuffer> {
-        let buf = super::dma_buffer(len);
+        let mut buf = super::dma_buffer(len);
         let ring = &self.ring;
         let (r, buf) = match self.route {
-            Route::Aio => ring.aio_read(&self.file, offset, buf, false).await,
+            Route::Aio if self.in_call.read_way() == ReadWay::Call => {
+                let t = std::time::Instant::now();
+                let r = in_call::read(self.file.as_raw_fd(), buf.as_bytes_mut(), offset);
+                self.in_call.call_took(t.elapsed(), len);
+                (r, buf)
+            }
+            Route::Aio => {
+                let mut f = std::pin::pin!(ring.aio_read(&self.file, offset, buf, false));
+                match futures_lite::future::poll_once(f.as_mut()).await {
+                    Some(done) => {
+                        self.in_call.aio_read(true);
+                        done
+                    }
+                    None => {
+                        self.in_call.aio_read(false);
+                        f.await
+                    }
+                }
+            }
             Route::AioFirst if self.reads.try_aio() => {
                 match ring.aio_read(&self.file, offset, buf, true).await {
                     (r, buf) if would_block(&r, len) => {
@@ -377,6 +406,48 @@ fn ioctl_range(fd: RawFd, req: libc::c_ulong, offset: u64, len: u64) -> io::Resu
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// On the AIO route, a device seen completing reads inside `io_submit`
+    /// is then served by plain calls, and one seen waiting goes back to
+    /// AIO (`in_call`). A file stands in for such a device: reading its
+    /// holes is a copy of zeroes in the call, reading its written blocks
+    /// waits for the disk.
+    #[test]
+    fn plain_calls_while_the_device_completes_in_the_call() {
+        glommio::LocalExecutorBuilder::default()
+            .spawn(|| async {
+                let path =
+                    std::env::temp_dir().join(format!("file-in-call-{}", std::process::id()));
+                create_sparse(&path, 8 << 20).unwrap();
+                let mut f = FileBackend::open(&path, false).unwrap();
+                f.route = Route::Aio;
+                let mut reads = 0;
+                while !f.completes_in_call() {
+                    let got = f.read((reads % 2048) * 4096, 4096).await.unwrap();
+                    assert!(got.as_bytes().iter().all(|&b| b == 0));
+                    reads += 1;
+                    assert!(reads <= 4096, "holes read in the call did not switch");
+                }
+                let mut buf = super::super::dma_buffer(8192);
+                buf.as_bytes_mut().fill(0x3c);
+                f.write(1 << 20, buf).await.unwrap();
+                assert!(f.completes_in_call(), "a write through AIO changes nothing");
+                let got = f.read(1 << 20, 8192).await.unwrap();
+                assert!(got.as_bytes().iter().all(|&b| b == 0x3c));
+                let mut n = 0;
+                while f.completes_in_call() {
+                    let got = f.read(1 << 20, 4096).await.unwrap();
+                    assert!(got.as_bytes().iter().all(|&b| b == 0x3c));
+                    n += 1;
+                    assert!(n <= 1024, "reads from the disk kept plain calls");
+                }
+                assert_eq!(f.in_call.backs(), 1);
+                std::fs::remove_file(&path).unwrap();
+            })
+            .unwrap()
+            .join()
+            .unwrap();
+    }
 
     /// A sparse file goes through AIO without blocking: a write into a hole
     /// (the file system would allocate, and `io_submit` block) is refused

@@ -8,6 +8,7 @@ pub mod block_lock;
 pub mod budget;
 pub mod claim;
 pub mod file;
+pub mod in_call;
 pub mod ram;
 pub mod route;
 pub mod uring;
@@ -282,7 +283,10 @@ impl Backend {
 
     /// Commands on this backing complete without waiting for anything.
     pub fn is_synchronous(&self) -> bool {
-        matches!(self, Backend::Ram(_) | Backend::Null(_))
+        match self {
+            Backend::Ram(_) | Backend::Null(_) => true,
+            Backend::File(f) => f.completes_in_call(),
+        }
     }
 
     /// Bytes of `size` the backing really holds (NUSE).

@@ -2,7 +2,9 @@
 //!
 //! - A block device whose driver cannot take I/O without blocking (zram)
 //!   goes through Linux AIO: io_uring would hand each operation to a
-//!   worker thread (`aio`'s module comment has the figures).
+//!   worker thread (`aio`'s module comment has the figures). One seen
+//!   completing its reads inside `io_submit` is then served by plain
+//!   calls (`in_call`).
 //! - A file on a file system that can (ext4, XFS, btrfs), and a block
 //!   device that can, try Linux AIO with `RWF_NOWAIT` first, and an
 //!   operation the kernel refuses that way (a write that would allocate,
