@@ -169,6 +169,42 @@ fn a_device_that_cannot_take_io_without_blocking_is_served_through_aio() {
     );
 }
 
+/// A device whose reads wait (zram under a cgroup read limit: most reads
+/// are held by the throttle) is never read by plain calls, which would stop
+/// the core while each waits (`storage::in_call`): reads that completed in
+/// their call come in runs far shorter than the 1,024 it takes.
+#[test]
+fn a_device_whose_reads_wait_keeps_aio() {
+    let Some(z) = Zram::add(16 << 20) else {
+        eprintln!("SKIPPED: this kernel has no zram");
+        return;
+    };
+    let t = Target::start(&["--subsystem", NQN, "--namespace", &z.0]);
+    let addr = t.addr;
+    // 2,048 reads of 4 KiB a second.
+    let throttle = Throttle::reads("zram-reads", &z, 8 << 20, t.pid());
+    run(move || async move {
+        let c = Controller::connect(HostConfig::new(addr, NQN))
+            .await
+            .unwrap();
+        let q = c.connect_io_queue(32).await.unwrap();
+        let data: Vec<u8> = (0..16 * 4096u32).map(|i| (i * 7 % 251) as u8).collect();
+        q.write(1, 64, &data, 4096, false).await.unwrap();
+        for i in 0..1500u64 {
+            let k = (i % 16) as usize;
+            let got = q.read(1, 64 + k as u64, 1, 4096).await.unwrap();
+            assert_eq!(got, data[k * 4096..][..4096], "read {i}");
+        }
+    });
+    drop(throttle);
+    assert!(
+        !t.log().contains("plain calls from now"),
+        "reads that wait went to plain calls:\n{}",
+        t.log()
+    );
+    assert_eq!(t.stop().code(), Some(0));
+}
+
 #[test]
 fn a_claimed_or_mounted_block_device_is_refused() {
     let dir = scratch_dir("blkclaim");

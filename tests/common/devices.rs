@@ -140,8 +140,8 @@ impl Drop for Mount {
 
 const BLKIO: &str = "/sys/fs/cgroup/blkio";
 
-/// A blkio cgroup (v1) holding one process, whose writes to one device are
-/// throttled to a byte rate. The process leaves it on drop.
+/// A blkio cgroup (v1) holding one process, whose writes (or reads) to one
+/// device are throttled to a byte rate. The process leaves it on drop.
 pub struct Throttle {
     dir: PathBuf,
     dev: String,
@@ -150,6 +150,15 @@ pub struct Throttle {
 
 impl Throttle {
     pub fn new(name: &str, dev: &impl Device, write_bps: u64, pid: u32) -> Throttle {
+        Throttle::limit(name, dev, "write", write_bps, pid)
+    }
+
+    /// Reads throttled instead.
+    pub fn reads(name: &str, dev: &impl Device, read_bps: u64, pid: u32) -> Throttle {
+        Throttle::limit(name, dev, "read", read_bps, pid)
+    }
+
+    fn limit(name: &str, dev: &impl Device, way: &str, bps: u64, pid: u32) -> Throttle {
         assert!(
             Path::new(BLKIO).join("cgroup.procs").exists(),
             "the blkio cgroup controller is needed at {BLKIO}"
@@ -159,8 +168,8 @@ impl Throttle {
         std::fs::create_dir(&dir).unwrap();
         let dev = dev.dev_t();
         std::fs::write(
-            dir.join("blkio.throttle.write_bps_device"),
-            format!("{dev} {write_bps}"),
+            dir.join(format!("blkio.throttle.{way}_bps_device")),
+            format!("{dev} {bps}"),
         )
         .unwrap();
         std::fs::write(dir.join("cgroup.procs"), pid.to_string()).unwrap();
