@@ -281,7 +281,11 @@ impl Backend {
         }
     }
 
-    /// Commands on this backing complete without waiting for anything.
+    /// Commands on this backing complete without waiting for anything, so
+    /// they run where they are parsed: RAM and null always; a device
+    /// while it completes reads in the submitting call (`in_call`), whose
+    /// command that still has to wait (a gathered write, a FUA flush) goes
+    /// on in a task of its own.
     pub fn is_synchronous(&self) -> bool {
         match self {
             Backend::Ram(_) | Backend::Null(_) => true,
