@@ -98,13 +98,14 @@ pub fn probe(path: &Path) -> Result<Probe, String> {
     }
 }
 
-struct AlignedBuf {
+/// Zeroed memory aligned for O_DIRECT, outside an executor's DMA pool.
+pub(super) struct AlignedBuf {
     ptr: *mut u8,
     layout: std::alloc::Layout,
 }
 
 impl AlignedBuf {
-    fn new(len: usize) -> AlignedBuf {
+    pub(super) fn new(len: usize) -> AlignedBuf {
         let layout = std::alloc::Layout::from_size_align(len, 4096).unwrap();
         // SAFETY: non-zero size.
         let ptr = unsafe { std::alloc::alloc_zeroed(layout) };
@@ -113,6 +114,11 @@ impl AlignedBuf {
     }
     fn ptr(&mut self) -> *mut u8 {
         self.ptr
+    }
+    #[cfg(test)]
+    pub(super) fn bytes_mut(&mut self) -> &mut [u8] {
+        // SAFETY: `layout.size()` bytes allocated in `new`, borrowed with `self`.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr, self.layout.size()) }
     }
 }
 

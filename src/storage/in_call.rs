@@ -258,7 +258,7 @@ mod tests {
     #[test]
     fn calls_move_the_data() {
         use std::os::fd::AsRawFd;
-        use std::os::unix::fs::OpenOptionsExt;
+        use std::os::unix::fs::{FileExt, OpenOptionsExt};
         let path = std::env::temp_dir().join(format!("in-call-{}", std::process::id()));
         let f = std::fs::OpenOptions::new()
             .read(true)
@@ -269,15 +269,10 @@ mod tests {
             .open(&path)
             .unwrap();
         f.set_len(1 << 16).unwrap();
-        let layout = std::alloc::Layout::from_size_align(8192, 4096).unwrap();
-        // SAFETY: non-zero size; freed below with the same layout.
-        let p = unsafe { std::alloc::alloc_zeroed(layout) };
-        // SAFETY: 8192 bytes just allocated.
-        let buf = unsafe { std::slice::from_raw_parts_mut(p, 8192) };
+        let mut mem = super::super::file::AlignedBuf::new(8192);
+        let buf = mem.bytes_mut();
         buf.fill(0x5a);
-        // SAFETY: 8192 bytes of `buf`.
-        let w = unsafe { libc::pwrite(f.as_raw_fd(), p.cast(), 8192, 4096) };
-        assert_eq!(w, 8192);
+        f.write_all_at(buf, 4096).unwrap();
         buf.fill(0);
         assert_eq!(read(f.as_raw_fd(), buf, 4096).unwrap(), 8192);
         assert!(buf.iter().all(|&b| b == 0x5a));
@@ -288,8 +283,6 @@ mod tests {
         );
         let bad = -1;
         assert!(read(bad, buf, 0).is_err());
-        // SAFETY: allocated above with this layout.
-        unsafe { std::alloc::dealloc(p, layout) };
         std::fs::remove_file(&path).unwrap();
     }
 }
