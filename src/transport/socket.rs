@@ -11,6 +11,7 @@
 
 use super::readiness::{Dir, Registration, Verdict};
 use crate::io_wait::IoWait;
+use crate::storage::uring;
 use crate::storage::SendPart;
 use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use std::io;
@@ -173,7 +174,13 @@ impl RecvPoll {
                 return Ok(Some(n));
             }
             match &self.reg {
-                Some(reg) if reg.wait(Dir::Rx).await == Verdict::Ready => continue,
+                Some(reg) if reg.wait(Dir::Rx).await == Verdict::Ready => {
+                    // Replies whose storage finished go before this `recv`
+                    // (`uring::reap_now`).
+                    if uring::reap_now() {
+                        futures_lite::future::yield_now().await;
+                    }
+                }
                 _ => return Ok(None),
             }
         }
@@ -388,6 +395,54 @@ mod tests {
         assert!(check_congestion("reno").is_ok());
         let e = check_congestion("no-such-algorithm").unwrap_err();
         assert!(e.contains("available"), "{e}");
+    }
+
+    /// A reader polling its socket lets a command whose storage read
+    /// completed go first: the reply is on its way before the reader's
+    /// next `recv` (which found data here, and would have run ahead).
+    #[test]
+    fn a_finished_storage_read_goes_before_the_next_recv() {
+        use std::cell::RefCell;
+        use std::io::Write;
+        glommio::LocalExecutorBuilder::default()
+            .spawn(|| async {
+                let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+                let mut c = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
+                let (a, _) = l.accept().unwrap();
+                a.set_nonblocking(true).unwrap();
+                let log = Rc::new(RefCell::new(Vec::new()));
+                let window = Duration::from_secs(60);
+                let mut rx = RecvPoll::new(a.as_raw_fd(), window);
+                let l2 = log.clone();
+                let reader = glommio::spawn_local(async move {
+                    let mut buf = [0u8; 16];
+                    let n = rx.recv(&mut buf).await.unwrap().unwrap();
+                    l2.borrow_mut().push(("recv", n));
+                });
+                let ring = uring::Ring::current().unwrap();
+                let (pipe_rx, mut pipe_tx) = std::io::pipe().unwrap();
+                let pipe_rx = Rc::new(std::os::fd::OwnedFd::from(pipe_rx));
+                let read = ring.read(&pipe_rx, 0, glommio::allocate_dma_buffer(4096));
+                let l2 = log.clone();
+                let command = glommio::spawn_local(async move {
+                    let (n, _) = read.await;
+                    l2.borrow_mut().push(("reply", n.unwrap()));
+                });
+                // The reader finds its socket empty and polls it.
+                for _ in 0..20 {
+                    futures_lite::future::yield_now().await;
+                }
+                assert!(log.borrow().is_empty());
+                // Both land at once: the read's completion and the host's bytes.
+                pipe_tx.write_all(&[7]).unwrap();
+                c.write_all(&[1, 2, 3]).unwrap();
+                command.await;
+                reader.await;
+                assert_eq!(*log.borrow(), [("reply", 1), ("recv", 3)]);
+            })
+            .unwrap()
+            .join()
+            .unwrap();
     }
 
     #[test]

@@ -180,6 +180,20 @@ pub fn events() -> u64 {
     CURRENT.with(|c| c.borrow().as_ref().map_or(0, |r| r.events.get()))
 }
 
+/// Complete what this executor's ring has finished, now: for a task about
+/// to poll a socket, which yields first if this woke anyone, so that the
+/// replies go out before its system call. Waiting for the reaper's turn, a
+/// file read at QD1 saw up to four `recv`s of the core's two polling
+/// readers between its completion and its reply's `sendmsg` in a fifth of
+/// the reads (kernel trace: 3.9-5.0 µs against SPDK's 1.9-2.3). Returns
+/// whether any completed (their tasks woken, `reply_hint` set).
+pub fn reap_now() -> bool {
+    CURRENT.with(|c| match c.borrow().as_ref() {
+        Some(r) if r.in_kernel.get() > 0 && !r.napping.get() => r.reap_finished() > 0,
+        _ => false,
+    })
+}
+
 impl Ring {
     /// This executor's ring, made on first use (tests run several executors
     /// one after another on one thread; each gets its own).
@@ -383,6 +397,11 @@ impl Ring {
     fn drive(&self) -> usize {
         self.submit_queued();
         self.submit_aio();
+        self.reap_finished()
+    }
+
+    /// Complete what the kernel finished (both ways). Returns how many.
+    fn reap_finished(&self) -> usize {
         let mut ring = self.ring.borrow_mut();
         let mut done = 0;
         let mut ops = self.ops.borrow_mut();

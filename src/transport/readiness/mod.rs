@@ -442,7 +442,10 @@ async fn poll_loop(r: Rc<Readiness>) {
             continue;
         }
         // Replies just woken go first; a few rounds at most, so that
-        // sockets are still looked at while completions pour in.
+        // sockets are still looked at while completions pour in. The ring
+        // is looked at here too, so that a completion that landed since
+        // the reaper's turn counts (`uring::reap_now`).
+        uring::reap_now();
         if deferred < REPLY_ROUNDS && reply_hint::take() {
             deferred += 1;
             futures_lite::future::yield_now().await;
