@@ -18,7 +18,8 @@ command's cycle is cut at those events:
     -> host recv -> host send
 
 It prints, per target, the median over the runs of each segment's median
-(µs), and writes perf/results/segments-<date>.md. Tracing costs both targets
+and each segment's mean over every command (µs; the mean is what the rate
+follows), and writes perf/results/segments-<date>.md. Tracing costs both targets
 some of their rate; the segments are what to compare, not the IOPS.
 
 Needs root, `perf` (Debian's linux-perf) and what perf/storage.py needs.
@@ -183,23 +184,33 @@ def run(name, backing, secs, tmp):
     r["n"] = len(seg["in_target"])
     # A segment seen for few commands is someone else's (on RAM, the
     # block events of a log write): left out.
-    r["seg"] = {k: statistics.median(v) for k, v in seg.items() if v and len(v) >= r["n"] / 2}
+    kept = {k: v for k, v in seg.items() if v and len(v) >= r["n"] / 2}
+    r["seg"] = {k: statistics.median(v) for k, v in kept.items()}
+    # Sums, for means over every command of every run: the whole cycle
+    # (1 / IOPS) is a sum of segment means, not of medians.
+    r["sum"] = {k: (sum(v), len(v)) for k, v in kept.items()}
     return r
 
 
 def table(results, backing):
-    lines = [f"4 KiB randread QD1, {backing} backing: median µs per command "
-             "(medians over the runs of each run's median)", "",
-             "| segment | SPDK | nvmf-tpc | nvmf-tpc − SPDK |", "|---|---:|---:|---:|"]
+    lines = [f"4 KiB randread QD1, {backing} backing: µs per command; median: the median over "
+             "the runs of each run's median; mean: over every command of every run", "",
+             "| segment | median SPDK | median nvmf-tpc | − | mean SPDK | mean nvmf-tpc | − |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
     for key, label in SEGMENTS:
         xs = {n: [r["seg"][key] for r in results[n] if key in r["seg"]] for n in results}
         if not xs["ours"] or not xs["spdk"]:
             continue
         a, b = med(xs["spdk"]), med(xs["ours"])
-        lines.append(f"| {label} | {a:.1f} | {b:.1f} | {b - a:+.1f} |")
+        m = {}
+        for n in results:
+            sums = [r["sum"][key] for r in results[n] if key in r["sum"]]
+            m[n] = sum(x for x, _ in sums) / sum(c for _, c in sums)
+        lines.append(f"| {label} | {a:.1f} | {b:.1f} | {b - a:+.1f} | {m['spdk']:.2f} | "
+                     f"{m['ours']:.2f} | {m['ours'] - m['spdk']:+.2f} |")
     cyc = {n: med([1e6 / r["iops"] for r in results[n]]) for n in results}
-    lines.append(f"| whole cycle (1 / IOPS under tracing) | {cyc['spdk']:.1f} | {cyc['ours']:.1f} "
-                 f"| {cyc['ours'] - cyc['spdk']:+.1f} |")
+    lines.append(f"| whole cycle (1 / IOPS under tracing; median of runs) | {cyc['spdk']:.1f} | "
+                 f"{cyc['ours']:.1f} | {cyc['ours'] - cyc['spdk']:+.1f} | | | |")
     n = {k: sum(r["n"] for r in v) for k, v in results.items()}
     lines += ["", f"Commands traced: SPDK {n['spdk']:,}, nvmf-tpc {n['ours']:,}; "
               f"{len(results['ours'])} runs each, alternated. spdk_nvme_perf on CPU {CLIENT_CPU}, "
