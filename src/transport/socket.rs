@@ -385,9 +385,7 @@ mod tests {
 
     #[test]
     fn congestion_control_is_set_on_a_connection() {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let _c = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
-        let (a, _) = l.accept().unwrap();
+        let (_c, a) = crate::transport::loopback_pair();
         // reno is built into every kernel; bbr or cubic is the usual default.
         set_congestion(a.as_raw_fd(), "reno").unwrap();
         let got = socket2::SockRef::from(&a).tcp_congestion().unwrap();
@@ -406,10 +404,7 @@ mod tests {
         use std::io::Write;
         glommio::LocalExecutorBuilder::default()
             .spawn(|| async {
-                let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-                let mut c = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
-                let (a, _) = l.accept().unwrap();
-                a.set_nonblocking(true).unwrap();
+                let (mut c, a) = crate::transport::loopback_pair();
                 let log = Rc::new(RefCell::new(Vec::new()));
                 let window = Duration::from_secs(60);
                 let mut rx = RecvPoll::new(a.as_raw_fd(), window);
@@ -448,10 +443,7 @@ mod tests {
     #[test]
     fn send_now_stops_when_the_socket_is_full_and_goes_on_where_it_stopped() {
         use std::io::Read;
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let mut c = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
-        let (a, _) = l.accept().unwrap();
-        a.set_nonblocking(true).unwrap();
+        let (mut c, a) = crate::transport::loopback_pair();
         set_buffers(a.as_raw_fd(), 8192).unwrap();
         // Pieces of odd sizes, 2.7 MiB in all: more than the buffers hold.
         let pieces: Vec<Vec<u8>> = (0..40u32)

@@ -7,13 +7,10 @@ use std::io::Write;
 fn wakes_the_reader_whose_socket_has_data_and_parks_when_quiet() {
     glommio::LocalExecutorBuilder::default()
         .spawn(|| async {
-            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
             let mut peers = Vec::new();
             let mut regs = Vec::new();
             for _ in 0..3 {
-                let c = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
-                let (a, _) = l.accept().unwrap();
-                a.set_nonblocking(true).unwrap();
+                let (c, a) = crate::transport::loopback_pair();
                 regs.push(Registration::new(a.as_raw_fd(), Duration::from_millis(5)).unwrap());
                 peers.push((c, a));
             }
@@ -62,12 +59,9 @@ fn a_task_woken_with_a_reply_runs_before_the_next_epoll_wait() {
         .spawn(|| async {
             // Three idle sockets, their readers waiting: more than
             // `DIRECT_POLLERS`, so the poller asks epoll every round.
-            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
             let mut socks = Vec::new();
             for _ in 0..3 {
-                let c = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
-                let (a, _) = l.accept().unwrap();
-                a.set_nonblocking(true).unwrap();
+                let (c, a) = crate::transport::loopback_pair();
                 let reg = Registration::new(a.as_raw_fd(), Duration::from_secs(60)).unwrap();
                 // (A fresh socket's first event wakes its reader once.)
                 glommio::spawn_local(async move {
@@ -120,15 +114,11 @@ fn a_task_woken_with_a_reply_runs_before_the_next_epoll_wait() {
 fn a_wait_dropped_unfinished_leaves_no_polling_waiter() {
     glommio::LocalExecutorBuilder::default()
         .spawn(|| async {
-            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-            let mut c = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
-            let (a, _) = l.accept().unwrap();
-            a.set_nonblocking(true).unwrap();
+            let (mut c, a) = crate::transport::loopback_pair();
             let reg = Registration::new(a.as_raw_fd(), Duration::from_secs(60)).unwrap();
             // A second, idle socket: the poller asks epoll (with every
             // socket waiting it lets readers `recv` themselves instead).
-            let _c1 = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
-            let (idle, _) = l.accept().unwrap();
+            let (_c1, idle) = crate::transport::loopback_pair();
             let _idle = Registration::new(idle.as_raw_fd(), Duration::from_secs(60)).unwrap();
             let r = Readiness::current().unwrap();
             // A `wait` given up before it resolved (its task raced it).
@@ -150,10 +140,7 @@ fn a_wait_dropped_unfinished_leaves_no_polling_waiter() {
                 assert_eq!(r.waiting.get(), 0);
                 c.write_all(b"z").unwrap();
                 // Someone must poll for the poller to run.
-                let l2 = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-                let _c2 = std::net::TcpStream::connect(l2.local_addr().unwrap()).unwrap();
-                let (b, _) = l2.accept().unwrap();
-                b.set_nonblocking(true).unwrap();
+                let (_c2, b) = crate::transport::loopback_pair();
                 let other = Registration::new(b.as_raw_fd(), Duration::from_secs(60)).unwrap();
                 futures_lite::future::or(
                     async {
@@ -185,13 +172,10 @@ fn a_parked_socket_is_seen_while_other_readers_stay_busy() {
     glommio::LocalExecutorBuilder::default()
         .preempt_timer(Duration::from_secs(30))
         .spawn(|| async {
-            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
             let mut socks = Vec::new();
             let mut regs = Vec::new();
             for _ in 0..2 {
-                let c = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
-                let (a, _) = l.accept().unwrap();
-                a.set_nonblocking(true).unwrap();
+                let (c, a) = crate::transport::loopback_pair();
                 regs.push(Rc::new(
                     Registration::new(a.as_raw_fd(), Duration::from_secs(60)).unwrap(),
                 ));
