@@ -188,7 +188,7 @@ fn a_device_whose_reads_wait_keeps_aio() {
             .await
             .unwrap();
         let q = c.connect_io_queue(32).await.unwrap();
-        let data: Vec<u8> = (0..16 * 4096u32).map(|i| (i * 7 % 251) as u8).collect();
+        let data = pattern(16 * 4096, 64);
         q.write(1, 64, &data, 4096, false).await.unwrap();
         for i in 0..1500u64 {
             let k = (i % 16) as usize;
