@@ -1,10 +1,10 @@
 #!/usr/bin/env python3
 """Where one read's time goes, segment by segment, in nvmf-tpc and in SPDK's
-target: 4 KiB randread at QD1, so that each event belongs to the one command
-in flight.
+target: randread at QD1 (4 KiB unless --size says), so that each event
+belongs to the one command in flight.
 
     perf/segments.py [--runs N] [--time SECS] [--backing file|block|ram]
-                     [--file PATH]
+                     [--file PATH] [--size BYTES]
 
 Each target runs alone on TARGET_CPU (nvmf-tpc on the backing, SPDK's
 nvmf_tgt with an AIO bdev on it, or a 1 GiB RAM namespace/bdev), driven by
@@ -164,7 +164,7 @@ def send_durations(data):
     return out
 
 
-def run(name, backing, secs, tmp):
+def run(name, backing, secs, size, tmp):
     wait_idle()
     if name == "ours":
         started = start_nvmf_tpc(OURS_NQN, "ram:1G" if backing == "ram" else f"{backing},bs=4096")
@@ -175,7 +175,7 @@ def run(name, backing, secs, tmp):
     try:
         time.sleep(0.5)
         rec = record(data, max(1, secs - 1))
-        r = spdk_perf(port, nqn, ["-w", "randread", "-o", "4096", "-q", "1"], secs)
+        r = spdk_perf(port, nqn, ["-w", "randread", "-o", str(size), "-q", "1"], secs)
         rec.wait()
     finally:
         stop(p)
@@ -192,8 +192,9 @@ def run(name, backing, secs, tmp):
     return r
 
 
-def table(results, backing):
-    lines = [f"4 KiB randread QD1, {backing} backing: µs per command; median: the median over "
+def table(results, backing, size):
+    what = f"{size // 1024} KiB" if size % 1024 == 0 else f"{size} B"
+    lines = [f"{what} randread QD1, {backing} backing: µs per command; median: the median over "
              "the runs of each run's median; mean: over every command of every run", "",
              "| segment | median SPDK | median nvmf-tpc | − | mean SPDK | mean nvmf-tpc | − |",
              "|---|---:|---:|---:|---:|---:|---:|"]
@@ -224,7 +225,10 @@ def main():
     ap.add_argument("--time", type=int, default=3)
     ap.add_argument("--backing", default="file", choices=["file", "block", "ram"])
     ap.add_argument("--file", default="/var/tmp/nvmf-tpc-perf/backing.img")
+    ap.add_argument("--size", type=int, default=4096, help="bytes a read")
     a = ap.parse_args()
+    if a.size < 4096 or a.size % 4096:
+        sys.exit("--size: a multiple of the 4096-byte block")
     if subprocess.run(["perf", "--version"], capture_output=True).returncode != 0:
         sys.exit("needs perf (Debian: apt-get install linux-perf)")
     build()
@@ -241,14 +245,14 @@ def main():
         with tempfile.TemporaryDirectory() as tmp:
             for i in range(a.runs):
                 for name in (["ours", "spdk"] if i % 2 == 0 else ["spdk", "ours"]):
-                    r = run(name, path, a.time, tmp)
+                    r = run(name, path, a.time, a.size, tmp)
                     results[name].append(r)
                     log(f"run {i + 1} {name}: {r['iops']:,.0f} IOPS traced, {r['n']:,} commands, "
                         + ", ".join(f"{k} {v:.1f}" for k, v in r["seg"].items()))
     finally:
         if dev:
             subprocess.run(["losetup", "-d", dev])
-    out = table(results, a.backing)
+    out = table(results, a.backing, a.size)
     head = header("Where a QD1 read's time goes: nvmf-tpc and SPDK's nvmf_tgt")
     print(head + out)
     write_result("segments", head + out)
