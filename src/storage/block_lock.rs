@@ -125,6 +125,13 @@ pub async fn hold(locks: &LocksHandle, first: u64, count: u64, exclusive: bool) 
                 // Not a yield: a holder on this core may be waiting for I/O
                 // that glommio reaps only when no task is runnable.
                 futures_lite::future::or(released_here(), glommio::timer::sleep(RETRY)).await;
+                // Woken by a release, most often among a burst of
+                // completions whose replies wait behind this task: they go
+                // first. Taking the stripe and submitting at once held them
+                // back by the submission, a doorbell to an idle device (17
+                // µs a time, in 12% of the bursts of random 4 KiB writes
+                // at QD32 on the file).
+                futures_lite::future::yield_now().await;
             }
             h.held += 1;
         }
@@ -233,6 +240,43 @@ mod tests {
                     "the waiter got the stripe {} rounds after its release",
                     at - 10
                 );
+            })
+            .unwrap()
+            .join()
+            .unwrap();
+    }
+
+    /// A waiter woken by a release goes after what was woken right after it
+    /// (the reply of the completion that released it, queued next): it
+    /// would otherwise submit first and hold that reply back.
+    #[test]
+    fn a_woken_waiter_lets_the_task_woken_after_it_go_first() {
+        glommio::LocalExecutorBuilder::default()
+            .spawn(|| async {
+                let h: LocksHandle = Rc::new(Arc::default());
+                let first = hold(&h, 5, 1, true).await;
+                let log = Rc::new(RefCell::new(Vec::new()));
+                let reply = Rc::new(crate::trigger::Trigger::new());
+                let waiter = glommio::spawn_local({
+                    let (h, log) = (h.clone(), log.clone());
+                    async move {
+                        let _second = hold(&h, 5, 1, true).await;
+                        log.borrow_mut().push("waiter");
+                    }
+                });
+                let replier = glommio::spawn_local({
+                    let (log, reply) = (log.clone(), reply.clone());
+                    async move {
+                        reply.wait().await;
+                        log.borrow_mut().push("reply");
+                    }
+                });
+                futures_lite::future::yield_now().await;
+                drop(first);
+                reply.fire();
+                waiter.await;
+                replier.await;
+                assert_eq!(*log.borrow(), ["reply", "waiter"]);
             })
             .unwrap()
             .join()
