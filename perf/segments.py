@@ -193,8 +193,7 @@ def run(name, backing, secs, size, tmp):
 
 
 def table(results, backing, size):
-    what = f"{size // 1024} KiB" if size % 1024 == 0 else f"{size} B"
-    lines = [f"{what} randread QD1, {backing} backing: µs per command; median: the median over "
+    lines = [f"{size // 1024} KiB randread QD1, {backing} backing: µs per command; median: the median over "
              "the runs of each run's median; mean: over every command of every run", "",
              "| segment | median SPDK | median nvmf-tpc | − | mean SPDK | mean nvmf-tpc | − |",
              "|---|---:|---:|---:|---:|---:|---:|"]
