@@ -7,6 +7,7 @@ mod common;
 use common::*;
 use nvmf_tpc::host::{Controller, HostConfig, IoQueue};
 use nvmf_tpc::wire::command::{io, sgl, SglDescriptor, Sqe};
+use nvmf_tpc::wire::log_page::lid;
 use nvmf_tpc::wire::pdu::Digests;
 use nvmf_tpc::wire::status::Status;
 use std::cell::RefCell;
@@ -365,6 +366,46 @@ fn file_data_persists_across_restart() {
         assert_eq!(q.read(1, 100, 1, 4096).await.unwrap(), pattern(4096, 78));
     });
     drop(t);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// A file that shrinks under the target: a read past its new end fails
+/// (Internal Error: no media error, and no retry can help while it stays
+/// short), the error log has it before the host has its completion, and
+/// the queue goes on. Such a read is started without a task of its own
+/// (`nvme::io_start`): AIO refuses the short read, the ring's read is
+/// short again, and the failure's log entry comes from a task.
+#[test]
+fn a_read_past_the_end_of_a_file_that_shrank_fails_and_is_logged_first() {
+    let dir = scratch_dir("shrank");
+    let file = dir.join("s.img");
+    sparse_file(&file, 8 << 20);
+    let t = Target::start(&["--subsystem", NQN, "--namespace", file.to_str().unwrap()]);
+    let addr = t.addr;
+    let path = file.clone();
+    run(move || async move {
+        let (c, q) = open(addr, Digests::default(), false).await;
+        q.write(1, 1000, &pattern(4096, 9), 4096, false)
+            .await
+            .unwrap();
+        assert_eq!(q.read(1, 1000, 1, 4096).await.unwrap(), pattern(4096, 9));
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .and_then(|f| f.set_len(1 << 20))
+            .unwrap();
+        assert_eq!(
+            status_of(q.read(1, 1000, 1, 4096).await),
+            Status::INTERNAL_ERROR
+        );
+        let el = c.get_log_page(lid::ERROR, 0, 0, 64).await.unwrap();
+        assert_eq!(u64::from_le_bytes(el[0..8].try_into().unwrap()), 1);
+        let status = u16::from_le_bytes(el[12..14].try_into().unwrap()) >> 1;
+        assert_eq!(status, Status::INTERNAL_ERROR.0);
+        assert_eq!(u64::from_le_bytes(el[16..24].try_into().unwrap()), 1000);
+        round_trip(&q, 1, 4096, 3, 2, 10).await;
+    });
+    assert_eq!(t.stop().code(), Some(0));
     std::fs::remove_dir_all(&dir).unwrap();
 }
 

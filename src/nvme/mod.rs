@@ -9,6 +9,7 @@ pub mod discovery;
 pub mod fabrics;
 pub mod io;
 pub mod io_ctrl;
+pub mod io_start;
 pub mod queue;
 pub mod registry;
 
@@ -142,6 +143,22 @@ impl Namespace {
         let last = (offset + len - 1) >> self.block_shift;
         Some(block_lock::hold(&self.locks, first, last - first + 1, exclusive).await)
     }
+    /// The blocks of a read or write of bytes `offset..offset + len`, held
+    /// from now, where it can start without a task (`io_start`): this
+    /// namespace's file or block device takes it that way next, it hits no
+    /// configured bad block, and its blocks are free now.
+    fn hold_to_start(&self, write: bool, offset: u64, len: u64) -> Option<BlockHold> {
+        let Backend::File(f) = &self.backend else {
+            return None;
+        };
+        if len == 0 || !f.can_start(write) || self.cfg.hits_bad_block(offset, len) {
+            return None;
+        }
+        let first = offset >> self.block_shift;
+        let last = (offset + len - 1) >> self.block_shift;
+        block_lock::try_hold(&self.locks, first, last - first + 1, write)
+    }
+
     pub fn blocks(&self) -> u64 {
         self.cfg.blocks()
     }

@@ -282,31 +282,9 @@ impl<R: Registry> Queue<R> {
                     return Status::INVALID_NAMESPACE.into();
                 };
                 let r = io::execute(sqe, &ns, data, write_through).await;
-                self.count_io(subsys, sqe, &ns, &r);
+                count_io(&*self.registry, subsys, sqe, &ns, &r);
                 r.into()
             }
-        }
-    }
-
-    fn count_io(&self, subsys: usize, sqe: &Sqe, ns: &Namespace, r: &Response) {
-        let mut stats = self.registry.stats().borrow_mut();
-        let Some(s) = stats.get_mut(subsys) else {
-            return;
-        };
-        let bytes = ((sqe.nlb() as u64) + 1) << ns.block_shift;
-        match sqe.opcode() {
-            command::io::READ => {
-                s.read_commands += 1;
-                s.bytes_read += bytes;
-            }
-            command::io::WRITE => {
-                s.write_commands += 1;
-                s.bytes_written += bytes;
-            }
-            _ => {}
-        }
-        if r.status.sct() == 2 {
-            s.media_errors += 1;
         }
     }
 
@@ -387,5 +365,34 @@ impl<R: Registry> Queue<R> {
             }
         };
         self.registry.record_error(io_cntlid, qid, sqe, s).await;
+    }
+}
+
+/// Count a finished I/O command in its subsystem's statistics.
+pub(super) fn count_io<R: Registry>(
+    registry: &R,
+    subsys: usize,
+    sqe: &Sqe,
+    ns: &Namespace,
+    r: &Response,
+) {
+    let mut stats = registry.stats().borrow_mut();
+    let Some(s) = stats.get_mut(subsys) else {
+        return;
+    };
+    let bytes = ((sqe.nlb() as u64) + 1) << ns.block_shift;
+    match sqe.opcode() {
+        command::io::READ => {
+            s.read_commands += 1;
+            s.bytes_read += bytes;
+        }
+        command::io::WRITE => {
+            s.write_commands += 1;
+            s.bytes_written += bytes;
+        }
+        _ => {}
+    }
+    if r.status.sct() == 2 {
+        s.media_errors += 1;
     }
 }

@@ -120,30 +120,27 @@ pub type LocksHandle = Rc<Arc<BlockLocks>>;
 /// Hold blocks `first..first + count`: shared (reads) or exclusive
 /// (writes), until the hold is dropped.
 pub async fn hold(locks: &LocksHandle, first: u64, count: u64, exclusive: bool) -> BlockHold {
-    let mut h = BlockHold {
-        locks: locks.clone(),
-        runs: runs(first, count),
-        exclusive,
-        held: 0,
-    };
-    for run in h.runs.clone() {
-        for i in run {
-            while !locks.try_take(i, exclusive) {
-                // Not a yield: a holder on this core may be waiting for I/O
-                // that glommio reaps only when no task is runnable.
-                futures_lite::future::or(released_here(), glommio::timer::sleep(RETRY)).await;
-                // Woken by a release, most often among a burst of
-                // completions whose replies wait behind this task: they go
-                // first. Taking the stripe and submitting at once held them
-                // back by the submission, a doorbell to an idle device (17
-                // µs a time, in 12% of the bursts of random 4 KiB writes
-                // at QD32 on the file).
-                futures_lite::future::yield_now().await;
-            }
-            h.held += 1;
-        }
+    let mut h = BlockHold::new(locks, first, count, exclusive);
+    while !h.take_free() {
+        // Not a yield: a holder on this core may be waiting for I/O that
+        // glommio reaps only when no task is runnable.
+        futures_lite::future::or(released_here(), glommio::timer::sleep(RETRY)).await;
+        // Woken by a release, most often among a burst of completions
+        // whose replies wait behind this task: they go first. Taking the
+        // stripe and submitting at once held them back by the submission,
+        // a doorbell to an idle device (17 µs a time, in 12% of the bursts
+        // of random 4 KiB writes at QD32 on the file).
+        futures_lite::future::yield_now().await;
     }
     h
+}
+
+/// Hold blocks `first..first + count` as `hold` does, if every stripe is
+/// free now; `None` (nothing held) otherwise.
+pub fn try_hold(locks: &LocksHandle, first: u64, count: u64, exclusive: bool) -> Option<BlockHold> {
+    let mut h = BlockHold::new(locks, first, count, exclusive);
+    // Dropped if not whole: releases the stripes taken so far.
+    h.take_free().then_some(h)
 }
 
 thread_local! {
@@ -181,8 +178,36 @@ pub struct BlockHold {
     held: usize,
 }
 
+impl BlockHold {
+    fn new(locks: &LocksHandle, first: u64, count: u64, exclusive: bool) -> BlockHold {
+        BlockHold {
+            locks: locks.clone(),
+            runs: runs(first, count),
+            exclusive,
+            held: 0,
+        }
+    }
+
+    /// Take the stripes not yet taken, in ascending order, while they are
+    /// free: whether all of them are taken now.
+    fn take_free(&mut self) -> bool {
+        let order = self.runs.clone();
+        for i in order.into_iter().flatten().skip(self.held) {
+            if !self.locks.try_take(i, self.exclusive) {
+                return false;
+            }
+            self.held += 1;
+        }
+        true
+    }
+}
+
 impl Drop for BlockHold {
     fn drop(&mut self) {
+        if self.held == 0 {
+            // Nothing taken: nothing to release, nobody to wake.
+            return;
+        }
         let order = self.runs.iter().flat_map(|r| r.clone());
         for i in order.take(self.held) {
             self.locks.release(i, self.exclusive);
@@ -211,6 +236,24 @@ mod tests {
         assert_eq!(runs(STRIPES as u64 - 2, 4), [0..2, STRIPES - 2..STRIPES]);
         assert_eq!(runs(7, STRIPES as u64 + 9), [0..STRIPES, 0..0]);
         assert_eq!(runs(STRIPES as u64 * 3 + 1, 1), [1..2, 0..0]);
+    }
+
+    /// `try_hold` takes a range only whole: with one of its stripes taken
+    /// it holds none of them (the others free for anyone), and it shares a
+    /// stripe with readers as `hold` does.
+    #[test]
+    fn a_try_hold_takes_all_of_a_range_or_nothing() {
+        let h: LocksHandle = Rc::new(Arc::default());
+        let writer = block_on(hold(&h, 7, 1, true));
+        assert!(try_hold(&h, 4, 4, false).is_none());
+        assert!(try_hold(&h, 7, 1, true).is_none());
+        let _lower = try_hold(&h, 4, 3, true).expect("blocks 4-6 were left free");
+        drop(writer);
+        let r1 = try_hold(&h, 7, 2, false).expect("free again");
+        let _r2 = try_hold(&h, 8, 1, false).expect("readers share");
+        assert!(try_hold(&h, 8, 1, true).is_none());
+        drop(r1);
+        assert!(try_hold(&h, 7, 1, true).is_some());
     }
 
     /// A command waiting for a stripe held on its own core gets it as soon

@@ -2,9 +2,10 @@
 //! executor's own storage ring (`uring`), Linux AIO first where `route`
 //! says so.
 
+use super::aio;
 use super::in_call::{self, InCall, ReadWay};
 use super::route::{would_block, Backoff, Route};
-use super::uring::{Ring, Submit};
+use super::uring::{Ring, Submit, Then};
 use glommio::io::DmaBuffer;
 use std::cell::Cell;
 use std::io;
@@ -262,15 +263,7 @@ impl FileBackend {
 
     pub async fn write(&self, offset: u64, buf: DmaBuffer) -> io::Result<()> {
         let len = buf.len();
-        // A block device's submission only queues the request: gathered,
-        // several go with one wake of the device; a file's is the file
-        // system's work in this thread, which the disk waits behind
-        // (`uring`'s module comment has the figures).
-        let how = if self.is_block {
-            Submit::Gather
-        } else {
-            Submit::Now
-        };
+        let how = self.write_submit();
         let ring = &self.ring;
         let (written, _) = match self.route {
             Route::Aio => ring.aio_write(&self.file, offset, buf, false, how).await,
@@ -295,6 +288,73 @@ impl FileBackend {
             return Err(io::Error::new(io::ErrorKind::WriteZero, "short write"));
         }
         Ok(())
+    }
+
+    /// Whether a read (or a write) can start now without a future
+    /// (`start`): the AIO attempt with `RWF_NOWAIT` is what this backing
+    /// tries next. Others (the ring's way, in-call reads) take the awaited
+    /// way.
+    pub fn can_start(&self, write: bool) -> bool {
+        let tries = if write { &self.writes } else { &self.reads };
+        self.route == Route::AioFirst && tries.will_try()
+    }
+
+    /// Start the AIO attempt of a read into `buf` (or a write of it) at
+    /// `offset`, where `can_start` says so: `then` gets `finish`'s input.
+    pub fn start(&self, write: bool, offset: u64, buf: DmaBuffer, then: Then) {
+        debug_assert!(self.can_start(write));
+        let (kind, how, tries) = if write {
+            (aio::Kind::Write, self.write_submit(), &self.writes)
+        } else {
+            (aio::Kind::Read, Submit::Now, &self.reads)
+        };
+        assert!(tries.try_aio(), "started only when AIO is tried next");
+        self.ring
+            .aio_then(kind, &self.file, offset, buf, true, how, then);
+    }
+
+    /// A started read's or write's result: `None` where the attempt would
+    /// have blocked (to be done again the awaited way, `read` or `write`,
+    /// which then takes the ring), else its end, a short one an error.
+    pub fn finish(&self, write: bool, r: io::Result<usize>, len: usize) -> Option<io::Result<()>> {
+        let tries = if write { &self.writes } else { &self.reads };
+        if would_block(&r, len) {
+            tries.refused();
+            return None;
+        }
+        tries.went_through();
+        Some(whole(r, len, write))
+    }
+
+    /// A started read or write that the AIO attempt refused, done again
+    /// through the ring (whose worker may block), as `read` and `write` do.
+    pub async fn again(
+        &self,
+        write: bool,
+        offset: u64,
+        buf: DmaBuffer,
+    ) -> (io::Result<()>, DmaBuffer) {
+        let len = buf.len();
+        let (r, buf) = if write {
+            self.ring
+                .write(&self.file, offset, buf, self.write_submit())
+                .await
+        } else {
+            self.ring.read(&self.file, offset, buf).await
+        };
+        (whole(r, len, write), buf)
+    }
+
+    /// When a write goes to the kernel. A block device's submission only
+    /// queues the request: gathered, several go with one wake of the
+    /// device; a file's is the file system's work in this thread, which the
+    /// disk waits behind (`uring`'s module comment has the figures).
+    fn write_submit(&self) -> Submit {
+        if self.is_block {
+            Submit::Gather
+        } else {
+            Submit::Now
+        }
     }
 
     pub async fn flush(&self) -> io::Result<()> {
@@ -395,6 +455,17 @@ impl FileBackend {
     }
 }
 
+/// A read's or write's result as all of its `len` bytes done or an error
+/// (a read short of them: past the end of a file that shrank under us).
+fn whole(r: io::Result<usize>, len: usize, write: bool) -> io::Result<()> {
+    match r {
+        Ok(n) if n == len => Ok(()),
+        Ok(_) if write => Err(io::Error::new(io::ErrorKind::WriteZero, "short write")),
+        Ok(_) => Err(io::Error::new(io::ErrorKind::UnexpectedEof, "short read")),
+        Err(e) => Err(e),
+    }
+}
+
 /// Zeroes written per command where a file system cannot zero a range.
 const ZERO_CHUNK: usize = 1 << 20;
 const ZERO_RANGE: libc::c_int = libc::FALLOC_FL_ZERO_RANGE | libc::FALLOC_FL_KEEP_SIZE;
@@ -448,6 +519,82 @@ mod tests {
                     assert!(n <= 1024, "reads from the disk kept plain calls");
                 }
                 assert_eq!(f.in_call.backs(), 1);
+                std::fs::remove_file(&path).unwrap();
+            })
+            .unwrap()
+            .join()
+            .unwrap();
+    }
+
+    /// Start `write` (or a read) of `buf` at `offset` and wait for its
+    /// call: `finish`'s verdict and the buffer.
+    async fn started(
+        f: &FileBackend,
+        write: bool,
+        offset: u64,
+        buf: DmaBuffer,
+    ) -> (Option<io::Result<()>>, DmaBuffer) {
+        let len = buf.len();
+        let got = Rc::new(std::cell::RefCell::new(None));
+        let put = got.clone();
+        assert!(f.can_start(write));
+        f.start(
+            write,
+            offset,
+            buf,
+            Box::new(move |r, b| *put.borrow_mut() = Some((r, b))),
+        );
+        let (r, b) = std::future::poll_fn(|cx| match got.borrow_mut().take() {
+            Some(x) => std::task::Poll::Ready(x),
+            None => {
+                // Called by the reaper, a task of this executor.
+                cx.waker().wake_by_ref();
+                std::task::Poll::Pending
+            }
+        })
+        .await;
+        (f.finish(write, r, len), b)
+    }
+
+    /// A started write into a hole is refused by AIO (it would allocate)
+    /// and says so, to be done again through the ring; the next one waits
+    /// out the backoff; an overwrite and a read start and end there. A
+    /// read past the end of a file that shrank comes back short: refused,
+    /// and short again through the ring, an error.
+    #[test]
+    fn started_reads_and_writes_end_in_their_calls() {
+        glommio::LocalExecutorBuilder::default()
+            .spawn(|| async {
+                let path = std::env::temp_dir().join(format!("file-start-{}", std::process::id()));
+                create_sparse(&path, 1 << 20).unwrap();
+                let f = FileBackend::open(&path, false).unwrap();
+                let mut buf = super::super::dma_buffer(4096);
+                buf.as_bytes_mut().fill(5);
+                let (r, buf) = started(&f, true, 8192, buf).await;
+                assert!(r.is_none(), "a write into a hole is refused");
+                let (r, buf) = f.again(true, 8192, buf).await;
+                r.unwrap();
+                assert!(!f.can_start(true), "the next write skips AIO");
+                f.write(8192, buf).await.unwrap();
+                assert!(f.can_start(true), "the one after tries AIO");
+                let mut buf = super::super::dma_buffer(4096);
+                buf.as_bytes_mut().fill(6);
+                let (r, _) = started(&f, true, 8192, buf).await;
+                r.expect("an overwrite goes through AIO").unwrap();
+                let (r, b) = started(&f, false, 8192, super::super::dma_buffer(4096)).await;
+                r.expect("a read goes through AIO").unwrap();
+                assert!(b.as_bytes().iter().all(|&x| x == 6));
+                std::fs::OpenOptions::new()
+                    .write(true)
+                    .open(&path)
+                    .unwrap()
+                    .set_len(4096)
+                    .unwrap();
+                let (r, b) = started(&f, false, 8192, super::super::dma_buffer(4096)).await;
+                assert!(r.is_none(), "a short read is refused");
+                let (r, _) = f.again(false, 8192, b).await;
+                assert_eq!(r.unwrap_err().kind(), io::ErrorKind::UnexpectedEof);
+                assert_eq!((f.reads.refusals(), f.writes.refusals()), (1, 1));
                 std::fs::remove_file(&path).unwrap();
             })
             .unwrap()

@@ -91,6 +91,12 @@ impl Backoff {
         }
     }
 
+    /// Whether the next operation will try AIO (`try_aio` without
+    /// counting one).
+    pub fn will_try(&self) -> bool {
+        self.skip.get() == 0
+    }
+
     /// The attempt would have blocked.
     pub fn refused(&self) {
         self.refusals.set(self.refusals.get() + 1);

@@ -3,6 +3,7 @@
 use super::*;
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
+use std::time::Instant;
 
 fn run<F: Future<Output = ()> + 'static>(f: impl FnOnce() -> F + Send + 'static) {
     glommio::LocalExecutorBuilder::default()

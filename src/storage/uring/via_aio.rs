@@ -2,7 +2,7 @@
 //! backings: `storage::route`). They share the ring's operations, limits
 //! and reaper.
 
-use super::{complete, errno, Op, OpFuture, Ring, State, Submit, CQ_ENTRIES};
+use super::{complete, errno, Op, OpFuture, Ring, State, Submit, Then, Thens, CQ_ENTRIES};
 use crate::storage::aio;
 use glommio::io::DmaBuffer;
 use io_uring::{opcode, types};
@@ -43,10 +43,49 @@ impl Ring {
         kind: aio::Kind,
         file: &Rc<OwnedFd>,
         offset: u64,
-        mut buf: DmaBuffer,
+        buf: DmaBuffer,
         nowait: bool,
         how: Submit,
     ) -> impl Future<Output = (io::Result<usize>, DmaBuffer)> {
+        let id = self.aio_as(kind, file, offset, buf, nowait, how, State::Waiting(None));
+        let f = OpFuture {
+            ring: self.clone(),
+            id,
+            done: false,
+        };
+        owned(f)
+    }
+
+    /// Start a read or write as `aio_read` and `aio_write` do, without a
+    /// future: `then` is called with its result and buffer once the kernel
+    /// completes it, from the reaper (or at once, for a device that
+    /// completes in the submitting call).
+    #[allow(clippy::too_many_arguments)]
+    pub fn aio_then(
+        self: &Rc<Self>,
+        kind: aio::Kind,
+        file: &Rc<OwnedFd>,
+        offset: u64,
+        buf: DmaBuffer,
+        nowait: bool,
+        how: Submit,
+        then: Then,
+    ) {
+        self.aio_as(kind, file, offset, buf, nowait, how, State::Then(then));
+    }
+
+    /// Queue an AIO operation in `state`: its id.
+    #[allow(clippy::too_many_arguments)]
+    fn aio_as(
+        self: &Rc<Self>,
+        kind: aio::Kind,
+        file: &Rc<OwnedFd>,
+        offset: u64,
+        mut buf: DmaBuffer,
+        nowait: bool,
+        how: Submit,
+        state: State,
+    ) -> usize {
         // The kernel writes a read's data through this pointer.
         let (ptr, len) = (buf.as_mut_ptr().cast_const(), buf.len());
         if !self.aio_ready() {
@@ -60,10 +99,10 @@ impl Ring {
                     .offset(offset)
                     .build(),
             };
-            return owned(self.submit(sqe, file, Some(buf), how));
+            return self.submit_as(sqe, file, Some(buf), how, state);
         }
         let id = self.ops.borrow_mut().insert(Op {
-            state: State::Waiting(None),
+            state,
             buf: Some(buf),
             _file: file.clone(),
         });
@@ -85,16 +124,13 @@ impl Ring {
             // copy) has its result in the ring already: taken now, the
             // command goes on at its first poll, without a round of the
             // executor.
-            let done = self.reap_aio(&mut self.ops.borrow_mut());
+            let mut thens = Thens::new();
+            let done = self.reap_aio(&mut self.ops.borrow_mut(), &mut thens);
             self.completed(done);
+            thens.call();
         }
         self.wake_reaper();
-        let f = OpFuture {
-            ring: self.clone(),
-            id,
-            done: false,
-        };
-        owned(f)
+        id
     }
 
     /// Whether this executor has an AIO context, made on first use. Where
@@ -122,6 +158,12 @@ impl Ring {
     /// Give the kernel the AIO operations that wait, as room allows; one
     /// it refuses completes with the error.
     pub(super) fn submit_aio(&self) {
+        let mut thens = Thens::new();
+        self.submit_aio_into(&mut thens);
+        thens.call();
+    }
+
+    fn submit_aio_into(&self, thens: &mut Thens) {
         let mut backlog = self.aio_backlog.borrow_mut();
         if backlog.is_empty() {
             return;
@@ -147,14 +189,19 @@ impl Ring {
                 Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => break,
                 Err(e) => {
                     let req = backlog.pop_front().expect("not empty");
-                    complete(&mut self.ops.borrow_mut(), req.data as usize, -errno(&e));
+                    complete(
+                        &mut self.ops.borrow_mut(),
+                        req.data as usize,
+                        -errno(&e),
+                        thens,
+                    );
                 }
             }
         }
     }
 
     /// Complete the AIO operations the kernel has finished.
-    pub(super) fn reap_aio(&self, ops: &mut Slab<Op>) -> usize {
+    pub(super) fn reap_aio(&self, ops: &mut Slab<Op>, thens: &mut Thens) -> usize {
         if self.aio_in_kernel.get() == 0 {
             return 0;
         }
@@ -165,7 +212,7 @@ impl Ring {
         let n = ctx.reap(|data, res| {
             // Operations are bounded far below 2 GiB (MDTS).
             let res = i32::try_from(res).expect("an operation's result fits an i32");
-            complete(ops, data as usize, res);
+            complete(ops, data as usize, res, thens);
         });
         self.aio_in_kernel.set(self.aio_in_kernel.get() - n as u32);
         n
