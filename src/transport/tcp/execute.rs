@@ -130,19 +130,11 @@ impl Conn {
         max_len: usize,
         charge: Option<Charge>,
     ) {
-        // RAM and null namespaces never wait: run those commands right here
-        // instead of paying for a task. A lone read of a file or block
-        // device runs here up to its submission too, so that it reaches the
-        // device before this reader's next `recv` (an empty one at QD1,
-        // which stood between the command's arrival and its device issue);
-        // what waits goes on in a task. Not in a burst: reads submitted as
-        // they were parsed, each waking a loop device's worker before the
-        // next, cost a loop device 12% at QD32.
         if let Some(n) = &ns {
             if let Some(start) = self.q.startable(&sqe, n, data.as_ref()) {
                 // No task: the completion answers (`nvme::io_start`). What
                 // completes while it is submitted is part of the reader's
-                // burst, as below.
+                // burst, as for an inline poll below.
                 self.executing.set(self.executing.get() + 1);
                 self.reader_running.set(true);
                 let me = self.clone();
@@ -154,6 +146,14 @@ impl Conn {
                 return;
             }
         }
+        // RAM and null namespaces never wait: run those commands right here
+        // instead of paying for a task. A lone read of a file or block
+        // device runs here up to its submission too, so that it reaches the
+        // device before this reader's next `recv` (an empty one at QD1,
+        // which stood between the command's arrival and its device issue);
+        // what waits goes on in a task. Not in a burst: reads submitted as
+        // they were parsed, each waking a loop device's worker before the
+        // next, cost a loop device 12% at QD32.
         let lone_read = self.executing.get() == 0
             && ns.is_some()
             && sqe.opcode() == crate::wire::command::io::READ;
