@@ -143,6 +143,7 @@ impl Namespace {
         let last = (offset + len - 1) >> self.block_shift;
         Some(block_lock::hold(&self.locks, first, last - first + 1, exclusive).await)
     }
+
     /// The blocks of a read or write of bytes `offset..offset + len`, held
     /// from now, where it can start without a task (`io_start`): this
     /// namespace's file or block device takes it that way next, it hits no

@@ -314,8 +314,8 @@ impl FileBackend {
     }
 
     /// A started read's or write's result: `None` where the attempt would
-    /// have blocked (to be done again the awaited way, `read` or `write`,
-    /// which then takes the ring), else its end, a short one an error.
+    /// have blocked (to be done again through the ring, `again`), else its
+    /// end, a short one an error.
     pub fn finish(&self, write: bool, r: io::Result<usize>, len: usize) -> Option<io::Result<()>> {
         let tries = if write { &self.writes } else { &self.reads };
         if would_block(&r, len) {
