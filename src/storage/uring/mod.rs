@@ -327,11 +327,7 @@ impl Ring {
         how: Submit,
     ) -> OpFuture {
         let id = self.submit_as(sqe, file, buf, how, State::Waiting(None));
-        OpFuture {
-            ring: self.clone(),
-            id,
-            done: false,
-        }
+        OpFuture::new(self, id)
     }
 
     /// Queue `sqe` as an operation in `state`, to go as `how` says: its id.
@@ -560,6 +556,17 @@ struct OpFuture {
     ring: Rc<Ring>,
     id: usize,
     done: bool,
+}
+
+impl OpFuture {
+    /// The future of operation `id`, queued in `state` `Waiting`.
+    fn new(ring: &Rc<Ring>, id: usize) -> OpFuture {
+        OpFuture {
+            ring: ring.clone(),
+            id,
+            done: false,
+        }
+    }
 }
 
 impl Future for OpFuture {

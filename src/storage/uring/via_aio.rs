@@ -48,12 +48,7 @@ impl Ring {
         how: Submit,
     ) -> impl Future<Output = (io::Result<usize>, DmaBuffer)> {
         let id = self.aio_as(kind, file, offset, buf, nowait, how, State::Waiting(None));
-        let f = OpFuture {
-            ring: self.clone(),
-            id,
-            done: false,
-        };
-        owned(f)
+        owned(OpFuture::new(self, id))
     }
 
     /// Start a read or write as `aio_read` and `aio_write` do, without a
