@@ -347,8 +347,10 @@ impl FileBackend {
 
     /// When a write goes to the kernel. A block device's submission only
     /// queues the request: gathered, several go with one wake of the
-    /// device; a file's is the file system's work in this thread, which the
-    /// disk waits behind (`uring`'s module comment has the figures).
+    /// device, and the core then yields to the device's thread
+    /// (`uring::handover`); a file's is the file system's work in this
+    /// thread, which the disk waits behind (`uring`'s module comment has
+    /// the figures).
     fn write_submit(&self) -> Submit {
         if self.is_block {
             Submit::Gather

@@ -99,7 +99,8 @@ pub enum Submit {
     /// With whatever is queued, now.
     Now,
     /// Now if nothing else is in flight; else once `GATHER` are queued, or
-    /// when the reaper next looks.
+    /// when the reaper next looks. A block device's writes: once they went,
+    /// the core may yield to the device's thread (`handover`).
     Gather,
 }
 
@@ -154,6 +155,13 @@ pub struct Ring {
     reaper_running: Cell<bool>,
     /// The reaper sleeps (slow I/O): it will not look this round.
     napping: Cell<bool>,
+    /// A gathered write (a block device's) was queued since the last
+    /// submission (`handover`).
+    gathered: Cell<bool>,
+    /// Gathered writes went to the kernel since the last hand-over.
+    wrote: Cell<bool>,
+    /// Yields to a block device's thread so far.
+    handovers: Cell<u64>,
     /// An eventfd the kernel signals when it posts a completion, while the
     /// reaper sleeps (enabled only then), read through glommio's own ring so
     /// that a completion wakes a sleeping executor; `None` where the kernel
@@ -241,6 +249,9 @@ impl Ring {
                 reaper: RefCell::new(None),
                 reaper_running: Cell::new(false),
                 napping: Cell::new(false),
+                gathered: Cell::new(false),
+                wrote: Cell::new(false),
+                handovers: Cell::new(0),
                 signal,
                 signalled: Cell::new(0),
                 enters: Cell::new(0),
@@ -348,9 +359,11 @@ impl Ring {
             .borrow_mut()
             .push_back(sqe.user_data(id as u64));
         self.touch();
+        self.note_gathered(how);
         let waiting = self.backlog.borrow().len() as u32 + self.queued.get();
         if self.goes_now(how, waiting) {
             self.submit_queued();
+            self.hand_over();
         }
         self.wake_reaper();
         id
@@ -407,6 +420,9 @@ impl Ring {
                 }
                 self.queued.set(self.queued.get() - n as u32);
                 self.in_kernel.set(self.in_kernel.get() + n as u32);
+                if n > 0 {
+                    self.went_to_kernel();
+                }
             }
             // Full completion queue or no memory now: reap, retry.
             Err(e)
@@ -423,7 +439,9 @@ impl Ring {
     fn drive(&self) -> usize {
         self.submit_queued();
         self.submit_aio();
-        self.reap_finished()
+        let done = self.reap_finished();
+        self.hand_over();
+        done
     }
 
     /// Complete what the kernel finished (both ways). Returns how many.
@@ -608,6 +626,7 @@ impl Drop for OpFuture {
     }
 }
 
+mod handover;
 mod reaper;
 mod via_aio;
 

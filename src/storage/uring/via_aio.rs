@@ -111,6 +111,7 @@ impl Ring {
             data: id as u64,
         });
         self.touch();
+        self.note_gathered(how);
         // As the ring's own operations (`Ring::submit`).
         let waiting = self.aio_backlog.borrow().len() as u32;
         if self.goes_now(how, waiting) {
@@ -122,6 +123,7 @@ impl Ring {
             let mut thens = Thens::new();
             let done = self.reap_aio(&mut self.ops.borrow_mut(), &mut thens);
             self.completed(done);
+            self.hand_over();
             thens.call();
         }
         self.wake_reaper();
@@ -180,6 +182,7 @@ impl Ring {
                     self.in_kernel.set(self.in_kernel.get() + n as u32);
                     self.aio_in_kernel.set(self.aio_in_kernel.get() + n as u32);
                     self.aio_submits.set(self.aio_submits.get() + 1);
+                    self.went_to_kernel();
                 }
                 Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => break,
                 Err(e) => {
