@@ -228,7 +228,13 @@ impl FileBackend {
                 (r, buf)
             }
             Route::Aio => {
-                let mut f = std::pin::pin!(ring.aio_read(&self.file, offset, buf, false));
+                let mut f = std::pin::pin!(ring.aio_read(
+                    &self.file,
+                    offset,
+                    buf,
+                    false,
+                    self.read_submit()
+                ));
                 match futures_lite::future::poll_once(f.as_mut()).await {
                     Some(done) => {
                         self.in_call.aio_read(true);
@@ -241,7 +247,10 @@ impl FileBackend {
                 }
             }
             Route::AioFirst if self.reads.try_aio() => {
-                match ring.aio_read(&self.file, offset, buf, true).await {
+                match ring
+                    .aio_read(&self.file, offset, buf, true, self.read_submit())
+                    .await
+                {
                     (r, buf) if would_block(&r, len) => {
                         self.reads.refused();
                         ring.read(&self.file, offset, buf).await
@@ -306,7 +315,7 @@ impl FileBackend {
         let (kind, how, tries) = if write {
             (aio::Kind::Write, self.write_submit(), &self.writes)
         } else {
-            (aio::Kind::Read, Submit::Now, &self.reads)
+            (aio::Kind::Read, self.read_submit(), &self.reads)
         };
         assert!(tries.try_aio(), "started only when AIO is tried next");
         self.ring
@@ -354,6 +363,16 @@ impl FileBackend {
     fn write_submit(&self) -> Submit {
         if self.is_block {
             Submit::Gather
+        } else {
+            Submit::Now
+        }
+    }
+
+    /// When a read goes: now; a block device's with a hand-over to the
+    /// device's thread (`uring::handover`).
+    fn read_submit(&self) -> Submit {
+        if self.is_block {
+            Submit::NowHandOver
         } else {
             Submit::Now
         }

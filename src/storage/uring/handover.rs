@@ -1,11 +1,11 @@
-//! Handing the CPU to the thread a block device's writes woke.
+//! Handing the CPU to the thread a block device's reads and writes woke.
 //!
 //! Some block devices do their work in a kernel thread that the submission
 //! wakes (a loop device's worker; dm-crypt's and md's are others). Woken
 //! on this core's CPU, it may wait there until the core's next tick (4 ms
 //! at HZ=250): the core polls and never sleeps while I/O is in flight, and
-//! the writes the thread carries wait with it, and every command queued
-//! behind them. A `sched_yield` once the writes went lets it run at once.
+//! the operations the thread carries wait with it, and every command
+//! queued behind them. A `sched_yield` once they went lets it run at once.
 //!
 //! Measured with `spdk_nvme_perf` on the other CPU, 4 alternated rounds of
 //! 4 s each against no yield, 4 KiB random writes (2026-12-07):
@@ -22,10 +22,15 @@
 //! devices) it kept most of the IOPS but not the tail: QD8 p99 3.8-4.7
 //! times that of a yield every time. (A yield also moves this thread's
 //! deadline on by a slice, `yield_task_fair`, so that a thread woken later
-//! may preempt it sooner: a likely reason, not measured.) A yield after
-//! each read submission cost reads 14-29%, so reads do not yield.
+//! may preempt it sooner: a likely reason, not measured.)
 //!
-//! A device that completes writes in the submitting call (zram: a copy)
+//! Reads: a yield right after each read submission had cost them 14-29%;
+//! placed as above, against writes alone yielding, 4 KiB random reads on
+//! the loop device over the disk file QD32 1.15 and 1.15 (4 and 6 rounds,
+//! p99 0.63 and 0.53), QD1 0.91, 0.99, 0.99 (4, 6, 8 rounds); over tmpfs
+//! QD32 0.98 and 0.99, QD8 1.28 (6 rounds, p99 0.13), QD1 1.13, 0.88, 1.07.
+//!
+//! A device that completes I/O in the submitting call (zram: a copy)
 //! has no thread to run, and each yield is a system call (0.56 µs here):
 //! yielding after every write, zram's QD32 writes fell to 0.82. So the
 //! core yields only while operations are still in the kernel once the
@@ -37,23 +42,24 @@ use super::{Ring, Submit};
 
 impl Ring {
     /// An operation to go as `how` was queued.
-    pub(super) fn note_gathered(&self, how: Submit) {
-        if how == Submit::Gather {
-            self.gathered.set(true);
+    pub(super) fn note_hand_over(&self, how: Submit) {
+        if how != Submit::Now {
+            self.to_hand_over.set(true);
         }
     }
 
-    /// Operations went to the kernel: were gathered writes among them?
+    /// Operations went to the kernel: were a block device's among them?
     pub(super) fn went_to_kernel(&self) {
-        if self.gathered.replace(false) {
-            self.wrote.set(true);
+        if self.to_hand_over.replace(false) {
+            self.handing_over.set(true);
         }
     }
 
-    /// After the completions that came with a submission were taken: if
-    /// gathered writes went and are still in the kernel, yield the CPU.
+    /// After the completions that came with a submission were taken: if a
+    /// block device's operations went and some are still in the kernel,
+    /// yield the CPU.
     pub(super) fn hand_over(&self) {
-        if self.wrote.replace(false) && self.in_kernel.get() > 0 {
+        if self.handing_over.replace(false) && self.in_kernel.get() > 0 {
             self.handovers.set(self.handovers.get() + 1);
             // SAFETY: plain system call.
             unsafe { libc::sched_yield() };

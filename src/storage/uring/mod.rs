@@ -98,9 +98,12 @@ const GATHER: u32 = 4;
 pub enum Submit {
     /// With whatever is queued, now.
     Now,
+    /// Now, and once it went the core may yield to the device's thread
+    /// (`handover`): a block device's read.
+    NowHandOver,
     /// Now if nothing else is in flight; else once `GATHER` are queued, or
-    /// when the reaper next looks. A block device's writes: once they went,
-    /// the core may yield to the device's thread (`handover`).
+    /// when the reaper next looks; and once it went the core may yield as
+    /// for `NowHandOver`: a block device's write.
     Gather,
 }
 
@@ -155,11 +158,11 @@ pub struct Ring {
     reaper_running: Cell<bool>,
     /// The reaper sleeps (slow I/O): it will not look this round.
     napping: Cell<bool>,
-    /// A gathered write (a block device's) was queued since the last
-    /// submission (`handover`).
-    gathered: Cell<bool>,
-    /// Gathered writes went to the kernel since the last hand-over.
-    wrote: Cell<bool>,
+    /// An operation of a block device was queued since the last submission
+    /// (`handover`).
+    to_hand_over: Cell<bool>,
+    /// Such operations went to the kernel since the last hand-over.
+    handing_over: Cell<bool>,
     /// Yields to a block device's thread so far.
     handovers: Cell<u64>,
     /// An eventfd the kernel signals when it posts a completion, while the
@@ -249,8 +252,8 @@ impl Ring {
                 reaper: RefCell::new(None),
                 reaper_running: Cell::new(false),
                 napping: Cell::new(false),
-                gathered: Cell::new(false),
-                wrote: Cell::new(false),
+                to_hand_over: Cell::new(false),
+                handing_over: Cell::new(false),
                 handovers: Cell::new(0),
                 signal,
                 signalled: Cell::new(0),
@@ -359,7 +362,7 @@ impl Ring {
             .borrow_mut()
             .push_back(sqe.user_data(id as u64));
         self.touch();
-        self.note_gathered(how);
+        self.note_hand_over(how);
         let waiting = self.backlog.borrow().len() as u32 + self.queued.get();
         if self.goes_now(how, waiting) {
             self.submit_queued();
@@ -374,7 +377,10 @@ impl Ring {
     /// in flight, or enough gathered, or nobody looks this round.
     /// Otherwise the reaper submits the gathered ones when it looks.
     fn goes_now(&self, how: Submit, waiting: u32) -> bool {
-        how == Submit::Now || self.in_kernel.get() == 0 || waiting >= GATHER || self.napping.get()
+        how != Submit::Gather
+            || self.in_kernel.get() == 0
+            || waiting >= GATHER
+            || self.napping.get()
     }
 
     fn touch(&self) {

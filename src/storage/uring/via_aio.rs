@@ -13,16 +13,18 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use std::rc::Rc;
 
 impl Ring {
-    /// Read into `buf` from `offset` through Linux AIO; `nowait`: fail
-    /// with EAGAIN or stop short where it would block (`aio::Request`).
+    /// Read into `buf` from `offset` through Linux AIO, going to the kernel
+    /// as `how` says (`Now` or `NowHandOver`); `nowait`: fail with EAGAIN
+    /// or stop short where it would block (`aio::Request`).
     pub fn aio_read(
         self: &Rc<Self>,
         file: &Rc<OwnedFd>,
         offset: u64,
         buf: DmaBuffer,
         nowait: bool,
+        how: Submit,
     ) -> impl Future<Output = (io::Result<usize>, DmaBuffer)> {
-        self.with_aio(aio::Kind::Read, file, offset, buf, nowait, Submit::Now)
+        self.with_aio(aio::Kind::Read, file, offset, buf, nowait, how)
     }
 
     /// Write `buf` at `offset` through Linux AIO, going to the kernel as
@@ -111,7 +113,7 @@ impl Ring {
             data: id as u64,
         });
         self.touch();
-        self.note_gathered(how);
+        self.note_hand_over(how);
         // As the ring's own operations (`Ring::submit`).
         let waiting = self.aio_backlog.borrow().len() as u32;
         if self.goes_now(how, waiting) {
