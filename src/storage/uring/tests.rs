@@ -110,7 +110,7 @@ fn a_lone_operation_goes_at_once_and_a_burst_is_gathered() {
 /// still in the kernel; a file's (`Submit::Now`) do not, and neither do
 /// those the kernel finished in the submitting call.
 #[test]
-fn gathered_writes_still_in_the_kernel_hand_the_cpu_over() {
+fn a_block_devices_io_still_in_the_kernel_hands_the_cpu_over() {
     run(|| async {
         let (path, file) = temp_file("uring-h", 16 * 4096);
         let ring = Ring::current().unwrap();
