@@ -512,3 +512,21 @@ fn a_failing_device_fails_writes_and_flushes_for_good_and_the_exit_status_says_s
     );
     assert!(st.1.contains("flush at shutdown failed"), "{}", st.1);
 }
+
+/// A loop device's worker thread takes its I/O, so the core hands it the
+/// CPU; zram does the work in the submitting call, so it does not.
+#[test]
+fn a_loop_device_has_a_thread_to_hand_over_to_and_zram_has_none() {
+    use nvmf_tpc::storage::threaded::wakes_a_thread;
+    use std::os::unix::fs::MetadataExt;
+    let rdev = |dev: &str| std::fs::metadata(dev).unwrap().rdev();
+    let dir = scratch_dir("blkthread");
+    let img = dir.join("t.img");
+    sparse_file(&img, 1 << 20);
+    let lo = Loop::attach(&img);
+    assert!(wakes_a_thread(rdev(&lo.0)), "{}", lo.0);
+    match Zram::add(1 << 20) {
+        Some(z) => assert!(!wakes_a_thread(rdev(&z.0)), "{}", z.0),
+        None => eprintln!("SKIPPED (zram half): this kernel has no zram"),
+    }
+}

@@ -96,6 +96,18 @@ fn route_note(path: &std::path::Path, is_block: bool) -> &'static str {
     }
 }
 
+/// Whether the core yields to the device's thread after submitting
+/// (`storage::threaded`).
+fn thread_note(path: &std::path::Path) -> &'static str {
+    use std::os::unix::fs::MetadataExt;
+    match std::fs::metadata(path) {
+        Ok(m) if crate::storage::threaded::wakes_a_thread(m.rdev()) => {
+            " (its driver may work in a thread: the core yields to it once I/O went)"
+        }
+        _ => "",
+    }
+}
+
 fn human(n: u64) -> String {
     for (u, s) in [
         (1u64 << 40, "T"),
@@ -136,7 +148,12 @@ pub fn banner(cfg: &TargetConfig) -> String {
             let what = match &ns.backing {
                 Backing::File(p) => format!("file {}{}", p.display(), route_note(p, false)),
                 Backing::Block(p) => {
-                    format!("block device {}{}", p.display(), route_note(p, true))
+                    let thread = thread_note(p);
+                    format!(
+                        "block device {}{}{thread}",
+                        p.display(),
+                        route_note(p, true)
+                    )
                 }
                 Backing::Ram(_) => "ram (volatile)".into(),
                 Backing::Null(_) => "null (discards writes)".into(),

@@ -173,6 +173,9 @@ pub struct FileBackend {
     file: Rc<OwnedFd>,
     ring: Rc<Ring>,
     pub is_block: bool,
+    /// A block device whose driver may work in a thread of its own: the
+    /// core yields to it once reads and writes went (`storage::threaded`).
+    hand_over: bool,
     /// How reads and writes reach the kernel.
     pub route: Route,
     /// When reads and writes on `Route::AioFirst` try AIO.
@@ -198,10 +201,12 @@ impl FileBackend {
             .custom_flags(libc::O_DIRECT | libc::O_CLOEXEC)
             .open(path)?;
         let route = Route::of(is_block, takes_nowait(file.as_raw_fd()));
+        let hand_over = is_block && super::threaded::wakes_a_thread(file.metadata()?.rdev());
         Ok(FileBackend {
             file: Rc::new(file.into()),
             ring: Ring::current()?,
             is_block,
+            hand_over,
             route,
             path: path.to_owned(),
             reads: Backoff::default(),
@@ -356,22 +361,22 @@ impl FileBackend {
 
     /// When a write goes to the kernel. A block device's submission only
     /// queues the request: gathered, several go with one wake of the
-    /// device, and the core then yields to the device's thread
-    /// (`uring::handover`); a file's is the file system's work in this
-    /// thread, which the disk waits behind (`uring`'s module comment has
-    /// the figures).
+    /// device, and the core then yields to the device's thread if it may
+    /// have one (`uring::handover`); a file's is the file system's work in
+    /// this thread, which the disk waits behind (`uring`'s module comment
+    /// has the figures).
     fn write_submit(&self) -> Submit {
-        if self.is_block {
-            Submit::Gather
-        } else {
-            Submit::Now
+        match (self.is_block, self.hand_over) {
+            (true, true) => Submit::GatherHandOver,
+            (true, false) => Submit::Gather,
+            (false, _) => Submit::Now,
         }
     }
 
-    /// When a read goes: now; a block device's with a hand-over to the
-    /// device's thread (`uring::handover`).
+    /// When a read goes: now; with a hand-over to the device's thread if it
+    /// may have one (`uring::handover`).
     fn read_submit(&self) -> Submit {
-        if self.is_block {
+        if self.hand_over {
             Submit::NowHandOver
         } else {
             Submit::Now

@@ -11,6 +11,7 @@ pub mod file;
 pub mod in_call;
 pub mod ram;
 pub mod route;
+pub mod threaded;
 pub mod uring;
 
 use glommio::io::DmaBuffer;

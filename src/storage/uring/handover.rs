@@ -36,14 +36,16 @@
 //! core yields only while operations are still in the kernel once the
 //! submission's completions were taken: zram then measured 1.08 at QD32
 //! and QD8 (0.74-1.42). A drive that takes a submission without a thread
-//! (NVMe) still pays one yield per submission; none was here to measure.
+//! (NVMe, SCSI, virtio) would still pay one yield per submission: forced
+//! on a file on the virtio disk it cost 3-7% (`storage::threaded`, which
+//! decides which devices yield).
 
 use super::{Ring, Submit};
 
 impl Ring {
     /// An operation to go as `how` was queued.
     pub(super) fn note_hand_over(&self, how: Submit) {
-        if how != Submit::Now {
+        if how.hands_over() {
             self.to_hand_over.set(true);
         }
     }

@@ -99,12 +99,28 @@ pub enum Submit {
     /// With whatever is queued, now.
     Now,
     /// Now, and once it went the core may yield to the device's thread
-    /// (`handover`): a block device's read.
+    /// (`handover`): a read of a block device whose driver works in a
+    /// thread (`storage::threaded`).
     NowHandOver,
     /// Now if nothing else is in flight; else once `GATHER` are queued, or
-    /// when the reaper next looks; and once it went the core may yield as
-    /// for `NowHandOver`: a block device's write.
+    /// when the reaper next looks: a block device's write.
     Gather,
+    /// As `Gather`, and once it went the core may yield as for
+    /// `NowHandOver`: a write to a block device whose driver works in a
+    /// thread.
+    GatherHandOver,
+}
+
+impl Submit {
+    /// Whether the operation may wait for others to go with it.
+    fn gathers(self) -> bool {
+        matches!(self, Submit::Gather | Submit::GatherHandOver)
+    }
+
+    /// Whether the core yields once the operation went (`handover`).
+    fn hands_over(self) -> bool {
+        matches!(self, Submit::NowHandOver | Submit::GatherHandOver)
+    }
 }
 
 /// What a started operation calls with its result and its buffer, in
@@ -377,10 +393,7 @@ impl Ring {
     /// in flight, or enough gathered, or nobody looks this round.
     /// Otherwise the reaper submits the gathered ones when it looks.
     fn goes_now(&self, how: Submit, waiting: u32) -> bool {
-        how != Submit::Gather
-            || self.in_kernel.get() == 0
-            || waiting >= GATHER
-            || self.napping.get()
+        !how.gathers() || self.in_kernel.get() == 0 || waiting >= GATHER || self.napping.get()
     }
 
     fn touch(&self) {

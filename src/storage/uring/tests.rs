@@ -106,17 +106,22 @@ fn a_lone_operation_goes_at_once_and_a_burst_is_gathered() {
     });
 }
 
-/// A block device's operations hand the CPU over once they went and are
-/// still in the kernel; a file's (`Submit::Now`) do not, and neither do
-/// those the kernel finished in the submitting call.
+/// Operations of a block device that may have a thread hand the CPU over
+/// once they went and are still in the kernel; a file's (`Submit::Now`)
+/// and those of a device without a thread (`Submit::Gather`) do not, and
+/// neither do those the kernel finished in the submitting call.
 #[test]
-fn a_block_devices_io_still_in_the_kernel_hands_the_cpu_over() {
+fn a_threaded_devices_io_still_in_the_kernel_hands_the_cpu_over() {
     run(|| async {
         let (path, file) = temp_file("uring-h", 16 * 4096);
         let ring = Ring::current().unwrap();
-        let lone = ring.write(&file, 0, buffer(1), Submit::Gather);
+        let lone = ring.write(&file, 0, buffer(1), Submit::GatherHandOver);
         assert_eq!(ring.handovers.get(), 1);
         lone.await.0.unwrap();
+        let direct = ring.write(&file, 0, buffer(1), Submit::Gather);
+        assert_eq!(ring.in_kernel.get(), 1, "went, and is still in the kernel");
+        assert_eq!(ring.handovers.get(), 1);
+        direct.await.0.unwrap();
         let now: Vec<_> = (0..4u8)
             .map(|i| ring.write(&file, (i as u64 + 1) * 4096, buffer(i), Submit::Now))
             .collect();
