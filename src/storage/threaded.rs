@@ -14,6 +14,11 @@
 //! to a third of the IOPS (`uring::handover`). So a device whose driver
 //! is known to take I/O without a thread does not yield, and any other
 //! does: a wrong yield costs a few percent, a missed one far more.
+//!
+//! Known by the disk's name alone, so a disk of these drivers that does
+//! send through a thread is missed: NVMe over a fabric (nvme-tcp's
+//! `io_work` when the submitting CPU is not the queue's), iSCSI and USB
+//! disks (named as SCSI disks). They do not yield.
 
 use std::io;
 
