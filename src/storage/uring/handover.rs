@@ -50,15 +50,15 @@ impl Ring {
         }
     }
 
-    /// Operations went to the kernel: were a block device's among them?
+    /// Operations went to the kernel: were any that hand over among them?
     pub(super) fn went_to_kernel(&self) {
         if self.to_hand_over.replace(false) {
             self.handing_over.set(true);
         }
     }
 
-    /// After the completions that came with a submission were taken: if a
-    /// block device's operations went and some are still in the kernel,
+    /// After the completions that came with a submission were taken: if
+    /// operations that hand over went and some are still in the kernel,
     /// yield the CPU.
     pub(super) fn hand_over(&self) {
         if self.handing_over.replace(false) && self.in_kernel.get() > 0 {

@@ -174,12 +174,13 @@ pub struct Ring {
     reaper_running: Cell<bool>,
     /// The reaper sleeps (slow I/O): it will not look this round.
     napping: Cell<bool>,
-    /// An operation of a block device was queued since the last submission
-    /// (`handover`).
+    /// An operation that hands over (`Submit::hands_over`: a block device
+    /// whose driver may work in a thread) was queued since the last
+    /// submission (`handover`).
     to_hand_over: Cell<bool>,
     /// Such operations went to the kernel since the last hand-over.
     handing_over: Cell<bool>,
-    /// Yields to a block device's thread so far.
+    /// Yields to a device's thread so far.
     handovers: Cell<u64>,
     /// An eventfd the kernel signals when it posts a completion, while the
     /// reaper sleeps (enabled only then), read through glommio's own ring so

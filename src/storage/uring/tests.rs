@@ -131,7 +131,7 @@ fn a_threaded_devices_io_still_in_the_kernel_hands_the_cpu_over() {
         }
         assert_eq!(read.await.1.as_bytes()[0], 1);
         assert_eq!(ring.handovers.get(), 1);
-        // A block device's read yields as its writes do; this one (AIO on
+        // A threaded device's read yields as its writes do; this one (AIO on
         // a file without O_DIRECT) is done within `io_submit`, so there is
         // nobody to yield to.
         let (n, b) = ring
