@@ -499,7 +499,11 @@ impl Conn {
                 })
                 .detach();
             }
-            Ok(plan) => self.dispatch(sqe, plan, icd, charge),
+            Ok(plan) => {
+                // What gathers a write (`uring::Submit::Gather`).
+                crate::storage::uring::burst_continues(rb.buffered() > 0);
+                self.dispatch(sqe, plan, icd, charge)
+            }
         }
         Ok(())
     }

@@ -62,7 +62,9 @@ fn writes_reads_syncs_and_reports_the_errno() {
 
 /// Alone, a write goes to the kernel at once; while others are in
 /// flight writes are gathered, and still all go within the round; a
-/// read, and a write asked to go now, go at once.
+/// read, and a write asked to go now, go at once. A `Gather` write waits
+/// only while more of its burst is received, and the last one takes the
+/// gathered ones along; a `GatherHandOver` write waits regardless.
 #[test]
 fn a_lone_operation_goes_at_once_and_a_burst_is_gathered() {
     run(|| async {
@@ -75,6 +77,7 @@ fn a_lone_operation_goes_at_once_and_a_burst_is_gathered() {
         assert_eq!(ring.queued.get() + ring.backlog.borrow().len() as u32, 0);
         lone.await.0.unwrap();
         // A burst of 16 while one is in flight.
+        burst_continues(true);
         let before = ring.enters.get();
         let mut ops: Vec<_> = (0..17u8)
             .map(|i| ring.write(&file, (i as u64 + 1) * 4096, buffer(i), Submit::Gather))
@@ -84,6 +87,18 @@ fn a_lone_operation_goes_at_once_and_a_burst_is_gathered() {
         let read = ring.read(&file, 0, buffer(0));
         assert_eq!(ring.enters.get() - before, 2 + 16 / GATHER as u64);
         assert_eq!(read.await.1.as_bytes()[0], 1);
+        // The end of a burst, while the others are still in flight.
+        ops.push(ring.write(&file, 40 * 4096, buffer(40), Submit::Gather));
+        let before = ring.enters.get();
+        ops.push(ring.write(&file, 41 * 4096, buffer(41), Submit::Gather));
+        assert_eq!(ring.enters.get(), before, "more of the burst is coming");
+        burst_continues(false);
+        ops.push(ring.write(&file, 42 * 4096, buffer(42), Submit::Gather));
+        assert_eq!(ring.enters.get(), before + 1, "the burst's last goes");
+        assert_eq!(ring.queued.get() + ring.backlog.borrow().len() as u32, 0);
+        ops.push(ring.write(&file, 43 * 4096, buffer(43), Submit::GatherHandOver));
+        assert_eq!(ring.enters.get(), before + 1, "a threaded device's waits");
+        let before = ring.enters.get();
         for op in ops.drain(..) {
             assert_eq!(op.await.0.unwrap(), 4096);
         }
@@ -307,6 +322,7 @@ fn aio_writes_are_gathered_while_others_are_in_flight() {
             .0
             .unwrap();
         assert_eq!(ring.aio_submits.get(), 1, "alone: at once");
+        burst_continues(true);
         let before = ring.aio_submits.get();
         let ops: Vec<_> = (0..17u8)
             .map(|i| {

@@ -359,17 +359,15 @@ impl FileBackend {
         (whole(r, len, write), buf)
     }
 
-    /// When a write goes to the kernel. A block device's submission only
-    /// queues the request: gathered, several go with one wake of the
-    /// device, and the core then yields to the device's thread if it may
-    /// have one (`uring::handover`); a file's is the file system's work in
-    /// this thread, which the disk waits behind (`uring`'s module comment
-    /// has the figures).
+    /// When a write goes to the kernel: gathered while others are in
+    /// flight (one `io_submit`, block plug and doorbell for several), and
+    /// the core then yields to a block device's thread if it may have one
+    /// (`uring::handover`). `uring`'s module comment has the figures.
     fn write_submit(&self) -> Submit {
-        match (self.is_block, self.hand_over) {
-            (true, true) => Submit::GatherHandOver,
-            (true, false) => Submit::Gather,
-            (false, _) => Submit::Now,
+        if self.hand_over {
+            Submit::GatherHandOver
+        } else {
+            Submit::Gather
         }
     }
 
@@ -507,163 +505,4 @@ fn ioctl_range(fd: RawFd, req: libc::c_ulong, offset: u64, len: u64) -> io::Resu
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// On the AIO route, a device seen completing reads inside `io_submit`
-    /// is then served by plain calls, and one seen waiting goes back to
-    /// AIO (`in_call`). A file stands in for such a device: reading its
-    /// holes is a copy of zeroes in the call, reading its written blocks
-    /// waits for the disk.
-    #[test]
-    fn plain_calls_while_the_device_completes_in_the_call() {
-        glommio::LocalExecutorBuilder::default()
-            .spawn(|| async {
-                let path =
-                    std::env::temp_dir().join(format!("file-in-call-{}", std::process::id()));
-                create_sparse(&path, 8 << 20).unwrap();
-                let mut f = FileBackend::open(&path, false).unwrap();
-                f.route = Route::Aio;
-                let mut reads = 0;
-                while !f.completes_in_call() {
-                    let got = f.read((reads % 2048) * 4096, 4096).await.unwrap();
-                    assert!(got.as_bytes().iter().all(|&b| b == 0));
-                    reads += 1;
-                    assert!(reads <= 4096, "holes read in the call did not switch");
-                }
-                let mut buf = super::super::dma_buffer(8192);
-                buf.as_bytes_mut().fill(0x3c);
-                f.write(1 << 20, buf).await.unwrap();
-                assert!(f.completes_in_call(), "a write through AIO changes nothing");
-                let got = f.read(1 << 20, 8192).await.unwrap();
-                assert!(got.as_bytes().iter().all(|&b| b == 0x3c));
-                let mut n = 0;
-                while f.completes_in_call() {
-                    let got = f.read(1 << 20, 4096).await.unwrap();
-                    assert!(got.as_bytes().iter().all(|&b| b == 0x3c));
-                    n += 1;
-                    assert!(n <= 1024, "reads from the disk kept plain calls");
-                }
-                assert_eq!(f.in_call.backs(), 1);
-                std::fs::remove_file(&path).unwrap();
-            })
-            .unwrap()
-            .join()
-            .unwrap();
-    }
-
-    /// Start `write` (or a read) of `buf` at `offset` and wait for its
-    /// call: `finish`'s verdict and the buffer.
-    async fn started(
-        f: &FileBackend,
-        write: bool,
-        offset: u64,
-        buf: DmaBuffer,
-    ) -> (Option<io::Result<()>>, DmaBuffer) {
-        let len = buf.len();
-        let got = Rc::new(std::cell::RefCell::new(None));
-        let put = got.clone();
-        assert!(f.can_start(write));
-        f.start(
-            write,
-            offset,
-            buf,
-            Box::new(move |r, b| *put.borrow_mut() = Some((r, b))),
-        );
-        let (r, b) = std::future::poll_fn(|cx| match got.borrow_mut().take() {
-            Some(x) => std::task::Poll::Ready(x),
-            None => {
-                // Called by the reaper, a task of this executor.
-                cx.waker().wake_by_ref();
-                std::task::Poll::Pending
-            }
-        })
-        .await;
-        (f.finish(write, r, len), b)
-    }
-
-    /// A started write into a hole is refused by AIO (it would allocate)
-    /// and says so, to be done again through the ring; the next one waits
-    /// out the backoff; an overwrite and a read start and end there. A
-    /// read past the end of a file that shrank comes back short: refused,
-    /// and short again through the ring, an error.
-    #[test]
-    fn started_reads_and_writes_end_in_their_calls() {
-        glommio::LocalExecutorBuilder::default()
-            .spawn(|| async {
-                let path = std::env::temp_dir().join(format!("file-start-{}", std::process::id()));
-                create_sparse(&path, 1 << 20).unwrap();
-                let f = FileBackend::open(&path, false).unwrap();
-                let mut buf = super::super::dma_buffer(4096);
-                buf.as_bytes_mut().fill(5);
-                let (r, buf) = started(&f, true, 8192, buf).await;
-                assert!(r.is_none(), "a write into a hole is refused");
-                let (r, buf) = f.again(true, 8192, buf).await;
-                r.unwrap();
-                assert!(!f.can_start(true), "the next write skips AIO");
-                f.write(8192, buf).await.unwrap();
-                assert!(f.can_start(true), "the one after tries AIO");
-                let mut buf = super::super::dma_buffer(4096);
-                buf.as_bytes_mut().fill(6);
-                let (r, _) = started(&f, true, 8192, buf).await;
-                r.expect("an overwrite goes through AIO").unwrap();
-                let (r, b) = started(&f, false, 8192, super::super::dma_buffer(4096)).await;
-                r.expect("a read goes through AIO").unwrap();
-                assert!(b.as_bytes().iter().all(|&x| x == 6));
-                std::fs::OpenOptions::new()
-                    .write(true)
-                    .open(&path)
-                    .unwrap()
-                    .set_len(4096)
-                    .unwrap();
-                let (r, b) = started(&f, false, 8192, super::super::dma_buffer(4096)).await;
-                assert!(r.is_none(), "a short read is refused");
-                let (r, _) = f.again(false, 8192, b).await;
-                assert_eq!(r.unwrap_err().kind(), io::ErrorKind::UnexpectedEof);
-                assert_eq!((f.reads.refusals(), f.writes.refusals()), (1, 1));
-                std::fs::remove_file(&path).unwrap();
-            })
-            .unwrap()
-            .join()
-            .unwrap();
-    }
-
-    /// A sparse file goes through AIO without blocking: a write into a hole
-    /// (the file system would allocate, and `io_submit` block) is refused
-    /// there and goes through the ring; an overwrite and a read go through
-    /// AIO. Without the second way, the first write fails with EAGAIN.
-    #[test]
-    fn a_write_that_would_block_goes_through_the_ring() {
-        glommio::LocalExecutorBuilder::default()
-            .spawn(|| async {
-                let path = std::env::temp_dir().join(format!("file-route-{}", std::process::id()));
-                create_sparse(&path, 1 << 20).unwrap();
-                let f = FileBackend::open(&path, false).unwrap();
-                assert_eq!(f.route, Route::AioFirst, "ext4 takes RWF_NOWAIT");
-                let mut buf = super::super::dma_buffer(4096);
-                buf.as_bytes_mut().fill(7);
-                f.write(65536, buf).await.unwrap();
-                assert_eq!(
-                    f.writes.refusals(),
-                    1,
-                    "the hole's write was refused by AIO"
-                );
-                // The next write skips AIO (`Backoff`), the one after tries it.
-                for fill in [8, 9] {
-                    let mut buf = super::super::dma_buffer(4096);
-                    buf.as_bytes_mut().fill(fill);
-                    f.write(65536, buf).await.unwrap();
-                }
-                let got = f.read(65536, 4096).await.unwrap();
-                assert!(got.as_bytes().iter().all(|&b| b == 9));
-                assert_eq!(f.writes.refusals(), 1, "an overwrite goes through AIO");
-                assert_eq!(f.reads.refusals(), 0, "a read goes through AIO");
-                let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
-                assert!(maps.contains("[aio]"), "an AIO context serves the file");
-                std::fs::remove_file(&path).unwrap();
-            })
-            .unwrap()
-            .join()
-            .unwrap();
-    }
-}
+mod tests;
