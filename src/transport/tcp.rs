@@ -538,6 +538,7 @@ impl Conn {
                 None,
             );
         } else {
+            crate::storage::uring::burst_continues(rb.buffered() > 0);
             self.spawn_execute(x.sqe, x.ns, x.buf, 0, x.charge);
         }
         Ok(())
