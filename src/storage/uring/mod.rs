@@ -52,7 +52,8 @@
 //! writes often arrive together there, and the first waits for the
 //! second's file system work); QD1 never gathers. Gathering across
 //! bursts until the reaper looked, as a threaded device's writes do, gave
-//! QD32 1.05-1.16 but QD4 0.86-0.96 and QD8 0.82-1.00 over five sets.
+//! QD32 1.05-1.16 over six sets, but QD4 0.86-0.96 over four and QD8
+//! 0.82-1.00 over seven.
 //!
 //! Some backings' reads and writes go through Linux AIO instead (`aio`,
 //! `route` says which), reaped in the same rounds; everything else of
