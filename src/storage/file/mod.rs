@@ -359,10 +359,12 @@ impl FileBackend {
         (whole(r, len, write), buf)
     }
 
-    /// When a write goes to the kernel: gathered while others are in
-    /// flight (one `io_submit`, block plug and doorbell for several), and
-    /// the core then yields to a block device's thread if it may have one
-    /// (`uring::handover`). `uring`'s module comment has the figures.
+    /// When a write goes to the kernel, while others are in flight: a
+    /// file's (or a disk's without a thread) with the rest of its burst of
+    /// commands (one `io_submit`, block plug and doorbell for several); a
+    /// threaded block device's until the reaper looks, and the core then
+    /// yields to the device's thread (`uring::handover`). `uring`'s module
+    /// comment has the figures.
     fn write_submit(&self) -> Submit {
         if self.hand_over {
             Submit::GatherHandOver
