@@ -373,11 +373,14 @@ impl FileBackend {
         }
     }
 
-    /// When a read goes: now; with a hand-over to the device's thread if it
-    /// may have one (`uring::handover`).
+    /// When a read goes: a file's (or a disk's without a thread) now, as it
+    /// leaves the core idle for the disk (gathered with its burst it
+    /// measured the same, perf/README.md); a threaded block device's as its
+    /// writes go, until the reaper looks, then yielding to the device's
+    /// thread (`uring::handover` has the figures).
     fn read_submit(&self) -> Submit {
         if self.hand_over {
-            Submit::NowHandOver
+            Submit::GatherHandOver
         } else {
             Submit::Now
         }

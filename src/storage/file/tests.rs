@@ -209,3 +209,47 @@ fn a_files_writes_are_gathered_while_others_are_in_flight() {
         .join()
         .unwrap();
 }
+
+/// A threaded block device's reads (`hand_over`: a loop device's), given
+/// while others are in flight, wait for the reaper to look as its writes
+/// do, burst or not (`read_submit`): fewer `io_submit`s than reads, each
+/// read returning its own blocks. One at a time, it would be 16.
+#[test]
+fn a_threaded_devices_reads_are_gathered_while_others_are_in_flight() {
+    glommio::LocalExecutorBuilder::default()
+        .spawn(|| async {
+            let path = std::env::temp_dir().join(format!("read-gather-{}", std::process::id()));
+            let mut w = std::fs::File::create(&path).unwrap();
+            for i in 0..32u8 {
+                std::io::Write::write_all(&mut w, &[i; 4096]).unwrap();
+            }
+            w.sync_all().unwrap();
+            // SAFETY: a plain call on a descriptor this test owns.
+            let r = unsafe { libc::posix_fadvise(w.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+            assert_eq!(r, 0);
+            // A file stands in for the device: the rule is the backend's.
+            let mut f = FileBackend::open(&path, false).unwrap();
+            f.hand_over = true;
+            crate::storage::uring::burst_continues(false);
+            let before = f.ring.aio_submits();
+            // All started in one round of the executor, before any is done.
+            let f = std::rc::Rc::new(f);
+            let going: Vec<_> = (1..=16u64)
+                .map(|i| {
+                    let f = f.clone();
+                    glommio::spawn_local(async move { f.read(i * 4096, 4096).await })
+                })
+                .collect();
+            for (i, r) in (1..=16u8).zip(going) {
+                let got = r.await.unwrap();
+                assert!(got.as_bytes().iter().all(|&b| b == i), "block {i}");
+            }
+            let submits = f.ring.aio_submits() - before;
+            assert!(submits <= 8, "{submits} io_submits for 16 reads");
+            assert_eq!(f.reads.refusals(), 0, "all went through AIO");
+            std::fs::remove_file(&path).unwrap();
+        })
+        .unwrap()
+        .join()
+        .unwrap();
+}

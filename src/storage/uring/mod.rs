@@ -28,7 +28,8 @@
 //! the same round: 100-105k writes against 66k (6 alternated runs). Reads
 //! go at once: they leave the core idle for the disk, and gathered they
 //! measured 3% fewer in one set of 8 alternated runs and the same in
-//! another. Flushes and hole punches go at once.
+//! another. Flushes and hole punches go at once. (A threaded block
+//! device's reads gather as its writes do: `handover`.)
 //!
 //! Later (2026-12-06) the gathering measured differently by backing, and the
 //! caller chooses (`Submit`). To a file on a file system each write is
@@ -113,10 +114,6 @@ const GATHER: u32 = 4;
 pub enum Submit {
     /// With whatever is queued, now.
     Now,
-    /// Now, and once it went the core may yield to the device's thread
-    /// (`handover`): a read of a block device whose driver works in a
-    /// thread (`storage::threaded`).
-    NowHandOver,
     /// Now if nothing else is in flight, or if no more of its burst of
     /// commands is received (`burst_continues`); else once `GATHER` are
     /// queued, or when the reaper next looks: a write whose submission is
@@ -125,9 +122,9 @@ pub enum Submit {
     Gather,
     /// Now if nothing else is in flight; else once `GATHER` are queued, or
     /// when the reaper next looks, burst or not (each call wakes the
-    /// device's thread once); once it went the core may yield as for
-    /// `NowHandOver`: a write to a block device whose driver works in a
-    /// thread.
+    /// device's thread once); once it went the core may yield to that
+    /// thread (`handover`): a read or write of a block device whose driver
+    /// works in a thread (`storage::threaded`).
     GatherHandOver,
 }
 
@@ -135,7 +132,7 @@ impl Submit {
     /// Whether the operation may wait for others to go with it.
     fn gathers(self) -> bool {
         match self {
-            Submit::Now | Submit::NowHandOver => false,
+            Submit::Now => false,
             Submit::Gather => BURST_CONTINUES.get(),
             Submit::GatherHandOver => true,
         }
@@ -143,7 +140,7 @@ impl Submit {
 
     /// Whether the core yields once the operation went (`handover`).
     fn hands_over(self) -> bool {
-        matches!(self, Submit::NowHandOver | Submit::GatherHandOver)
+        matches!(self, Submit::GatherHandOver)
     }
 }
 

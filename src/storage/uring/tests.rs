@@ -150,7 +150,7 @@ fn a_threaded_devices_io_still_in_the_kernel_hands_the_cpu_over() {
         // a file without O_DIRECT) is done within `io_submit`, so there is
         // nobody to yield to.
         let (n, b) = ring
-            .aio_read(&file, 0, buffer(0), false, Submit::NowHandOver)
+            .aio_read(&file, 0, buffer(0), false, Submit::GatherHandOver)
             .await;
         assert_eq!((n.unwrap(), b.as_bytes()[0]), (4096, 1));
         assert_eq!(ring.handovers.get(), 1);

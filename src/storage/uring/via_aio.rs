@@ -14,7 +14,7 @@ use std::rc::Rc;
 
 impl Ring {
     /// Read into `buf` from `offset` through Linux AIO, going to the kernel
-    /// as `how` says (`Now` or `NowHandOver`); `nowait`: fail with EAGAIN
+    /// as `how` says (`Now`, or `GatherHandOver` for a threaded device); `nowait`: fail with EAGAIN
     /// or stop short where it would block (`aio::Request`).
     pub fn aio_read(
         self: &Rc<Self>,
