@@ -168,14 +168,8 @@ fn a_files_writes_are_gathered_while_others_are_in_flight() {
     glommio::LocalExecutorBuilder::default()
         .spawn(|| async {
             let path = std::env::temp_dir().join(format!("file-gather-{}", std::process::id()));
-            // Written blocks on the disk, none in the page cache:
-            // overwrites, which AIO takes without blocking.
-            let mut w = std::fs::File::create(&path).unwrap();
-            std::io::Write::write_all(&mut w, &[0u8; 1 << 20]).unwrap();
-            w.sync_all().unwrap();
-            // SAFETY: a plain call on a descriptor this test owns.
-            let r = unsafe { libc::posix_fadvise(w.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
-            assert_eq!(r, 0);
+            // Overwrites, which AIO takes without blocking.
+            cold_file(&path, 64);
             let f = FileBackend::open(&path, false).unwrap();
             let block = |fill: u8| {
                 let mut b = crate::storage::dma_buffer(4096);
@@ -219,14 +213,7 @@ fn a_threaded_devices_reads_are_gathered_while_others_are_in_flight() {
     glommio::LocalExecutorBuilder::default()
         .spawn(|| async {
             let path = std::env::temp_dir().join(format!("read-gather-{}", std::process::id()));
-            let mut w = std::fs::File::create(&path).unwrap();
-            for i in 0..32u8 {
-                std::io::Write::write_all(&mut w, &[i; 4096]).unwrap();
-            }
-            w.sync_all().unwrap();
-            // SAFETY: a plain call on a descriptor this test owns.
-            let r = unsafe { libc::posix_fadvise(w.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
-            assert_eq!(r, 0);
+            cold_file(&path, 32);
             // A file stands in for the device: the rule is the backend's.
             let mut f = FileBackend::open(&path, false).unwrap();
             f.hand_over = true;
@@ -252,4 +239,17 @@ fn a_threaded_devices_reads_are_gathered_while_others_are_in_flight() {
         .unwrap()
         .join()
         .unwrap();
+}
+
+/// A file of `blocks` 4 KiB blocks, block `i` filled with byte `i`,
+/// written to the disk and none of it in the page cache.
+fn cold_file(path: &std::path::Path, blocks: u8) {
+    let mut w = std::fs::File::create(path).unwrap();
+    for i in 0..blocks {
+        std::io::Write::write_all(&mut w, &[i; 4096]).unwrap();
+    }
+    w.sync_all().unwrap();
+    // SAFETY: a plain call on a descriptor this test owns.
+    let r = unsafe { libc::posix_fadvise(w.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+    assert_eq!(r, 0);
 }
